@@ -1,0 +1,158 @@
+"""`Grok1Config`: the one description of a Grok-1 model's dimensions, with named presets.
+
+The real model's numbers are the defaults. A `config.json` sidecar beside `ckpt-0/` (the keys of
+the upstream fixture's config) describes any other size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from converter.errors import ConfigMismatchError, MalformedFileError, UsageError
+
+__all__ = ["PRESETS", "Grok1Config", "default_ffn_size", "load_sidecar", "save_sidecar"]
+
+SIDECAR_NAME = "config.json"
+# Keys the upstream fixture's sidecar carries for provenance only.
+_INFORMATIONAL_KEYS = frozenset({"upstream_rev", "jax", "haiku", "widening_factor", "generator"})
+
+
+def default_ffn_size(emb: int, widening_factor: float = 8.0) -> int:
+    """Upstream's `ffn_size`: int(widening * emb) * 2 // 3, rounded up to a multiple of 8."""
+    size = int(widening_factor * emb) * 2 // 3
+    return size + (-size) % 8
+
+
+@dataclasses.dataclass(frozen=True)
+class Grok1Config:
+    """Dimensions and constants of a Grok-1 model; the defaults are the released model's."""
+
+    layers: int = 64
+    emb: int = 6144
+    q_heads: int = 48
+    kv_heads: int = 8
+    key_size: int = 128
+    vocab: int = 131072
+    experts: int = 8
+    topk: int = 2
+    ffn_size: int = 32768
+    emb_mult: float = math.sqrt(6144)
+    out_mult: float = 0.5773502691896257  # upstream: 1/sqrt(3) as sqrt(3)/3 rounds
+    attn_mult: float = 1 / math.sqrt(128)
+    attn_softcap: float = 30.0
+    rope_base: float = 10000.0
+    rms_norm_eps: float = 1e-5
+    scale_groups: int = 8
+    pad_token: int = 0
+    bos_token: int = 1
+    eos_token: int = 2
+    max_seq_len: int = 8192
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name in ("layers", "emb", "q_heads", "kv_heads", "key_size", "vocab", "experts",
+                     "topk", "ffn_size", "scale_groups"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name}={getattr(self, name)} must be >= 1")
+        if self.q_heads % max(self.kv_heads, 1):
+            problems.append(f"q_heads={self.q_heads} is not a multiple of kv_heads={self.kv_heads}")
+        if self.topk > self.experts:
+            problems.append(f"topk={self.topk} exceeds experts={self.experts}")
+        if self.key_size % 2:
+            problems.append(f"key_size={self.key_size} must be even for RoPE")
+        for name, dim in (("ffn_size", self.ffn_size), ("q_heads*key_size",
+                                                        self.q_heads * self.key_size)):
+            if dim % max(self.scale_groups, 1):
+                problems.append(
+                    f"{name}={dim} is not divisible by scale_groups={self.scale_groups}")
+        if problems:
+            raise UsageError("invalid Grok-1 config: " + "; ".join(problems))
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> Grok1Config:
+        """A named preset (`tiny`, `small`, `bench`, `real`) with optional field overrides."""
+        if name not in PRESETS:
+            raise UsageError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
+        fields = dict(PRESETS[name])
+        fields.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**fields)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, source: str = "config") -> Grok1Config:
+        """Build from sidecar keys; unknown keys are an error (a typo must not pass silently)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known - _INFORMATIONAL_KEYS)
+        if unknown:
+            raise MalformedFileError(
+                f"{source}: unknown config keys {unknown}; known: {sorted(known)}")
+        config = cls(**{k: v for k, v in data.items() if k in known})
+        if "widening_factor" in data and "ffn_size" in data:
+            expected = default_ffn_size(config.emb, float(data["widening_factor"]))
+            if expected != config.ffn_size:
+                raise ConfigMismatchError(
+                    f"{source}: ffn_size={config.ffn_size} disagrees with widening_factor="
+                    f"{data['widening_factor']} (expected {expected})")
+        return config
+
+    def to_dict(self) -> dict[str, Any]:
+        """The sidecar keys, in a stable order."""
+        return dataclasses.asdict(self)
+
+    @property
+    def q_dim(self) -> int:
+        """Width of the concatenated query heads."""
+        return self.q_heads * self.key_size
+
+    @property
+    def kv_dim(self) -> int:
+        """Width of the concatenated key (or value) heads."""
+        return self.kv_heads * self.key_size
+
+
+def _scaled(emb: int, q_heads: int, kv_heads: int, key_size: int, vocab: int, layers: int,
+            ffn_size: int | None = None) -> dict[str, Any]:
+    return {
+        "layers": layers, "emb": emb, "q_heads": q_heads, "kv_heads": kv_heads,
+        "key_size": key_size, "vocab": vocab, "ffn_size": ffn_size or default_ffn_size(emb),
+        "emb_mult": math.sqrt(emb), "attn_mult": 1 / math.sqrt(key_size),
+        "max_seq_len": 8192,
+    }
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The shared fixture's dimensions: 12 layers so that lexicographic file order matters.
+    "tiny": _scaled(emb=64, q_heads=16, kv_heads=8, key_size=16, vocab=256, layers=12),
+    # About 50 MB: pipeline and quantization tests.
+    "small": _scaled(emb=256, q_heads=16, kv_heads=8, key_size=16, vocab=4096, layers=5),
+    # About 2.2 GB, 12 layers, the real model's ratios (q/kv heads 6, ffn 16/3 emb): benchmarks.
+    "bench": _scaled(emb=1152, q_heads=48, kv_heads=8, key_size=24, vocab=24576, layers=12),
+    "real": {},
+}
+
+
+def load_sidecar(folder: Path) -> Grok1Config | None:
+    """Read `folder/config.json` if present; None when there is none."""
+    path = Path(folder) / SIDECAR_NAME
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise MalformedFileError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise MalformedFileError(f"{path}: expected a JSON object")
+    try:
+        return Grok1Config.from_dict(data, source=str(path))
+    except TypeError as exc:
+        raise MalformedFileError(f"{path}: {exc}") from None
+
+
+def save_sidecar(folder: Path, config: Grok1Config) -> Path:
+    """Write `folder/config.json` describing `config`."""
+    path = Path(folder) / SIDECAR_NAME
+    path.write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    return path

@@ -1,0 +1,186 @@
+"""The original release layout: `ckpt-0/tensor{i:05d}_000`, one safe-parsed pickle per leaf.
+
+A checkpoint folder holds `ckpt-0/` (or the legacy `ckpt/`, or the tensor files themselves) and
+optionally a `config.json` sidecar; without one the real Grok-1 config is assumed and checked.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from converter.atomic import atomic_open
+from converter.config import Grok1Config, load_sidecar, save_sidecar
+from converter.errors import (
+    CheckpointNotFoundError,
+    ConfigMismatchError,
+    Grok1Error,
+    LayoutError,
+    ShapeMismatchError,
+)
+from converter.pickle_reader import load_leaf
+from converter.pickle_writer import ArrayMeta, PayloadSlot, encode_leaf
+from converter.spec import TensorSpec, build_spec, file_name
+from converter.tensors import QuantizedWeight8bit
+
+__all__ = ["TENSOR_DIRS", "XaiCheckpoint", "find_tensor_dir", "write_leaf", "write_xai"]
+
+TENSOR_DIRS = ("ckpt-0", "ckpt")
+Value = np.ndarray | QuantizedWeight8bit
+_CHUNK = 64 << 20
+
+
+def find_tensor_dir(path: Path) -> Path | None:
+    """The folder holding `tensor00000_000`-style files under `path`, or None."""
+    path = Path(path)
+    for candidate in (*(path / d for d in TENSOR_DIRS), path):
+        if candidate.is_dir() and any(candidate.glob("tensor*_000")):
+            return candidate
+    return None
+
+
+@dataclasses.dataclass
+class XaiCheckpoint:
+    """A checkpoint in the release layout, opened lazily."""
+
+    root: Path
+    tensor_dir: Path
+    config: Grok1Config
+    config_source: str
+    specs: list[TensorSpec]
+
+    @classmethod
+    def open(cls, path: Path) -> XaiCheckpoint:
+        """Locate the tensor folder and the config; nothing is read yet."""
+        path = Path(path)
+        if not path.exists():
+            raise CheckpointNotFoundError(f"{path}: no such file or directory")
+        if not path.is_dir():
+            raise LayoutError(f"{path}: not a checkpoint folder")
+        tensor_dir = find_tensor_dir(path)
+        if tensor_dir is None:
+            raise LayoutError(f"{path}: no tensor*_000 files in it or in "
+                              f"{'/ or '.join(TENSOR_DIRS)}/ (not an original Grok-1 checkpoint)")
+        root = tensor_dir.parent if tensor_dir != path else path
+        config, source = None, "the real Grok-1 config (no config.json)"
+        for folder in (root, root.parent) if tensor_dir == path else (root,):
+            config = load_sidecar(folder)
+            if config is not None:
+                source = str(folder / "config.json")
+                break
+        config = config or Grok1Config()
+        specs = build_spec(config)
+        found = len(list(tensor_dir.glob("tensor*_000")))
+        if found > len(specs):
+            raise ConfigMismatchError(
+                f"{tensor_dir}: holds {found} tensor files, {source} describes {len(specs)}")
+        return cls(root=root, tensor_dir=tensor_dir, config=config, config_source=source,
+                   specs=specs)
+
+    def path_of(self, spec: TensorSpec) -> Path:
+        """The file holding `spec`."""
+        return self.tensor_dir / spec.file_name
+
+    def read(self, spec: TensorSpec) -> Value:
+        """Load one leaf (zero-copy) and check it against the spec."""
+        path = self.path_of(spec)
+        if not path.is_file():
+            raise CheckpointNotFoundError(f"{path}: missing ({spec.name})")
+        value = load_leaf(path)
+        check_value(path, spec, value, self.config_source)
+        return value
+
+    def __iter__(self) -> Iterator[tuple[TensorSpec, Value]]:
+        """Every leaf in file order, one at a time."""
+        for spec in self.specs:
+            yield spec, self.read(spec)
+
+    def problems(self) -> list[str]:
+        """Every integrity problem, one line each, without stopping at the first."""
+        found: list[str] = []
+        expected = {s.file_name for s in self.specs}
+        for extra in sorted(p.name for p in self.tensor_dir.glob("tensor*_000")):
+            if extra not in expected:
+                found.append(f"{self.tensor_dir / extra}: unexpected file, not in the spec "
+                             f"of {self.config_source}")
+        for spec in self.specs:
+            try:
+                self.read(spec)
+            except Grok1Error as exc:
+                found.append(str(exc))
+        return found
+
+
+def _describe(value: Value) -> str:
+    if isinstance(value, QuantizedWeight8bit):
+        return (f"QuantizedWeight8bit weight {value.weight.dtype}{list(value.weight.shape)} "
+                f"scales bf16{list(value.scales.shape)}")
+    return f"{value.dtype}{list(value.shape)}"
+
+
+def check_value(path: Path, spec: TensorSpec, value: Value, source: str) -> None:
+    """Raise `ShapeMismatchError` when `value` is not what `spec` says the file holds."""
+    if spec.quantized:
+        ok = (isinstance(value, QuantizedWeight8bit) and value.weight.dtype == np.int8
+              and value.scales.dtype == np.uint16
+              and value.weight.shape == spec.shape and value.scales.shape == spec.scales_shape)
+        want = (f"QuantizedWeight8bit weight int8{list(spec.shape)} "
+                f"scales bf16{list(spec.scales_shape or ())}")
+    else:
+        ok = (isinstance(value, np.ndarray) and value.dtype == np.float32
+              and value.shape == spec.shape)
+        want = f"float32{list(spec.shape)}"
+    if not ok:
+        raise ShapeMismatchError(f"{path}: {spec.name} holds {_describe(value)}, expected {want} "
+                                 f"(from {source})")
+
+
+def _chunks(array: np.ndarray) -> Iterator[memoryview]:
+    flat = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
+    for start in range(0, flat.size, _CHUNK):
+        yield memoryview(flat[start:start + _CHUNK])
+
+
+def write_leaf(path: Path, spec: TensorSpec,
+               payloads: list[Iterable[bytes | memoryview | np.ndarray]]) -> None:
+    """Atomically write the release file for `spec` from streamed payload chunks."""
+    if spec.quantized:
+        metas = [ArrayMeta("i1", spec.shape), ArrayMeta("bfloat16", spec.scales_shape or ())]
+    else:
+        metas = [ArrayMeta("f4", spec.shape)]
+    with atomic_open(path) as f:
+        for part in encode_leaf(metas, quantized=spec.quantized):
+            if isinstance(part, PayloadSlot):
+                written = 0
+                for chunk in payloads[part.index]:
+                    raw = memoryview(chunk).cast("B") if not isinstance(chunk, np.ndarray) else (
+                        memoryview(np.ascontiguousarray(chunk).reshape(-1).view(np.uint8)))
+                    f.write(raw)
+                    written += raw.nbytes
+                if written != part.nbytes:
+                    raise ShapeMismatchError(f"{path}: {spec.name} payload {part.index} has "
+                                             f"{written} bytes, expected {part.nbytes}")
+            else:
+                f.write(part)
+
+
+def value_payloads(value: Value) -> list[Iterator[memoryview]]:
+    """A leaf value's arrays as streams of raw-byte chunks, in file order."""
+    if isinstance(value, QuantizedWeight8bit):
+        return [_chunks(value.weight), _chunks(value.scales)]
+    return [_chunks(value)]
+
+
+def write_xai(folder: Path, config: Grok1Config,
+              tensors: Iterable[tuple[TensorSpec, Value]]) -> None:
+    """Write a release-layout checkpoint (`ckpt-0/` plus the config sidecar) from a stream."""
+    tensor_dir = Path(folder) / TENSOR_DIRS[0]
+    tensor_dir.mkdir(parents=True, exist_ok=True)
+    save_sidecar(folder, config)
+    for spec, value in tensors:
+        path = tensor_dir / file_name(spec.file_index)
+        check_value(path, spec, value, "the value being written")
+        write_leaf(path, spec, value_payloads(value))

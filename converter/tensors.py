@@ -1,0 +1,58 @@
+"""Tensor values that flow through the stream, and bfloat16 helpers for numpy.
+
+numpy has no bfloat16, so bf16 data is carried as its raw bits in a `uint16` array. Conversion to
+float32 is exact (a bit shift); float32 -> bf16 rounds to nearest even, as XLA and torch do.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+__all__ = ["QuantizedWeight8bit", "bf16_bits_to_f32", "f32_to_bf16_bits", "round_to_bf16"]
+
+
+def bf16_bits_to_f32(bits: np.ndarray) -> np.ndarray:
+    """bf16 raw bits (uint16) -> float32, exactly."""
+    return (np.asarray(bits, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
+
+
+def f32_to_bf16_bits(values: np.ndarray) -> np.ndarray:
+    """float32 -> bf16 raw bits (uint16), round to nearest even; NaN stays NaN."""
+    u = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
+    rounded = (u + (np.uint32(0x7FFF) + ((u >> 16) & np.uint32(1)))) >> 16
+    nan = np.isnan(values)
+    if nan.any():
+        rounded = np.where(nan, (u >> 16) | np.uint32(0x0040), rounded)
+    return rounded.astype(np.uint16)
+
+
+def round_to_bf16(values: np.ndarray) -> np.ndarray:
+    """float32 values rounded to the nearest bf16, returned as float32."""
+    return bf16_bits_to_f32(f32_to_bf16_bits(values))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class QuantizedWeight8bit:
+    """The release's quantized matrix.
+
+    weight: int8 [..., K, N] (codes, stored [in, out]).
+    scales: uint16 [..., G, N] holding bf16 bits; rows k of weight use scale group k // (K / G).
+    """
+
+    weight: np.ndarray
+    scales: np.ndarray
+
+    @property
+    def scale_groups(self) -> int:
+        """G: the number of scale groups along the input axis."""
+        return int(self.scales.shape[-2])
+
+    def dequantize(self) -> np.ndarray:
+        """float32 weights int8 * scale, exact (the product of 8-bit operands fits float32)."""
+        *lead, k, n = self.weight.shape
+        g = self.scale_groups
+        codes = np.asarray(self.weight).reshape(*lead, g, k // g, n).astype(np.float32)
+        scales = bf16_bits_to_f32(self.scales).reshape(*lead, g, 1, n)
+        return (codes * scales).reshape(*lead, k, n)

@@ -1,0 +1,1 @@
+"""Quantization schemes, packing formats, and their CPU reference and Triton kernels."""

@@ -1,0 +1,38 @@
+"""Shared test fixtures: the upstream fixture checkpoint and small generated checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from converter.config import Grok1Config
+from converter.generate import generate_checkpoint
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_FIXTURES = REPO.parent / "shared" / "fixtures"
+UPSTREAM = SHARED_FIXTURES / "grok1-tiny-upstream"
+
+
+@pytest.fixture(scope="session")
+def upstream() -> Path:
+    """The 12-layer checkpoint written by the original xAI code, with its oracle logits."""
+    if not (UPSTREAM / "ckpt-0").is_dir():
+        pytest.fail(f"missing {UPSTREAM}: the shared fixtures must sit beside the repository")
+    return UPSTREAM
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A generated `tiny` checkpoint (read-only: copy it before changing anything)."""
+    folder = tmp_path_factory.mktemp("tiny") / "ckpt"
+    generate_checkpoint(folder, Grok1Config.preset("tiny"), seed=1, quiet=True)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def small_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A generated `small` checkpoint (about 46 MB)."""
+    folder = tmp_path_factory.mktemp("small") / "ckpt"
+    generate_checkpoint(folder, Grok1Config.preset("small"), seed=2, quiet=True)
+    return folder

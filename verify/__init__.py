@@ -1,0 +1,1 @@
+"""Reference forward passes of Grok-1, logits metrics and verification reports."""
