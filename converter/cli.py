@@ -101,3 +101,149 @@ def inspect(path: Path, as_json: bool) -> None:
     click.echo(json.dumps(report, indent=2) if as_json else format_report(report))
     if report["problems"]:
         sys.exit(EXIT_BAD_INPUT)
+
+
+def load_tokens(path: Path, vocab: int) -> Any:
+    """A [batch, seq] integer array of token ids from a .npy file, checked against the vocab."""
+    import numpy as np
+
+    from converter.errors import MalformedFileError
+
+    try:
+        tokens = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise MalformedFileError(f"{path}: cannot read tokens ({exc})") from None
+    if tokens.ndim != 2 or not np.issubdtype(tokens.dtype, np.integer):
+        raise MalformedFileError(f"{path}: tokens must be an integer array [batch, seq], "
+                                 f"found {tokens.dtype}{list(tokens.shape)}")
+    if tokens.size and (tokens.min() < 0 or tokens.max() >= vocab):
+        raise MalformedFileError(f"{path}: token ids must lie in [0, {vocab}), found "
+                                 f"[{tokens.min()}, {tokens.max()}]")
+    return tokens.astype(np.int64)
+
+
+@main.command()
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("--tokens", "tokens_path", type=click.Path(path_type=Path), required=True,
+              help="int array [batch, seq] as .npy; id 0 is padding.")
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="Where to write float32 logits [batch, seq, vocab] as .npy.")
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16"]), default="float32",
+              show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+@handle_errors
+def logits(checkpoint: Path, tokens_path: Path, out: Path, dtype: str, device: str) -> None:
+    """Run the streamed forward pass and write the full logits.
+
+    \b
+    Example:
+      grok1 logits ./tiny-grok --tokens tokens.npy --out logits.npy
+    """
+    import numpy as np
+
+    from converter.atomic import atomic_open
+    from converter.layouts import open_checkpoint
+    from verify.torch_forward import torch_logits
+
+    reader = open_checkpoint(checkpoint)
+    tokens = load_tokens(tokens_path, reader.config.vocab)
+    result = torch_logits(reader, tokens, dtype=dtype, device=device)
+    with atomic_open(out) as f:
+        np.save(f, result)
+    click.echo(f"wrote logits {list(result.shape)} to {out}", err=True)
+
+
+@main.command()
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--tokens", "tokens_path", type=click.Path(path_type=Path),
+              help="int array [batch, seq] as .npy; id 0 is padding.")
+@click.option("--seq-len", type=click.IntRange(min=2), default=64, show_default=True)
+@click.option("--batch", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--profile", "profile_name", type=click.Choice(["lossless", "int8", "int4"]),
+              default="lossless", show_default=True)
+@click.option("--max-kl", type=float, help="Override the profile's mean-KL limit.")
+@click.option("--min-top1", type=float, help="Override the profile's top-1 agreement floor.")
+@click.option("--max-ppl-ratio", type=float, help="Override the perplexity-ratio limit.")
+@click.option("--max-abs-diff", type=float, help="Override the max |logit diff| limit.")
+@click.option("--per-layer", is_flag=True,
+              help="Run each candidate layer on the reference's input; report per layer.")
+@click.option("--check-tensors/--no-check-tensors", default=None,
+              help="Compare every tensor bit for bit (default: on for --profile lossless).")
+@click.option("--save-reference", type=click.Path(path_type=Path),
+              help="Store the reference run (top-k log-probs) for reuse.")
+@click.option("--reference-logits", type=click.Path(path_type=Path),
+              help="Reuse a stored reference run instead of running REFERENCE.")
+@click.option("--top-k", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Reference log-probs kept per position by --save-reference.")
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16"]), default="float32",
+              show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--json", "json_path", type=click.Path(path_type=Path),
+              help="Write the report as JSON here ('-' for stdout).")
+@click.option("--markdown", "markdown_path", type=click.Path(path_type=Path),
+              help="Write the report as Markdown here.")
+@handle_errors
+def verify(paths: tuple[Path, ...], tokens_path: Path | None, seq_len: int, batch: int,
+           seed: int, profile_name: str, max_kl: float | None, min_top1: float | None,
+           max_ppl_ratio: float | None, max_abs_diff: float | None, per_layer: bool,
+           check_tensors: bool | None, save_reference: Path | None,
+           reference_logits: Path | None, top_k: int, dtype: str, device: str,
+           json_path: Path | None, markdown_path: Path | None) -> None:
+    """Check CANDIDATE against REFERENCE: usage `grok1 verify [REFERENCE] CANDIDATE`.
+
+    Runs both forwards layer-major and compares logits at non-pad positions. Exits 0 on pass,
+    1 on fail, 2 on bad input.
+
+    \b
+    Examples:
+      grok1 verify ./grok-1 ./grok-1-hf --profile lossless --per-layer
+      grok1 verify ./grok-1 ./grok-1-int4 --profile int4 --json report.json
+      grok1 verify ./grok-1 ./grok-1-hf --save-reference ref.npz
+      grok1 verify ./grok-1-int8 --reference-logits ref.npz --profile int8
+    """
+    from converter.atomic import atomic_open
+    from converter.layouts import open_checkpoint
+    from verify.metrics import ReferenceLogits
+    from verify.profiles import profile
+    from verify.report import format_markdown, format_table
+    from verify.run import random_tokens, run_verification
+
+    stored = ReferenceLogits.load(reference_logits) if reference_logits else None
+    if len(paths) == 2:
+        reference, candidate = open_checkpoint(paths[0]), open_checkpoint(paths[1])
+    elif len(paths) == 1 and stored is not None and not per_layer:
+        reference, candidate = None, open_checkpoint(paths[0])
+    else:
+        raise UsageError("give REFERENCE and CANDIDATE, or CANDIDATE with --reference-logits "
+                         "(--per-layer needs REFERENCE)")
+    vocab = candidate.config.vocab
+    if stored is not None:
+        tokens = None
+    elif tokens_path is not None:
+        tokens = load_tokens(tokens_path, vocab)
+    else:
+        tokens = random_tokens(vocab, batch=batch, seq_len=seq_len, seed=seed)
+    limits = profile(profile_name).override(max_kl=max_kl, min_top1=min_top1,
+                                            max_ppl_ratio=max_ppl_ratio, max_abs_diff=max_abs_diff)
+    if check_tensors is None:
+        check_tensors = profile_name == "lossless" and reference is not None
+    result = run_verification(reference, candidate, tokens, thresholds=limits,
+                              reference_logits=stored, per_layer=per_layer,
+                              check_tensors=check_tensors, dtype=dtype, device=device)
+    if save_reference:
+        result.reference.truncated(top_k).save(save_reference)
+    report = result.to_dict()
+    report["profile"] = profile_name
+    if json_path is not None:
+        if str(json_path) == "-":
+            echo_json(report)
+        else:
+            with atomic_open(json_path) as f:
+                f.write(json.dumps(report, indent=2).encode())
+    if markdown_path is not None:
+        with atomic_open(markdown_path) as f:
+            f.write(format_markdown(result).encode())
+    if str(json_path) != "-":
+        click.echo(format_table(result))
+    sys.exit(EXIT_OK if result.passed else EXIT_FAILED)

@@ -44,6 +44,10 @@ class QuantizedWeight8bit:
     weight: np.ndarray
     scales: np.ndarray
 
+    def __getitem__(self, index: int) -> QuantizedWeight8bit:
+        """One slice along the leading (expert) axis."""
+        return QuantizedWeight8bit(weight=self.weight[index], scales=self.scales[index])
+
     @property
     def scale_groups(self) -> int:
         """G: the number of scale groups along the input axis."""

@@ -46,6 +46,7 @@ def find_tensor_dir(path: Path) -> Path | None:
 class XaiCheckpoint:
     """A checkpoint in the release layout, opened lazily."""
 
+    layout = "xai"
     root: Path
     tensor_dir: Path
     config: Grok1Config

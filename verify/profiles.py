@@ -1,0 +1,70 @@
+"""Pass/fail rules for `grok1 verify` (DESIGN.md section 5), as data."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from converter.errors import UsageError
+
+__all__ = ["PROFILES", "Thresholds", "judge"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Thresholds:
+    """Limits a candidate must meet; None means not checked."""
+
+    max_kl: float | None = None
+    min_top1: float | None = None
+    max_ppl_ratio: float | None = None
+    max_abs_diff: float | None = None
+    max_layer_error: float | None = None
+
+    def override(self, **values: Any) -> Thresholds:
+        """A copy with the given (non-None) limits replaced."""
+        return dataclasses.replace(self, **{k: v for k, v in values.items() if v is not None})
+
+
+PROFILES: dict[str, Thresholds] = {
+    # A layout change: logits identical on the same compute path, tensors bit-exact.
+    "lossless": Thresholds(max_kl=0.0, min_top1=1.0, max_ppl_ratio=1.0, max_abs_diff=0.0,
+                           max_layer_error=0.0),
+    "int8": Thresholds(max_kl=0.005, min_top1=0.97, max_ppl_ratio=1.005, max_layer_error=0.05),
+    "int4": Thresholds(max_kl=0.03, min_top1=0.92, max_ppl_ratio=1.03, max_layer_error=0.25),
+}
+# Whatever the profile: these always fail.
+ALWAYS_FAIL_TOP1 = 0.80
+ALWAYS_FAIL_KL = 0.2
+
+
+def profile(name: str) -> Thresholds:
+    """The thresholds of a named profile."""
+    if name not in PROFILES:
+        raise UsageError(f"unknown profile {name!r}; known: {', '.join(PROFILES)}")
+    return PROFILES[name]
+
+
+def judge(metrics: dict[str, Any], limits: Thresholds) -> list[str]:
+    """Every reason the candidate fails, empty when it passes."""
+    reasons = []
+    if metrics["nonfinite"]:
+        reasons.append(f"{metrics['nonfinite']} NaN/Inf logits")
+    if metrics["top1_agreement"] < ALWAYS_FAIL_TOP1:
+        reasons.append(f"top-1 agreement {metrics['top1_agreement']:.2%} < "
+                       f"{ALWAYS_FAIL_TOP1:.0%} (always fails)")
+    if metrics["kl_mean"] > ALWAYS_FAIL_KL:
+        reasons.append(f"mean KL {metrics['kl_mean']:.4g} > {ALWAYS_FAIL_KL} (always fails)")
+    checks = [
+        ("kl_mean", "mean KL", limits.max_kl, "max"),
+        ("top1_agreement", "top-1 agreement", limits.min_top1, "min"),
+        ("perplexity_ratio", "perplexity ratio", limits.max_ppl_ratio, "max"),
+        ("max_abs_diff", "max |logit diff|", limits.max_abs_diff, "max"),
+    ]
+    for key, label, limit, kind in checks:
+        if limit is None:
+            continue
+        value = metrics[key]
+        bad = value > limit if kind == "max" else value < limit
+        if bad or value != value:
+            reasons.append(f"{label} {value:.6g} {'>' if kind == 'max' else '<'} {limit:g}")
+    return reasons

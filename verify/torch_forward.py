@@ -1,0 +1,157 @@
+"""The streamed, layer-major Grok-1 forward in torch (float32 or bfloat16; CPU or CUDA).
+
+All sequences go through layer L before layer L+1 is read, so every weight is read from disk once
+per run and only one layer is in memory; expert matrices are dequantized one expert at a time.
+This is how the real 314B checkpoint verifies on one machine. Checkpoint values are dequantized
+exactly (int8 x scale in float32; rounded once to bf16 in bfloat16 mode, as the release ran).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+import torch
+
+from converter.config import Grok1Config
+from converter.errors import UsageError
+from converter.layouts import CheckpointReader
+from verify.weights import dense, layer_specs
+
+__all__ = ["DTYPES", "LayerOutput", "StreamedGrok1", "torch_logits"]
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+_HEAD_CHUNK = 16384
+
+
+@dataclasses.dataclass
+class LayerOutput:
+    """A decoder layer's result and its two sub-block outputs (after their post-norms)."""
+
+    hidden: torch.Tensor
+    attention: torch.Tensor
+    moe: torch.Tensor
+
+
+def _rms_norm(x: torch.Tensor, scale: torch.Tensor, eps: float) -> torch.Tensor:
+    xf = x.float()
+    normed = xf * torch.rsqrt(xf.square().mean(-1, keepdim=True) + eps)
+    return (normed * scale.float()).to(x.dtype)
+
+
+def _rope(x: torch.Tensor, base: float) -> torch.Tensor:
+    d = x.shape[-1]
+    inv_freq = 1.0 / (base ** (torch.arange(0, d, 2, dtype=torch.float32, device=x.device) / d))
+    phase = torch.arange(x.shape[1], dtype=torch.float32, device=x.device)[:, None] * inv_freq
+    phase = torch.cat([phase, phase], dim=-1)[None, :, None, :]
+    rotated = torch.cat([-x[..., d // 2:], x[..., : d // 2]], dim=-1)
+    return (x.float() * phase.cos() + rotated.float() * phase.sin()).to(x.dtype)
+
+
+class StreamedGrok1:
+    """A Grok-1 forward that loads one layer's weights at a time from a checkpoint reader."""
+
+    def __init__(self, reader: CheckpointReader, *, dtype: str = "float32",
+                 device: str = "cpu") -> None:
+        if dtype not in DTYPES:
+            raise UsageError(f"unknown dtype {dtype!r}; known: {', '.join(DTYPES)}")
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise UsageError("--device cuda asked for, but torch sees no CUDA device")
+        self.reader = reader
+        self.config: Grok1Config = reader.config
+        self.dtype = DTYPES[dtype]
+        self.device = torch.device(device)
+        by_role = {s.role: s for s in reader.specs if s.layer is None}
+        self._embed = reader.read(by_role["embed"])
+        self._final_norm = dense(reader.read(by_role["final_norm"]))
+
+    def _tensor(self, value: Any, dtype: torch.dtype | None = None) -> torch.Tensor:
+        array = np.array(dense(value), dtype=np.float32, order="C", copy=None)
+        if not array.flags.writeable:
+            array = array.copy()
+        return torch.from_numpy(array).to(device=self.device, dtype=dtype or self.dtype)
+
+    def embed(self, tokens: np.ndarray) -> torch.Tensor:
+        """Scaled token embeddings [B, T, emb] (only the rows used are read)."""
+        rows = np.asarray(dense(self._embed)[np.asarray(tokens)], dtype=np.float32)
+        return torch.from_numpy(rows).to(self.device, self.dtype) * self.config.emb_mult
+
+    def head(self, hidden: torch.Tensor) -> np.ndarray:
+        """Final norm and tied unembedding, vocabulary in chunks; float32 [B, T, vocab]."""
+        c = self.config
+        h = _rms_norm(hidden, self._tensor(self._final_norm, torch.float32), c.rms_norm_eps)
+        embed = dense(self._embed)
+        out = np.empty((*h.shape[:-1], c.vocab), np.float32)
+        for start in range(0, c.vocab, _HEAD_CHUNK):
+            block = self._tensor(embed[start:start + _HEAD_CHUNK])
+            logits = (h @ block.T) * c.out_mult
+            out[..., start:start + block.shape[0]] = logits.float().cpu().numpy()
+        return out
+
+    def load_layer(self, layer: int) -> dict[str, Any]:
+        """One layer's values by role, as the reader returns them (still quantized)."""
+        return {role: self.reader.read(spec)
+                for role, spec in layer_specs(self.reader, layer).items()}
+
+    def layer(self, weights: dict[str, Any], hidden: torch.Tensor,
+              valid: torch.Tensor) -> LayerOutput:
+        """Run one decoder layer on `hidden` [B, T, emb] with key mask `valid` [B, T]."""
+        c = self.config
+        norm = {r: self._tensor(weights[r], torch.float32) for r in (
+            "pre_attn_norm", "post_attn_norm", "pre_moe_norm", "post_moe_norm")}
+        attn = self._attention(_rms_norm(hidden, norm["pre_attn_norm"], c.rms_norm_eps),
+                               weights, valid)
+        attn = _rms_norm(attn, norm["post_attn_norm"], c.rms_norm_eps)
+        hidden = hidden + attn
+        moe = self._moe(_rms_norm(hidden, norm["pre_moe_norm"], c.rms_norm_eps), weights)
+        moe = _rms_norm(moe, norm["post_moe_norm"], c.rms_norm_eps)
+        return LayerOutput(hidden=hidden + moe, attention=attn, moe=moe)
+
+    def _attention(self, x: torch.Tensor, w: dict[str, Any], valid: torch.Tensor) -> torch.Tensor:
+        c = self.config
+        b, t, _ = x.shape
+        q = (x @ self._tensor(w["attn_q"])).view(b, t, c.q_heads, c.key_size)
+        k = (x @ self._tensor(w["attn_k"])).view(b, t, c.kv_heads, c.key_size)
+        v = (x @ self._tensor(w["attn_v"])).view(b, t, c.kv_heads, c.key_size)
+        q, k = _rope(q, c.rope_base), _rope(k, c.rope_base)
+        q = q.view(b, t, c.kv_heads, c.q_heads // c.kv_heads, c.key_size)
+        logits = torch.einsum("bthgd,bshd->bhgts", q, k).float() * c.attn_mult
+        logits = c.attn_softcap * torch.tanh(logits / c.attn_softcap)
+        causal = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
+        mask = causal[None, None, None] & valid[:, None, None, None, :]
+        probs = torch.softmax(logits.masked_fill(~mask, -1e30), dim=-1).to(x.dtype)
+        out = torch.einsum("bhgts,bshd->bthgd", probs, v).reshape(b, t, c.q_dim)
+        return out @ self._tensor(w["attn_o"])
+
+    def _moe(self, x: torch.Tensor, w: dict[str, Any]) -> torch.Tensor:
+        c = self.config
+        flat = x.reshape(-1, x.shape[-1])
+        router = self._tensor(w["router"], torch.float32)
+        probs = torch.softmax(flat.float() @ router, dim=-1)  # upstream ignores padding here
+        gates, chosen = torch.topk(probs, c.topk, dim=-1)
+        out = torch.zeros(flat.shape, dtype=torch.float32, device=x.device)
+        for e in range(c.experts):
+            token, slot = torch.nonzero(chosen == e, as_tuple=True)
+            if token.numel() == 0:
+                continue
+            xe = flat[token]
+            gate = xe @ self._tensor(w["moe_gate"][e])
+            up = xe @ self._tensor(w["moe_up"][e])
+            he = torch.nn.functional.gelu(gate, approximate="tanh") * up
+            ye = (he @ self._tensor(w["moe_down"][e])).float() * gates[token, slot, None]
+            out.index_add_(0, token, ye)
+        return out.to(x.dtype).view_as(x)
+
+
+@torch.inference_mode()
+def torch_logits(reader: CheckpointReader, tokens: np.ndarray, *, dtype: str = "float32",
+                 device: str = "cpu") -> np.ndarray:
+    """Logits [batch, seq, vocab] as float32, streaming one layer at a time."""
+    model = StreamedGrok1(reader, dtype=dtype, device=device)
+    tokens = np.asarray(tokens)
+    valid = torch.from_numpy(tokens != model.config.pad_token).to(model.device)
+    hidden = model.embed(tokens)
+    for layer in range(model.config.layers):
+        hidden = model.layer(model.load_layer(layer), hidden, valid).hidden
+    return model.head(hidden)
