@@ -28,7 +28,7 @@ def atomic_open(path: Path) -> Iterator[BinaryIO]:
     path = Path(path)
     tmp = path.with_name(f"{path.name}.{secrets.token_hex(4)}{INCOMPLETE_SUFFIX}")
     try:
-        with open(tmp, "wb") as f:
+        with open(tmp, "w+b") as f:
             yield f
             f.flush()
             os.fsync(f.fileno())

@@ -247,3 +247,75 @@ def verify(paths: tuple[Path, ...], tokens_path: Path | None, seq_len: int, batc
     if str(json_path) != "-":
         click.echo(format_table(result))
     sys.exit(EXIT_OK if result.passed else EXIT_FAILED)
+
+
+@main.command()
+@click.argument("src", type=click.Path(path_type=Path))
+@click.argument("dst", type=click.Path(path_type=Path))
+@click.option("--to", "to", type=click.Choice(["hf", "torch", "xai"]), default="hf",
+              show_default=True, help="Output layout (the source layout is detected).")
+@click.option("--names", type=click.Choice(["hpcai", "sglang"]), default="hpcai",
+              show_default=True, help="Tensor names for hf/torch output.")
+@click.option("--dtype", type=click.Choice(["bf16", "f32", "int8"]), default="bf16",
+              show_default=True,
+              help="Linear weights: bf16 (rounded as the release ran), f32 (exact), or int8 "
+                   "(the release's codes and scales as compressed-tensors, lossless).")
+@click.option("--shard-size", default="5GB", show_default=True)
+@click.option("--tokenizer", type=click.Path(path_type=Path, dir_okay=False),
+              help="A tokenizer.model to ship with hf/torch output.")
+@click.option("--workers", type=click.IntRange(min=1), help="Parallel writers (default: cores).")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run in DST.")
+@click.option("--overwrite", is_flag=True, help="Replace DST.")
+@click.option("--dry-run", is_flag=True, help="Print the plan; write nothing.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary at the end.")
+@handle_errors
+def convert(src: Path, dst: Path, to: str, names: str, dtype: str, shard_size: str,
+            tokenizer: Path | None, workers: int | None, resume: bool, overwrite: bool,
+            dry_run: bool, quiet: bool, as_json: bool) -> None:
+    """Convert SRC to another layout in DST, streaming one tensor at a time.
+
+    \b
+    Examples:
+      grok1 convert ./grok-1 ./grok-1-hf --to hf --dtype bf16
+      grok1 convert ./grok-1 ./grok-1-int8 --to hf --dtype int8 --names sglang
+      grok1 convert ./grok-1-int8 ./grok-1-again --to xai      # byte-identical to the release
+      grok1 convert ./grok-1 ./out --to hf --resume            # after an interruption
+    """
+    from converter.engine import default_workers, run_units
+    from converter.layouts import open_checkpoint
+    from converter.names import scheme
+    from converter.targets import DTYPE_FORMATS, ShardedTarget, XaiTarget, lossless_formats
+    from converter.targets import parse_size as parse
+
+    if tokenizer is not None and not tokenizer.is_file():
+        raise UsageError(f"{tokenizer}: no such tokenizer file")
+    if to == "xai":
+        target: Any = XaiTarget()
+    else:
+        specs = open_checkpoint(src).specs
+        formats = (lossless_formats(specs) if dtype == "int8" else
+                   dict.fromkeys(lossless_formats(specs), DTYPE_FORMATS[dtype]))
+        target = ShardedTarget(to, scheme(names), formats, parse(shard_size), dtype,
+                               tokenizer=tokenizer)
+    summary = run_units(src, dst, target, workers=workers or default_workers(), resume=resume,
+                        overwrite=overwrite, dry_run=dry_run, quiet=quiet)
+    if as_json:
+        echo_json(summary)
+    elif dry_run:
+        for item in summary["files"]:
+            click.echo(f"{item['bytes']:>16,}  {item['path']}")
+        click.echo(f"{summary['units']} files, {summary['bytes']:,} bytes "
+                   f"(free: {_free_bytes(dst):,})")
+    else:
+        click.echo(f"converted {summary['tensors']} tensors into {summary['units']} files "
+                   f"({summary['bytes']:,} bytes) in {summary['seconds']:.1f}s -> {dst}")
+
+
+def _free_bytes(folder: Path) -> int:
+    import shutil
+
+    probe = folder
+    while not probe.exists():
+        probe = probe.parent
+    return shutil.disk_usage(probe).free

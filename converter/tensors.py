@@ -10,7 +10,8 @@ import dataclasses
 
 import numpy as np
 
-__all__ = ["QuantizedWeight8bit", "bf16_bits_to_f32", "f32_to_bf16_bits", "round_to_bf16"]
+__all__ = ["QuantizedWeight8bit", "bf16_bits_to_f32", "dense", "f32_to_bf16_bits",
+           "round_to_bf16"]
 
 
 def bf16_bits_to_f32(bits: np.ndarray) -> np.ndarray:
@@ -60,3 +61,10 @@ class QuantizedWeight8bit:
         codes = np.asarray(self.weight).reshape(*lead, g, k // g, n).astype(np.float32)
         scales = bf16_bits_to_f32(self.scales).reshape(*lead, g, 1, n)
         return (codes * scales).reshape(*lead, k, n)
+
+
+def dense(value: object) -> np.ndarray:
+    """Any reader value as a float32 array in the canonical `[..., in, out]` layout."""
+    if hasattr(value, "dequantize"):
+        return value.dequantize()
+    return np.asarray(value, dtype=np.float32)

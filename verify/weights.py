@@ -8,17 +8,11 @@ import numpy as np
 
 from converter.layouts import CheckpointReader
 from converter.spec import TensorSpec
+from converter.tensors import dense
 
 __all__ = ["LayerWeights", "dense", "global_weights", "layer_specs", "load_layer"]
 
 LayerWeights = dict[str, Any]
-
-
-def dense(value: Any) -> np.ndarray:
-    """A reader's value as a float32 numpy array in the canonical `[..., in, out]` layout."""
-    if hasattr(value, "dequantize"):
-        return value.dequantize()
-    return np.asarray(value, dtype=np.float32)
 
 
 def layer_specs(reader: CheckpointReader, layer: int) -> dict[str, TensorSpec]:

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 from converter.config import Grok1Config
 from converter.spec import TensorSpec
 
-__all__ = ["CheckpointReader", "open_checkpoint"]
+__all__ = ["CheckpointReader", "detect_layout", "open_checkpoint"]
 
 
 class CheckpointReader(Protocol):
@@ -25,9 +25,35 @@ class CheckpointReader(Protocol):
 
     def read(self, spec: TensorSpec) -> Any: ...
 
+    def read_expert(self, spec: TensorSpec, expert: int) -> Any: ...
+
+
+def detect_layout(path: Path) -> str:
+    """`xai`, `hf` or `torch`: the layout of the checkpoint at `path`."""
+    from converter.errors import CheckpointNotFoundError, LayoutError
+    from converter.layouts.hf import CONTAINERS
+    from converter.layouts.xai import find_tensor_dir
+
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointNotFoundError(f"{path}: no such file or directory")
+    if not path.is_dir():
+        raise LayoutError(f"{path}: not a checkpoint folder")
+    if find_tensor_dir(path) is not None:
+        return "xai"
+    for name, container in CONTAINERS.items():
+        if (path / container.index_name).is_file() or (path / container.single_name).is_file():
+            return name
+    raise LayoutError(f"{path}: not a checkpoint: no ckpt-0/tensor*_000 files, no "
+                      "model.safetensors(.index.json), no pytorch_model.bin(.index.json)")
+
 
 def open_checkpoint(path: Path) -> CheckpointReader:
     """Open a checkpoint in whichever layout `path` holds."""
+    from converter.layouts.hf import CONTAINERS, HfCheckpoint
     from converter.layouts.xai import XaiCheckpoint
 
-    return XaiCheckpoint.open(Path(path))
+    layout = detect_layout(path)
+    if layout == "xai":
+        return XaiCheckpoint.open(Path(path))
+    return HfCheckpoint(Path(path), CONTAINERS[layout])

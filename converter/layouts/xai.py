@@ -7,6 +7,7 @@ optionally a `config.json` sidecar; without one the real Grok-1 config is assume
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -94,6 +95,10 @@ class XaiCheckpoint:
         check_value(path, spec, value, self.config_source)
         return value
 
+    def read_expert(self, spec: TensorSpec, expert: int) -> Value:
+        """One expert's slice of a stacked leaf (still a zero-copy view)."""
+        return self.read(spec)[expert]
+
     def __iter__(self) -> Iterator[tuple[TensorSpec, Value]]:
         """Every leaf in file order, one at a time."""
         for spec in self.specs:
@@ -146,8 +151,12 @@ def _chunks(array: np.ndarray) -> Iterator[memoryview]:
 
 
 def write_leaf(path: Path, spec: TensorSpec,
-               payloads: list[Iterable[bytes | memoryview | np.ndarray]]) -> None:
-    """Atomically write the release file for `spec` from streamed payload chunks."""
+               payloads: list[Iterable[bytes | memoryview | np.ndarray]]) -> str:
+    """Atomically write the release file for `spec` from streamed payload chunks.
+
+    Returns the sha256 of the file.
+    """
+    digest = hashlib.sha256()
     if spec.quantized:
         metas = [ArrayMeta("i1", spec.shape), ArrayMeta("bfloat16", spec.scales_shape or ())]
     else:
@@ -160,12 +169,15 @@ def write_leaf(path: Path, spec: TensorSpec,
                     raw = memoryview(chunk).cast("B") if not isinstance(chunk, np.ndarray) else (
                         memoryview(np.ascontiguousarray(chunk).reshape(-1).view(np.uint8)))
                     f.write(raw)
+                    digest.update(raw)
                     written += raw.nbytes
                 if written != part.nbytes:
                     raise ShapeMismatchError(f"{path}: {spec.name} payload {part.index} has "
                                              f"{written} bytes, expected {part.nbytes}")
             else:
                 f.write(part)
+                digest.update(part)
+    return digest.hexdigest()
 
 
 def value_payloads(value: Value) -> list[Iterator[memoryview]]:

@@ -1,0 +1,281 @@
+"""Shard files written one tensor at a time, and read back lazily.
+
+Two containers: safetensors (header planned up front, then each tensor's bytes streamed in) and
+PyTorch zip checkpoints (`torch.save` writes the skeleton with `skip_data`, then each storage is
+written in place and its CRC-32 patched). Both write to `<name>.<random>.incomplete` and rename
+only when complete, so memory is one tensor and a shard on disk is whole or absent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import mmap
+import os
+import struct
+import zipfile
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from converter.atomic import atomic_open
+from converter.errors import MalformedFileError, ShapeMismatchError, UsageError
+
+__all__ = ["DTYPES", "Entry", "SafetensorsReader", "SafetensorsWriter", "TorchShardReader",
+           "TorchShardWriter", "as_numpy"]
+
+# safetensors dtype name -> numpy dtype carrying the raw values (bf16 as uint16 bits)
+DTYPES: dict[str, np.dtype] = {
+    "F32": np.dtype("<f4"), "BF16": np.dtype("<u2"), "F16": np.dtype("<f2"),
+    "I64": np.dtype("<i8"), "I32": np.dtype("<i4"), "I8": np.dtype("i1"), "U8": np.dtype("u1"),
+}
+_TORCH_DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16", "I64": "int64",
+                 "I32": "int32", "I8": "int8", "U8": "uint8"}
+_MAX_HEADER = 100 << 20
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """One tensor of a shard: name, safetensors dtype name and shape."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        """Size of its data."""
+        return math.prod(self.shape) * DTYPES[self.dtype].itemsize
+
+
+def _raw(entry: Entry, array: np.ndarray, path: Path) -> memoryview:
+    array = np.asarray(array)
+    if array.shape != entry.shape or array.dtype != DTYPES[entry.dtype]:
+        raise ShapeMismatchError(f"{path}: {entry.name} is {array.dtype}{list(array.shape)}, "
+                                 f"the plan says {entry.dtype}{list(entry.shape)}")
+    return memoryview(np.ascontiguousarray(array).reshape(-1).view(np.uint8))
+
+
+class _PhasedWriter:
+    """Tensors must be written exactly once each, in plan order, before `finish`."""
+
+    def __init__(self, path: Path, entries: list[Entry]) -> None:
+        names = [e.name for e in entries]
+        if len(set(names)) != len(names):
+            raise UsageError(f"{path}: a tensor name is planned twice")
+        self.path, self.entries, self.next = Path(path), entries, 0
+        self.digests: dict[str, str] = {}
+
+    def _expect(self, name: str) -> Entry:
+        if self.next >= len(self.entries) or self.entries[self.next].name != name:
+            want = self.entries[self.next].name if self.next < len(self.entries) else "nothing"
+            raise UsageError(f"{self.path}: wrote {name}, expected {want} (plan order)")
+        self.next += 1
+        return self.entries[self.next - 1]
+
+    def _hash(self, name: str, raw: memoryview) -> None:
+        self.digests[name] = hashlib.sha256(raw).hexdigest()
+
+    def _check_done(self) -> None:
+        if self.next != len(self.entries):
+            raise UsageError(f"{self.path}: finished after {self.next} of "
+                             f"{len(self.entries)} tensors")
+
+
+class SafetensorsWriter(_PhasedWriter):
+    """Writes one .safetensors file tensor by tensor; use as a context manager."""
+
+    def __init__(self, path: Path, entries: list[Entry],
+                 metadata: dict[str, str] | None = None) -> None:
+        super().__init__(path, entries)
+        header: dict[str, Any] = {"__metadata__": metadata or {"format": "pt"}}
+        offset = 0
+        for e in entries:
+            header[e.name] = {"dtype": e.dtype, "shape": list(e.shape),
+                              "data_offsets": [offset, offset + e.nbytes]}
+            offset += e.nbytes
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % 8)
+        self._header = struct.pack("<Q", len(raw)) + raw
+
+    def __enter__(self) -> SafetensorsWriter:
+        self._context = atomic_open(self.path)
+        self._file = self._context.__enter__()
+        self._file.write(self._header)
+        return self
+
+    def write(self, name: str, array: np.ndarray) -> None:
+        """Append the next tensor's bytes."""
+        entry = self._expect(name)
+        raw = _raw(entry, array, self.path)
+        self._hash(name, raw)
+        self._file.write(raw)
+
+    def __exit__(self, *exc: Any) -> None:
+        if exc[0] is None:
+            self._check_done()
+        self._context.__exit__(*exc)
+
+
+class SafetensorsReader:
+    """Zero-copy access to the tensors of one .safetensors file, with a checked header."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        try:
+            with open(self.path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                if size < 8:
+                    raise MalformedFileError(f"{self.path}: truncated ({size} bytes)")
+                self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except FileNotFoundError:
+            from converter.errors import CheckpointNotFoundError
+            raise CheckpointNotFoundError(f"{self.path}: missing") from None
+        (length,) = struct.unpack("<Q", self._map[:8])
+        if length > min(_MAX_HEADER, size - 8):
+            raise MalformedFileError(f"{self.path}: header of {length} bytes does not fit a "
+                                     f"{size}-byte file (truncated or not safetensors)")
+        try:
+            header = json.loads(self._map[8:8 + length])
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise MalformedFileError(f"{self.path}: header is not valid JSON") from None
+        header.pop("__metadata__", None)
+        self._base = 8 + length
+        self.entries: dict[str, tuple[Entry, int]] = {}
+        for name, info in header.items():
+            try:
+                entry = Entry(name, info["dtype"], tuple(info["shape"]))
+                begin, end = info["data_offsets"]
+                known = entry.dtype in DTYPES
+            except (KeyError, TypeError, ValueError):
+                raise MalformedFileError(f"{self.path}: malformed header entry {name}") from None
+            if not known:
+                raise MalformedFileError(f"{self.path}: {name} has unsupported dtype "
+                                         f"{entry.dtype}")
+            if end - begin != entry.nbytes or self._base + end > size:
+                raise MalformedFileError(f"{self.path}: {name} needs bytes {begin}..{end} "
+                                         f"(file has {size - self._base}; truncated?)")
+            self.entries[name] = (entry, begin)
+
+    def get(self, name: str) -> np.ndarray:
+        """A read-only view of one tensor (bf16 as uint16 bits)."""
+        entry, begin = self.entries[name]
+        count = math.prod(entry.shape)
+        flat = np.frombuffer(self._map, DTYPES[entry.dtype], count, self._base + begin)
+        return flat.reshape(entry.shape)
+
+    def dtype(self, name: str) -> str:
+        """The safetensors dtype name of one tensor."""
+        return self.entries[name][0].dtype
+
+
+def as_numpy(tensor: Any) -> np.ndarray:
+    """A CPU torch tensor as numpy (bf16 as uint16 bits); its safetensors dtype name too."""
+    import torch
+
+    if tensor.dtype == torch.bfloat16:
+        return tensor.view(torch.int16).numpy().view(np.uint16)
+    return tensor.numpy()
+
+
+class TorchShardWriter(_PhasedWriter):
+    """Writes one `torch.save` zip checkpoint tensor by tensor (loadable with weights_only)."""
+
+    def __init__(self, path: Path, entries: list[Entry]) -> None:
+        super().__init__(path, entries)
+
+    def __enter__(self) -> TorchShardWriter:
+        import torch
+        from torch._subclasses.fake_tensor import FakeTensorMode
+
+        self._context = atomic_open(self.path)
+        self._file = self._context.__enter__()
+        with FakeTensorMode():
+            skeleton = {e.name: torch.empty(e.shape, dtype=getattr(torch, _TORCH_DTYPES[e.dtype]))
+                        for e in self.entries}
+        with torch.serialization.skip_data(materialize_fake_tensors=True):
+            torch.save(skeleton, self._file)
+        self._file.flush()
+        with zipfile.ZipFile(self._file.name) as archive:
+            infos = {i.filename: i for i in archive.infolist()}
+            self._central = self._central_directory_offsets(archive)
+        prefix = next(iter(infos)).split("/", 1)[0]
+        self._records = []
+        for key in range(len(self.entries)):
+            info = infos[f"{prefix}/data/{key}"]
+            self._file.seek(info.header_offset + 26)
+            name_len, extra_len = struct.unpack("<HH", self._file.read(4))
+            data_at = info.header_offset + 30 + name_len + extra_len
+            self._records.append((info, data_at))
+        return self
+
+    @staticmethod
+    def _central_directory_offsets(archive: zipfile.ZipFile) -> dict[str, int]:
+        """Offset of each entry's central-directory record (to patch its CRC)."""
+        offsets, fp = {}, archive.fp
+        assert fp is not None
+        position = archive.start_dir
+        for info in archive.infolist():
+            offsets[info.filename] = position
+            fp.seek(position + 28)
+            n, m, k = struct.unpack("<HHH", fp.read(6))
+            position += 46 + n + m + k
+        return offsets
+
+    def write(self, name: str, array: np.ndarray) -> None:
+        """Write the next tensor's bytes into its storage record."""
+        entry = self._expect(name)
+        raw = _raw(entry, array, self.path)
+        self._hash(name, raw)
+        info, data_at = self._records[self.next - 1]
+        self._file.seek(data_at)
+        self._file.write(raw)
+        crc = struct.pack("<I", zlib.crc32(raw) & 0xFFFFFFFF)
+        self._file.seek(info.header_offset + 14)
+        self._file.write(crc)
+        self._file.seek(self._central[info.filename] + 16)
+        self._file.write(crc)
+
+    def __exit__(self, *exc: Any) -> None:
+        if exc[0] is None:
+            self._check_done()
+        self._context.__exit__(*exc)
+
+
+class TorchShardReader:
+    """Lazy (memory-mapped) access to a torch.save checkpoint, loaded with weights_only=True."""
+
+    def __init__(self, path: Path) -> None:
+        import pickle
+
+        import torch
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            from converter.errors import CheckpointNotFoundError
+            raise CheckpointNotFoundError(f"{self.path}: missing")
+        try:
+            self._tensors = torch.load(self.path, map_location="cpu", weights_only=True,
+                                       mmap=True)
+        except (RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile) as exc:
+            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise MalformedFileError(f"{self.path}: not a loadable torch checkpoint "
+                                     f"({message})") from None
+        if not isinstance(self._tensors, dict):
+            raise MalformedFileError(f"{self.path}: holds a {type(self._tensors).__name__}, "
+                                     "expected a state dict")
+        reverse = {v: k for k, v in _TORCH_DTYPES.items()}
+        self.entries = {name: Entry(name, reverse[str(t.dtype).removeprefix("torch.")],
+                                    tuple(t.shape)) for name, t in self._tensors.items()}
+
+    def get(self, name: str) -> np.ndarray:
+        """One tensor as numpy (bf16 as uint16 bits)."""
+        return as_numpy(self._tensors[name])
+
+    def dtype(self, name: str) -> str:
+        """The safetensors dtype name of one tensor."""
+        return self.entries[name].dtype
