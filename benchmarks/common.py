@@ -13,15 +13,41 @@ CACHE = Path(os.environ.get("GROK1_BENCH_DIR", Path(__file__).resolve().parent.p
                             / ".bench-cache"))
 
 
+def _tree_rss(root: int) -> int:
+    """Summed RSS (bytes) of a process and all its descendants, from /proc."""
+    parents: dict[int, int] = {}
+    rss: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            parents[int(entry.name)] = int(fields[1])
+            rss[int(entry.name)] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, IndexError, ValueError):
+            continue
+    tree, frontier = {root}, [root]
+    while frontier:
+        parent = frontier.pop()
+        for pid, ppid in parents.items():
+            if ppid == parent and pid not in tree:
+                tree.add(pid)
+                frontier.append(pid)
+    return sum(rss.get(pid, 0) for pid in tree)
+
+
 def run_measured(args: list[str], **kwargs) -> tuple[float, int]:
-    """Run a command; return (wall seconds, peak RSS in bytes of that process tree's largest)."""
+    """Run a command; return (wall seconds, peak summed RSS in bytes of its process tree)."""
     start = time.perf_counter()
     proc = subprocess.Popen(args, **kwargs)
-    _, status, usage = os.wait4(proc.pid, 0)
+    peak = 0
+    while proc.poll() is None:
+        peak = max(peak, _tree_rss(proc.pid))
+        time.sleep(0.05)
     seconds = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
+    if proc.returncode != 0:
         raise SystemExit(f"benchmark command failed: {' '.join(args)}")
-    return seconds, usage.ru_maxrss * 1024
+    return seconds, peak
 
 
 def grok1(*args: str) -> list[str]:

@@ -9,7 +9,6 @@ quantization math that chooses codes and scales lives in `quant/`.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any
 
 import numpy as np
@@ -20,26 +19,43 @@ __all__ = ["PackedLinear", "StackedExperts", "pack_codes", "quantization_config"
            "unpack_codes"]
 
 
+def _check_bits(bits: int) -> None:
+    if bits not in (4, 8):
+        raise ValueError(f"pack-quantized supports 4 and 8 bits, not {bits}")
+
+
 def pack_codes(codes: np.ndarray, bits: int) -> np.ndarray:
-    """Signed codes [rows, cols] (int8) -> int32 words [rows, ceil(cols * bits / 32)]."""
-    per_word = 32 // bits
+    """Signed codes [rows, cols] (int8) -> int32 words [rows, ceil(cols * bits / 32)].
+
+    Little-endian words packed low bits first are just the offset codes' bytes (8-bit) or
+    nibble pairs (4-bit) in order, so packing is a byte-level operation.
+    """
+    _check_bits(bits)
     rows, cols = codes.shape
-    words = math.ceil(cols / per_word)
-    unsigned = np.zeros((rows, words * per_word), np.uint32)
-    unsigned[:, :cols] = (codes.astype(np.int16) + (1 << (bits - 1))).astype(np.uint8)
-    shifts = (np.arange(per_word, dtype=np.uint32) * bits)[None, None, :]
-    packed = np.bitwise_or.reduce(unsigned.reshape(rows, words, per_word) << shifts, axis=-1)
-    return packed.view(np.int32)
+    per_word = 32 // bits
+    words = -(-cols // per_word)
+    offset = np.ascontiguousarray(codes).view(np.uint8) ^ np.uint8(1 << (bits - 1) if bits == 8
+                                                                     else 0)
+    raw = np.zeros((rows, words * 4), np.uint8)
+    if bits == 8:
+        raw[:, :cols] = offset
+    else:
+        nibbles = np.zeros((rows, words * per_word), np.uint8)
+        nibbles[:, :cols] = (codes.astype(np.int16) + 8).astype(np.uint8)
+        raw[:] = nibbles[:, 0::2] | (nibbles[:, 1::2] << 4)
+    return raw.view("<i4")
 
 
 def unpack_codes(packed: np.ndarray, bits: int, cols: int) -> np.ndarray:
     """int32 words [rows, words] -> signed codes [rows, cols] (int8)."""
-    per_word = 32 // bits
-    words = np.ascontiguousarray(packed).view(np.uint32)
-    shifts = (np.arange(per_word, dtype=np.uint32) * bits)[None, None, :]
-    unsigned = (words[..., None] >> shifts) & np.uint32((1 << bits) - 1)
-    flat = unsigned.reshape(words.shape[0], -1)[:, :cols]
-    return (flat.astype(np.int16) - (1 << (bits - 1))).astype(np.int8)
+    _check_bits(bits)
+    raw = np.ascontiguousarray(packed).view(np.uint8)
+    if bits == 8:
+        return (raw[:, :cols] ^ np.uint8(0x80)).view(np.int8)
+    nibbles = np.empty((raw.shape[0], raw.shape[1] * 2), np.uint8)
+    nibbles[:, 0::2] = raw & np.uint8(0x0F)
+    nibbles[:, 1::2] = raw >> 4
+    return (nibbles[:, :cols].astype(np.int16) - 8).astype(np.int8)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

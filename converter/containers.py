@@ -12,7 +12,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import mmap
 import os
 import struct
 import zipfile
@@ -122,27 +121,32 @@ class SafetensorsWriter(_PhasedWriter):
 
 
 class SafetensorsReader:
-    """Zero-copy access to the tensors of one .safetensors file, with a checked header."""
+    """Reads the tensors of one .safetensors file with a checked header.
+
+    Each tensor is read with `preadv` into a buffer of its own, so memory holds only the
+    tensors in use, never the pages of a whole mapped shard.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         try:
-            with open(self.path, "rb") as f:
-                size = os.fstat(f.fileno()).st_size
-                if size < 8:
-                    raise MalformedFileError(f"{self.path}: truncated ({size} bytes)")
-                self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            self._fd = os.open(self.path, os.O_RDONLY)
         except FileNotFoundError:
             from converter.errors import CheckpointNotFoundError
             raise CheckpointNotFoundError(f"{self.path}: missing") from None
-        (length,) = struct.unpack("<Q", self._map[:8])
+        size = os.fstat(self._fd).st_size
+        if size < 8:
+            raise MalformedFileError(f"{self.path}: truncated ({size} bytes)")
+        (length,) = struct.unpack("<Q", os.pread(self._fd, 8, 0))
         if length > min(_MAX_HEADER, size - 8):
             raise MalformedFileError(f"{self.path}: header of {length} bytes does not fit a "
                                      f"{size}-byte file (truncated or not safetensors)")
         try:
-            header = json.loads(self._map[8:8 + length])
+            header = json.loads(os.pread(self._fd, length, 8))
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise MalformedFileError(f"{self.path}: header is not valid JSON") from None
+        if not isinstance(header, dict):
+            raise MalformedFileError(f"{self.path}: header is not a JSON object")
         header.pop("__metadata__", None)
         self._base = 8 + length
         self.entries: dict[str, tuple[Entry, int]] = {}
@@ -162,11 +166,17 @@ class SafetensorsReader:
             self.entries[name] = (entry, begin)
 
     def get(self, name: str) -> np.ndarray:
-        """A read-only view of one tensor (bf16 as uint16 bits)."""
+        """One tensor (bf16 as uint16 bits), read into its own buffer."""
         entry, begin = self.entries[name]
-        count = math.prod(entry.shape)
-        flat = np.frombuffer(self._map, DTYPES[entry.dtype], count, self._base + begin)
-        return flat.reshape(entry.shape)
+        out = np.empty(entry.shape, DTYPES[entry.dtype])
+        view = memoryview(out.reshape(-1).view(np.uint8))
+        done = 0
+        while done < entry.nbytes:
+            got = os.preadv(self._fd, [view[done:]], self._base + begin + done)
+            if got <= 0:
+                raise MalformedFileError(f"{self.path}: {name} ends early (file shrank?)")
+            done += got
+        return out
 
     def dtype(self, name: str) -> str:
         """The safetensors dtype name of one tensor."""

@@ -41,7 +41,11 @@ class Unit:
 
 
 class Target(Protocol):
-    """An output layout: plans units, writes one, and writes the final files."""
+    """An output layout (a dataclass with a `threads` field): plans units, writes one, and
+    writes the final files. Few units are written one after another with `threads` computing
+    tensors ahead; many units are spread over worker processes."""
+
+    threads: int
 
     def settings(self) -> dict[str, Any]: ...
 
@@ -129,9 +133,10 @@ def run_units(source: Path, dst: Path, target: Target, *, workers: int, resume: 
 
     with byte_bar(total, "convert", quiet=quiet) as bar:
         bar.update(total - sum(u.nbytes for u in todo))
-        if workers <= 1 or len(todo) <= 1:
+        if workers <= 1 or len(todo) < 2 * workers:
+            threaded = dataclasses.replace(target, threads=workers)
             for unit in todo:
-                record(unit.path, target.write(reader, unit, dst))
+                record(unit.path, threaded.write(reader, unit, dst))
                 bar.update(unit.nbytes)
         else:
             context = multiprocessing.get_context("fork")

@@ -7,6 +7,8 @@ release's own codes and repeats each of its scales over the groups it covers: no
 
 from __future__ import annotations
 
+import collections
+import threading
 from typing import Any
 
 import numpy as np
@@ -22,6 +24,7 @@ from converter.tensors import QuantizedWeight8bit, bf16_bits_to_f32, f32_to_bf16
 __all__ = ["Producer", "dense_transposed"]
 
 _ROWS = 4096
+_KEEP = 4
 
 
 def dense_transposed(value: Any) -> np.ndarray:
@@ -56,16 +59,23 @@ class Producer:
                  formats: dict[str, LinearFormat]) -> None:
         self.reader, self.formats = reader, formats
         self._specs = {(s.role, s.layer): s for s in specs.values()}
-        self._cached: tuple[tuple[str, int | None], Any] | None = None
+        self._recent: collections.OrderedDict[tuple[str, int | None], Any] = (
+            collections.OrderedDict())
+        self._lock = threading.Lock()
 
     def source(self, spec: TensorSpec, expert: int | None) -> Any:
-        """The canonical value (or one expert's slice) of `spec`."""
+        """The canonical value (or one expert's slice) of `spec`; the last few are kept."""
         key = (spec.name, expert)
-        if self._cached is None or self._cached[0] != key:
-            value = (self.reader.read_expert(spec, expert) if expert is not None
-                     else self.reader.read(spec))
-            self._cached = (key, value)
-        return self._cached[1]
+        with self._lock:
+            if key in self._recent:
+                return self._recent[key]
+        value = (self.reader.read_expert(spec, expert) if expert is not None
+                 else self.reader.read(spec))
+        with self._lock:
+            self._recent[key] = value
+            while len(self._recent) > _KEEP:
+                self._recent.popitem(last=False)
+        return value
 
     def __call__(self, out: OutTensor) -> np.ndarray:
         """The array of one output tensor."""

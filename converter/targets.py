@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import dataclasses
+import itertools
 import json
 import shutil
 from pathlib import Path
@@ -91,6 +94,7 @@ class ShardedTarget:
     tokenizer: Path | None = None
     producer: type = Producer
     extra_files: dict[str, str] = dataclasses.field(default_factory=dict)
+    threads: int = 1
 
     def settings(self) -> dict[str, Any]:
         """What identifies this output for --resume."""
@@ -124,8 +128,8 @@ class ShardedTarget:
         produce = self.producer(reader, {s.name: s for s in reader.specs}, self.formats)
         writer_cls = CONTAINERS[self.container].writer
         with writer_cls(dst / unit.path, [o.entry for o in unit.items]) as writer:
-            for out in unit.items:
-                writer.write(out.origin.name, produce(out))
+            for out, array in ordered_map(produce, unit.items, self.threads):
+                writer.write(out.origin.name, array)
         return writer.digests
 
     def finalize(self, reader: CheckpointReader, units: list[Unit], dst: Path) -> None:
@@ -155,6 +159,25 @@ class ShardedTarget:
                 "weight_map": weight_map})
 
 
+def ordered_map(function: Any, items: Any, threads: int) -> Any:
+    """Yield (item, function(item)) in order, computing up to `threads` items ahead."""
+    if threads <= 1:
+        for item in items:
+            yield item, function(item)
+        return
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        iterator = iter(items)
+        pending = collections.deque((item, pool.submit(function, item))
+                                    for item in itertools.islice(iterator, threads))
+        while pending:
+            item, future = pending.popleft()
+            result = future.result()
+            following = next(iterator, None)
+            if following is not None:
+                pending.append((following, pool.submit(function, following)))
+            yield item, result
+
+
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     with atomic_open(path) as f:
         f.write((json.dumps(data, indent=2) + "\n").encode())
@@ -163,6 +186,8 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 @dataclasses.dataclass
 class XaiTarget:
     """The original release layout: one pickle per leaf, byte-identical to the release."""
+
+    threads: int = 1
 
     def settings(self) -> dict[str, Any]:
         """What identifies this output for --resume."""
