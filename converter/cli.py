@@ -319,3 +319,61 @@ def _free_bytes(folder: Path) -> int:
     while not probe.exists():
         probe = probe.parent
     return shutil.disk_usage(probe).free
+
+
+@main.command()
+@click.argument("src", type=click.Path(path_type=Path))
+@click.argument("dst", type=click.Path(path_type=Path))
+@click.option("--scheme", "scheme_name", type=click.Choice(["int8", "int4"]), required=True,
+              help="int8: channel-wise; int4: groups of --group-size (default 128).")
+@click.option("--group-size", type=click.IntRange(min=1),
+              help="Input columns per scale (int4 default 128; int8 default channel-wise).")
+@click.option("--symmetric/--asymmetric", default=True, show_default=True)
+@click.option("--method", type=click.Choice(["rtn", "mse"]), default="rtn", show_default=True,
+              help="rtn: min/max; mse: per group, the clipping range with least error.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+              show_default=True, help="auto picks the Triton kernel when a GPU is present.")
+@click.option("--names", type=click.Choice(["hpcai", "sglang"]), default="hpcai",
+              show_default=True)
+@click.option("--shard-size", default="5GB", show_default=True)
+@click.option("--workers", type=click.IntRange(min=1), help="Parallel writers (default: cores).")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run in DST.")
+@click.option("--overwrite", is_flag=True, help="Replace DST.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary at the end.")
+@handle_errors
+def quantize(src: Path, dst: Path, scheme_name: str, group_size: int | None, symmetric: bool,
+             method: str, device: str, names: str, shard_size: str, workers: int | None,
+             resume: bool, overwrite: bool, quiet: bool, as_json: bool) -> None:
+    """Re-quantize SRC (any layout) into compressed-tensors pack-quantized in DST.
+
+    Writes quantization_report.json and prints the ten tensors with the largest error.
+
+    \b
+    Examples:
+      grok1 quantize ./grok-1 ./grok-1-w4a16 --scheme int4 --group-size 128
+      grok1 quantize ./grok-1 ./grok-1-w8a16 --scheme int8 --method mse --device cpu
+    """
+    from converter.engine import default_workers, run_units
+    from converter.names import scheme as name_scheme
+    from converter.targets import parse_size
+    from quant.requantize import REPORT_NAME, make_target, resolve_device
+    from quant.schemes import scheme_for
+
+    scheme = scheme_for(scheme_name, group_size=group_size, symmetric=symmetric, method=method)
+    target = make_target(scheme, name_scheme(names), parse_size(shard_size),
+                         resolve_device(device))
+    summary = run_units(src, dst, target, workers=workers or default_workers(), resume=resume,
+                        overwrite=overwrite, quiet=quiet)
+    report = json.loads((dst / REPORT_NAME).read_text())
+    summary["report"] = report["summary"]
+    summary["device"] = target.device
+    if as_json:
+        echo_json(summary)
+        return
+    click.echo(f"{scheme.label} on {target.device}: {summary['tensors']} tensors into "
+               f"{summary['units']} files in {summary['seconds']:.1f}s -> {dst}")
+    click.echo(f"{'tensor':<60} {'rel RMS':>9} {'max err':>10} {'clipped':>8}")
+    for row in report["tensors"][:10]:
+        click.echo(f"{row['tensor']:<60} {row['rel_rms']:>9.4f} {row['max_abs_err']:>10.3g} "
+                   f"{row['clipped_pct']:>7.2f}%")

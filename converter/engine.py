@@ -51,9 +51,10 @@ class Target(Protocol):
 
     def plan(self, reader: CheckpointReader) -> list[Unit]: ...
 
-    def write(self, reader: CheckpointReader, unit: Unit, dst: Path) -> dict[str, str]: ...
+    def write(self, reader: CheckpointReader, unit: Unit, dst: Path) -> dict[str, Any]: ...
 
-    def finalize(self, reader: CheckpointReader, units: list[Unit], dst: Path) -> None: ...
+    def finalize(self, reader: CheckpointReader, units: list[Unit], dst: Path,
+                 records: dict[str, Any]) -> None: ...
 
 
 def prepare_output(dst: Path, *, resume: bool, overwrite: bool) -> dict[str, Any] | None:
@@ -91,7 +92,7 @@ def _worker_init(source: str, target: Target) -> None:
     _WORKER["target"] = target
 
 
-def _worker_write(unit: Unit, dst: str) -> tuple[str, dict[str, str]]:
+def _worker_write(unit: Unit, dst: str) -> tuple[str, dict[str, Any]]:
     return unit.path, _WORKER["target"].write(_WORKER["reader"], unit, Path(dst))
 
 
@@ -127,8 +128,8 @@ def run_units(source: Path, dst: Path, target: Target, *, workers: int, resume: 
     if on_plan:
         on_plan(summary)
 
-    def record(path: str, digests: dict[str, str]) -> None:
-        manifest["units"][path] = {"bytes": (dst / path).stat().st_size, "tensors": digests}
+    def record(path: str, result: dict[str, Any]) -> None:
+        manifest["units"][path] = {"bytes": (dst / path).stat().st_size, **result}
         _save_manifest(dst, manifest)
 
     with byte_bar(total, "convert", quiet=quiet) as bar:
@@ -145,10 +146,10 @@ def run_units(source: Path, dst: Path, target: Target, *, workers: int, resume: 
                     initializer=_worker_init, initargs=(str(source), target)) as pool:
                 futures = {pool.submit(_worker_write, u, str(dst)): u for u in todo}
                 for future in concurrent.futures.as_completed(futures):
-                    path, digests = future.result()
-                    record(path, digests)
+                    path, result = future.result()
+                    record(path, result)
                     bar.update(futures[future].nbytes)
-    target.finalize(reader, units, dst)
+    target.finalize(reader, units, dst, manifest["units"])
     manifest["complete"] = True
     _save_manifest(dst, manifest)
     seconds = time.perf_counter() - start

@@ -1,7 +1,13 @@
 """Deterministic random checkpoints in the exact release layout (`grok1 make-tiny`).
 
 Weights are drawn N(0, 1/in) and quantized as the release is: int8 codes with bf16 scales of
-absmax/127 per (scale group, output column). Every array is produced in chunks from a generator
+absmax/127 per (scale group, output column). Norm scales are 1 + N(0, 0.1), except the two
+post-block norms, which are 0.3 times that: as in a trained sandwich-norm model, each block adds
+an update smaller than the residual stream. With unit post-norms a random model is chaotic (int4
+noise of 12% per matrix flips a fifth of the argmax positions of a 5-layer model, which trained
+models do not do), and with much smaller ones the layers barely matter to the logits.
+
+Every array is produced in chunks from a generator
 seeded by (seed, file, expert, first row), so the same seed gives the same bytes and memory stays
 at one chunk whatever the model size: a quantized matrix takes two passes (absmax, then codes).
 """
@@ -23,6 +29,7 @@ __all__ = ["generate_checkpoint"]
 
 _CHUNK_ELEMS = 8 << 20
 _FLOAT_STD = {"embed": lambda c: c.emb ** -0.5, "router": lambda c: 3 * c.emb ** -0.5}
+_NORM_MEAN = {"post_attn_norm": 0.3, "post_moe_norm": 0.3}
 
 
 def _row_chunks(rows: int, cols: int, group_rows: int) -> Iterator[tuple[int, int]]:
@@ -46,7 +53,8 @@ def _float_chunks(spec: TensorSpec, config: Grok1Config, seed: int) -> Iterator[
         for start, stop in _row_chunks(rows, cols, rows):
             yield _normal(seed, spec, 0, start, (stop - start, cols), _FLOAT_STD[spec.role](config))
     else:
-        yield 1 + _normal(seed, spec, 0, 0, spec.shape, 0.1)
+        yield np.float32(_NORM_MEAN.get(spec.role, 1.0)) * (1 + _normal(seed, spec, 0, 0,
+                                                                         spec.shape, 0.1))
 
 
 def _quantized_scales(spec: TensorSpec, seed: int) -> np.ndarray:

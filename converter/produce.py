@@ -77,6 +77,10 @@ class Producer:
                 self._recent.popitem(last=False)
         return value
 
+    def summary(self) -> dict[str, Any]:
+        """Anything to record in the manifest beside the tensors' hashes."""
+        return {}
+
     def __call__(self, out: OutTensor) -> np.ndarray:
         """The array of one output tensor."""
         origin = out.origin

@@ -92,7 +92,6 @@ class ShardedTarget:
     shard_size: int
     label: str
     tokenizer: Path | None = None
-    producer: type = Producer
     extra_files: dict[str, str] = dataclasses.field(default_factory=dict)
     threads: int = 1
 
@@ -123,16 +122,22 @@ class ShardedTarget:
         return [Unit(name, sum(o.entry.nbytes for o in shard), tuple(shard))
                 for name, shard in zip(names, shards, strict=True)]
 
-    def write(self, reader: CheckpointReader, unit: Unit, dst: Path) -> dict[str, str]:
-        """Write one shard, tensor by tensor."""
-        produce = self.producer(reader, {s.name: s for s in reader.specs}, self.formats)
+    def make_producer(self, reader: CheckpointReader) -> Producer:
+        """What computes each output tensor."""
+        return Producer(reader, {s.name: s for s in reader.specs}, self.formats)
+
+    def write(self, reader: CheckpointReader, unit: Unit, dst: Path) -> dict[str, Any]:
+        """Write one shard, tensor by tensor; returns each tensor's sha256 (and the
+        producer's summary)."""
+        produce = self.make_producer(reader)
         writer_cls = CONTAINERS[self.container].writer
         with writer_cls(dst / unit.path, [o.entry for o in unit.items]) as writer:
             for out, array in ordered_map(produce, unit.items, self.threads):
                 writer.write(out.origin.name, array)
-        return writer.digests
+        return {"tensors": writer.digests, **produce.summary()}
 
-    def finalize(self, reader: CheckpointReader, units: list[Unit], dst: Path) -> None:
+    def finalize(self, reader: CheckpointReader, units: list[Unit], dst: Path,
+                 records: dict[str, Any]) -> None:
         """config.json, generation_config.json, tokenizer, extras; the index last."""
         packed = any(f.kind == "packed" for f in self.formats.values())
         dense_dtype = next(iter(self.formats.values())).dtype
@@ -198,8 +203,8 @@ class XaiTarget:
         return [Unit(f"{TENSOR_DIRS[0]}/{s.file_name}", s.payload_bytes, (s,))
                 for s in reader.specs]
 
-    def write(self, reader: CheckpointReader, unit: Unit, dst: Path) -> dict[str, str]:
-        """Write one release file from the canonical value."""
+    def write(self, reader: CheckpointReader, unit: Unit, dst: Path) -> dict[str, Any]:
+        """Write one release file from the canonical value; returns its sha256."""
         (spec,) = unit.items
         value = reader.read(spec)
         if spec.quantized and not isinstance(value, QuantizedWeight8bit):
@@ -211,8 +216,9 @@ class XaiTarget:
         path = dst / unit.path
         path.parent.mkdir(parents=True, exist_ok=True)
         check_value(path, spec, value, "the source")
-        return {spec.name: write_leaf(path, spec, value_payloads(value))}
+        return {"tensors": {spec.name: write_leaf(path, spec, value_payloads(value))}}
 
-    def finalize(self, reader: CheckpointReader, units: list[Unit], dst: Path) -> None:
+    def finalize(self, reader: CheckpointReader, units: list[Unit], dst: Path,
+                 records: dict[str, Any]) -> None:
         """The config sidecar, last."""
         save_sidecar(dst, reader.config)

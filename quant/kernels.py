@@ -1,0 +1,144 @@
+"""Triton kernel: dequantize -> quantize -> pack in one pass over memory (RTN).
+
+One program owns BLOCK_N output channels of one quantization group. Pass 1 reads the group's
+source weights (the release's int8 codes times their bf16 group scales, exact in float32, or
+plain float32) and reduces absmax / min / max; pass 2 reads them again, quantizes and packs the
+codes into int32 words along the input dimension. It mirrors `quant.primitives` operation for
+operation (IEEE division via div_rn, round half to even, bf16 scale rounding), so its output is
+bit-identical to the CPU reference; with TRITON_INTERPRET=1 it runs on CPU tensors.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import triton
+import triton.language as tl
+
+from converter.compressed import PackedLinear, pack_zero_points
+from quant.schemes import QuantScheme
+
+__all__ = ["requantize_triton"]
+
+_MAGIC = 12582912.0  # 1.5 * 2^23: (v + M) - M rounds |v| < 2^22 to nearest even
+
+
+@triton.jit
+def _load_group_tile(w_ptr, ws_ptr, k, n, kmask, nmask, N, ROWS_PER_SCALE,
+                     SOURCE_INT8: tl.constexpr):
+    mask = kmask[:, None] & nmask[None, :]
+    offsets = k[:, None] * N + n[None, :]
+    if SOURCE_INT8:
+        codes = tl.load(w_ptr + offsets, mask=mask, other=0).to(tl.float32)
+        block = k // ROWS_PER_SCALE
+        bits = tl.load(ws_ptr + block[:, None] * N + n[None, :], mask=mask, other=0)
+        scale = (bits.to(tl.uint32) << 16).to(tl.float32, bitcast=True)
+        return codes * scale
+    else:
+        return tl.load(w_ptr + offsets, mask=mask, other=0.0)
+
+
+@triton.jit
+def _bf16_bits(x):
+    u = x.to(tl.uint32, bitcast=True)
+    bits = (u + (0x7FFF + ((u >> 16) & 1))) >> 16
+    return tl.where(bits == 0, 0x0080, bits)
+
+
+@triton.jit
+def _requant_kernel(w_ptr, ws_ptr, packed_ptr, scale_ptr, zero_ptr,
+                    K, N, ROWS_PER_SCALE, GROUP, WORDS, GROUPS,
+                    BITS: tl.constexpr, SYMMETRIC: tl.constexpr, SOURCE_INT8: tl.constexpr,
+                    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    pid_n = tl.program_id(0)
+    group = tl.program_id(1)
+    PER: tl.constexpr = 32 // BITS
+    QMAX: tl.constexpr = (1 << (BITS - 1)) - 1
+    QMIN: tl.constexpr = -(1 << (BITS - 1)) + (1 if SYMMETRIC else 0)
+    n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    nmask = n < N
+    k_start = group * GROUP
+    k_end = tl.minimum(k_start + GROUP, K)
+
+    absmax = tl.zeros((BLOCK_N,), tl.float32)
+    low = tl.zeros((BLOCK_N,), tl.float32)
+    high = tl.zeros((BLOCK_N,), tl.float32)
+    for kk in range(k_start, k_end, BLOCK_K):
+        k = kk + tl.arange(0, BLOCK_K)
+        x = _load_group_tile(w_ptr, ws_ptr, k, n, k < k_end, nmask, N, ROWS_PER_SCALE,
+                             SOURCE_INT8)
+        absmax = tl.maximum(absmax, tl.max(tl.abs(x), axis=0))
+        low = tl.minimum(low, tl.min(x, axis=0))
+        high = tl.maximum(high, tl.max(x, axis=0))
+
+    if SYMMETRIC:
+        scale_bits = _bf16_bits(tl.math.div_rn(absmax, tl.full((BLOCK_N,), QMAX, tl.float32)))
+        scale = (scale_bits << 16).to(tl.float32, bitcast=True)
+        zero = tl.zeros((BLOCK_N,), tl.float32)
+    else:
+        span = tl.full((BLOCK_N,), QMAX - QMIN, tl.float32)
+        scale_bits = _bf16_bits(tl.math.div_rn(high - low, span))
+        scale = (scale_bits << 16).to(tl.float32, bitcast=True)
+        zero = QMIN - tl.math.div_rn(low, scale)
+        zero = tl.minimum(tl.maximum((zero + _MAGIC) - _MAGIC, QMIN), QMAX)
+    tl.store(scale_ptr + n * GROUPS + group, scale_bits.to(tl.uint16), mask=nmask)
+    tl.store(zero_ptr + n * GROUPS + group, zero.to(tl.int8), mask=nmask)
+
+    shifts = (tl.arange(0, PER) * BITS).to(tl.uint32)
+    for kk in range(k_start, k_end, BLOCK_K):
+        k = kk + tl.arange(0, BLOCK_K)
+        kmask = k < k_end
+        x = _load_group_tile(w_ptr, ws_ptr, k, n, kmask, nmask, N, ROWS_PER_SCALE,
+                             SOURCE_INT8)
+        ratio = tl.math.div_rn(x, scale[None, :])
+        ratio = tl.minimum(tl.maximum(ratio, QMIN - 256.0), QMAX + 256.0)
+        q = ((ratio + _MAGIC) - _MAGIC) + zero[None, :]
+        q = tl.minimum(tl.maximum(q, QMIN), QMAX)
+        offset = (q.to(tl.int32) + (1 << (BITS - 1))).to(tl.uint32)
+        offset = tl.where(kmask[:, None], offset, 0)
+        tiles = tl.reshape(offset, (BLOCK_K // PER, PER, BLOCK_N))
+        words = tl.sum(tiles << shifts[None, :, None], axis=1)
+        w = kk // PER + tl.arange(0, BLOCK_K // PER)
+        wmask = (w < (k_end + PER - 1) // PER)[:, None] & nmask[None, :]
+        tl.store(packed_ptr + n[None, :] * WORDS + w[:, None], words.to(tl.int32, bitcast=True),
+                 mask=wmask)
+
+
+def requantize_triton(source: torch.Tensor, source_scales: torch.Tensor | None,
+                      scheme: QuantScheme, *, block_n: int = 32,
+                      block_k: int = 128) -> PackedLinear:
+    """Re-quantize one matrix given in the release orientation [in, out].
+
+    source: int8 codes [K, N] with `source_scales` bf16 bits as int16/uint16 [G0, N], or
+    float32 [K, N] with source_scales None. Returns the pack-quantized Linear ([out, in]).
+    """
+    if scheme.method != "rtn":
+        raise ValueError("the Triton kernel implements RTN; --method mse runs the CPU reference")
+    k_rows, n_cols = source.shape
+    group = scheme.group_size or k_rows
+    groups = math.ceil(k_rows / group)
+    words = math.ceil(k_rows * scheme.bits / 32)
+    device = source.device
+    packed = torch.empty((n_cols, words), dtype=torch.int32, device=device)
+    scales = torch.empty((n_cols, groups), dtype=torch.int16, device=device)
+    zeros = torch.empty((n_cols, groups), dtype=torch.int8, device=device)
+    int8_source = source.dtype == torch.int8
+    if int8_source:
+        assert source_scales is not None
+        rows_per_scale = k_rows // source_scales.shape[0]
+        source_scales = source_scales.contiguous()
+    else:
+        rows_per_scale, source_scales = 1, source
+    block_k = min(block_k, max(32 // scheme.bits, triton.next_power_of_2(group)))
+    grid = (triton.cdiv(n_cols, block_n), groups)
+    _requant_kernel[grid](source.contiguous(), source_scales, packed, scales, zeros,
+                          k_rows, n_cols, rows_per_scale, group, words, groups,
+                          BITS=scheme.bits, SYMMETRIC=scheme.symmetric, SOURCE_INT8=int8_source,
+                          BLOCK_N=block_n, BLOCK_K=block_k)
+    scale_bits = scales.cpu().numpy().view(np.uint16)
+    zero_point = None if scheme.symmetric else pack_zero_points(zeros.cpu().numpy(),
+                                                                scheme.bits)
+    return PackedLinear(packed=packed.cpu().numpy(), scale=scale_bits, shape=(n_cols, k_rows),
+                        bits=scheme.bits, group_size=group, zero_point=zero_point)

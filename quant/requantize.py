@@ -1,0 +1,191 @@
+"""`grok1 quantize`: re-quantize any checkpoint into compressed-tensors pack-quantized.
+
+The source is read through the canonical stream; the release's int8 weights are dequantized
+exactly in float32 first. On a GPU the Triton kernel does dequantize -> quantize -> pack in one
+pass (RTN); on the CPU, and for --method mse everywhere, the numpy reference does. Both give the
+same bits. Router, embeddings and norms stay float32.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from converter.compressed import PackedLinear
+from converter.errors import MalformedFileError, UsageError
+from converter.layouts import CheckpointReader
+from converter.layouts.hf import LinearFormat, OutTensor
+from converter.names import LINEAR_ROLES, NameScheme
+from converter.produce import Producer, dense_transposed
+from converter.spec import TensorSpec
+from converter.targets import ShardedTarget
+from converter.tensors import QuantizedWeight8bit
+from quant.primitives import grouped, quantize_linear
+from quant.schemes import QuantScheme
+
+__all__ = ["QuantizedTarget", "error_stats", "resolve_device"]
+
+REPORT_NAME = "quantization_report.json"
+
+
+def resolve_device(device: str) -> str:
+    """auto -> cuda when torch sees a GPU (and Triton is installed), else cpu."""
+    import torch
+
+    if device == "auto":
+        if not torch.cuda.is_available():
+            return "cpu"
+        try:
+            import triton  # noqa: F401
+        except ImportError:
+            return "cpu"
+        return "cuda"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda asked for, but torch sees no CUDA device")
+    if device not in ("cpu", "cuda"):
+        raise UsageError(f"unknown device {device!r}; choose auto, cpu or cuda")
+    return device
+
+
+def error_stats(x: np.ndarray, packed: PackedLinear, scheme: QuantScheme) -> dict[str, float]:
+    """Relative RMS error, max |error| and % of codes clipped of one quantized [out, in]."""
+    rebuilt = packed.dequantize().T
+    diff = rebuilt - x
+    scale = packed.scale_f32()[..., None]
+    zero = packed.zero_points().astype(np.float32)[..., None]
+    ratio = np.rint(grouped(x, scheme.group_size) / scale) + zero
+    clipped = ((ratio < scheme.qmin) | (ratio > scheme.qmax)).reshape(x.shape[0], -1)
+    clipped = clipped[:, : x.shape[1]]
+    norm = float(np.linalg.norm(x))
+    return {"rel_rms": float(np.linalg.norm(diff)) / norm if norm else 0.0,
+            "max_abs_err": float(np.abs(diff).max()),
+            "clipped_pct": 100.0 * float(clipped.mean()),
+            "numel": int(x.size)}
+
+
+def _check_finite(spec: TensorSpec, expert: int | None, value: Any, dense: np.ndarray) -> None:
+    if not np.isfinite(dense).all():
+        where = f" (expert {expert})" if expert is not None else ""
+        raise MalformedFileError(f"{spec.name}{where}: NaN or Inf in the weights; refusing to "
+                                 "quantize")
+
+
+class QuantizeProducer(Producer):
+    """Output tensors of a re-quantized checkpoint; Linears quantized once, parts served."""
+
+    def __init__(self, reader: CheckpointReader, specs: dict[str, TensorSpec],
+                 formats: dict[str, LinearFormat], scheme: QuantScheme, device: str) -> None:
+        super().__init__(reader, specs, formats)
+        self.scheme, self.device = scheme, device
+        self.stats: dict[str, dict[str, float]] = {}
+        self._done: dict[tuple[str, int | None], PackedLinear] = {}
+        self._quant_lock = threading.Lock()
+
+    def quantized(self, spec: TensorSpec, expert: int | None, module: str) -> PackedLinear:
+        """The pack-quantized form of one Linear (computed once)."""
+        key = (spec.name, expert)
+        with self._quant_lock:
+            if key in self._done:
+                return self._done[key]
+        value = self.source(spec, expert)
+        dense = dense_transposed(value)
+        _check_finite(spec, expert, value, dense)
+        if self.device == "cuda" and self.scheme.method == "rtn":
+            packed = _on_gpu(value, self.scheme)
+        else:
+            packed, _ = quantize_linear(dense, self.scheme)
+        stats = error_stats(dense, packed, self.scheme)
+        with self._quant_lock:
+            self._done[key] = packed
+            self.stats[module] = stats
+            while len(self._done) > 2:
+                self._done.pop(next(iter(self._done)))
+        return packed
+
+    def summary(self) -> dict[str, Any]:
+        """The error statistics of the Linears this producer quantized."""
+        return {"stats": dict(self.stats)}
+
+    def __call__(self, out: OutTensor) -> np.ndarray:
+        origin = out.origin
+        if origin.role not in LINEAR_ROLES:
+            return super().__call__(out)
+        spec = self._specs[(origin.role, origin.layer)]
+        module = origin.name.rsplit(".", 1)[0]
+        packed = self.quantized(spec, origin.expert, module)
+        parts = {"weight_packed": packed.packed, "weight_scale": packed.scale,
+                 "weight_shape": np.array(packed.shape, np.int64),
+                 "weight_zero_point": packed.zero_point}
+        return parts[origin.part]
+
+
+def _on_gpu(value: Any, scheme: QuantScheme) -> PackedLinear:
+    import torch
+
+    from quant.kernels import requantize_triton
+
+    if isinstance(value, QuantizedWeight8bit):
+        codes = torch.from_numpy(np.ascontiguousarray(value.weight)).cuda()
+        scales = torch.from_numpy(np.ascontiguousarray(value.scales).view(np.int16)).cuda()
+        return requantize_triton(codes, scales, scheme)
+    canonical = np.ascontiguousarray(np.asarray(value.dequantize() if hasattr(
+        value, "dequantize") else value, np.float32))
+    return requantize_triton(torch.from_numpy(canonical).cuda(), None, scheme)
+
+
+@dataclasses.dataclass
+class QuantizedTarget(ShardedTarget):
+    """Sharded HF output whose Linears are re-quantized, plus quantization_report.json."""
+
+    quant: QuantScheme = dataclasses.field(default_factory=lambda: QuantScheme(8, None))
+    device: str = "cpu"
+
+    def settings(self) -> dict[str, Any]:
+        """What identifies this output for --resume."""
+        return {**super().settings(), "scheme": self.quant.label}
+
+    def make_producer(self, reader: CheckpointReader) -> Producer:
+        """A producer that re-quantizes every Linear."""
+        return QuantizeProducer(reader, {s.name: s for s in reader.specs}, self.formats,
+                                self.quant, self.device)
+
+    def finalize(self, reader: CheckpointReader, units: list[Any], dst: Path,
+                 records: dict[str, Any]) -> None:
+        """quantization_report.json, then the HF files and the index."""
+        stats = {name: s for record in records.values() for name, s in record.get(
+            "stats", {}).items()}
+        report = build_report(stats, self.quant, self.device)
+        self.extra_files = {REPORT_NAME: json.dumps(report, indent=2) + "\n"}
+        super().finalize(reader, units, dst, records)
+
+
+def build_report(stats: dict[str, dict[str, float]], scheme: QuantScheme,
+                 device: str) -> dict[str, Any]:
+    """Per-tensor errors, sorted worst first, and a summary."""
+    rows = sorted(({"tensor": name, **s} for name, s in stats.items()),
+                  key=lambda r: -r["rel_rms"])
+    total = sum(r["numel"] for r in rows) or 1
+    return {
+        "scheme": scheme.label, "device": device,
+        "summary": {
+            "tensors": len(rows),
+            "mean_rel_rms": sum(r["rel_rms"] * r["numel"] for r in rows) / total,
+            "max_rel_rms": rows[0]["rel_rms"] if rows else 0.0,
+            "max_abs_err": max((r["max_abs_err"] for r in rows), default=0.0),
+            "clipped_pct": sum(r["clipped_pct"] * r["numel"] for r in rows) / total,
+        },
+        "tensors": rows,
+    }
+
+
+def make_target(scheme: QuantScheme, names: NameScheme, shard_size: int, device: str,
+                container: str = "hf") -> QuantizedTarget:
+    """The target of `grok1 quantize`."""
+    formats = dict.fromkeys(LINEAR_ROLES, scheme.linear_format())
+    return QuantizedTarget(container, names, formats, shard_size, scheme.label,
+                           quant=scheme, device=device)

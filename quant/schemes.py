@@ -1,0 +1,67 @@
+"""Weight-only quantization schemes and the pack-quantized format each one produces."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from converter.errors import UsageError
+from converter.layouts.hf import LinearFormat
+
+__all__ = ["METHODS", "QuantScheme", "scheme_for"]
+
+METHODS = ("rtn", "mse")
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantScheme:
+    """bits, group size (None: one scale per output channel), symmetry and method.
+
+    Codes are signed: symmetric in [-(2^(b-1) - 1), 2^(b-1) - 1] with scale absmax / qmax;
+    asymmetric in [-2^(b-1), 2^(b-1) - 1] with scale (max - min) / (2^b - 1) and a zero point,
+    as compressed-tensors defines them. Scales are stored in bf16.
+    """
+
+    bits: int
+    group_size: int | None
+    symmetric: bool = True
+    method: str = "rtn"
+
+    def __post_init__(self) -> None:
+        if self.bits not in (4, 8):
+            raise UsageError(f"{self.bits}-bit is not supported; choose int8 or int4")
+        if self.method not in METHODS:
+            raise UsageError(f"unknown method {self.method!r}; known: {', '.join(METHODS)}")
+        per_word = 32 // self.bits
+        if self.group_size is not None and (self.group_size <= 0 or
+                                            self.group_size % per_word):
+            raise UsageError(f"--group-size {self.group_size} must be a positive multiple of "
+                             f"{per_word} for {self.bits}-bit packing")
+
+    @property
+    def qmin(self) -> int:
+        """Smallest code."""
+        return -(1 << (self.bits - 1)) + (1 if self.symmetric else 0)
+
+    @property
+    def qmax(self) -> int:
+        """Largest code."""
+        return (1 << (self.bits - 1)) - 1
+
+    @property
+    def label(self) -> str:
+        """e.g. int4-g128-sym-rtn."""
+        group = f"g{self.group_size}" if self.group_size else "channel"
+        return f"int{self.bits}-{group}-{'sym' if self.symmetric else 'asym'}-{self.method}"
+
+    def linear_format(self) -> LinearFormat:
+        """The pack-quantized layout of this scheme."""
+        return LinearFormat("packed", "BF16", self.bits, self.group_size, self.symmetric)
+
+
+def scheme_for(name: str, *, group_size: int | None, symmetric: bool, method: str) -> QuantScheme:
+    """The scheme behind `--scheme int8|int4`: int8 channel-wise, int4 groups of 128."""
+    if name == "int8":
+        return QuantScheme(8, group_size, symmetric, method)
+    if name == "int4":
+        return QuantScheme(4, group_size or 128, symmetric, method)
+    raise UsageError(f"unknown scheme {name!r}; known: int8, int4")
