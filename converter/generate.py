@@ -7,9 +7,9 @@ an update smaller than the residual stream. With unit post-norms a random model 
 noise of 12% per matrix flips a fifth of the argmax positions of a 5-layer model, which trained
 models do not do), and with much smaller ones the layers barely matter to the logits.
 
-Every array is produced in chunks from a generator
-seeded by (seed, file, expert, first row), so the same seed gives the same bytes and memory stays
-at one chunk whatever the model size: a quantized matrix takes two passes (absmax, then codes).
+Every array is produced in chunks from a generator seeded by (seed, file, expert, first row), so
+the same seed gives the same bytes and memory stays at one chunk whatever the model size: a
+quantized matrix takes two passes (absmax, then codes).
 """
 
 from __future__ import annotations

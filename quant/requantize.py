@@ -167,8 +167,9 @@ class QuantizedTarget(ShardedTarget):
 def build_report(stats: dict[str, dict[str, float]], scheme: QuantScheme,
                  device: str) -> dict[str, Any]:
     """Per-tensor errors, sorted worst first, and a summary."""
-    rows = sorted(({"tensor": name, **s} for name, s in stats.items()),
-                  key=lambda r: -r["rel_rms"])
+    fields = ("rel_rms", "max_abs_err", "clipped_pct", "numel")
+    rows = sorted(({"tensor": name, **{f: s[f] for f in fields}} for name, s in stats.items()),
+                  key=lambda r: (-r["rel_rms"], r["tensor"]))
     total = sum(r["numel"] for r in rows) or 1
     return {
         "scheme": scheme.label, "device": device,

@@ -1,0 +1,278 @@
+"""Quantization: Triton kernel vs CPU reference (bit for bit), packing vs an independent
+decoder written from the compressed-tensors spec, and logits of quantized checkpoints."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from converter.cli import main
+from converter.compressed import pack_codes, unpack_codes
+from converter.containers import SafetensorsReader, SafetensorsWriter
+from converter.errors import MalformedFileError, UsageError
+from converter.produce import dense_transposed
+from converter.tensors import QuantizedWeight8bit, bf16_bits_to_f32, f32_to_bf16_bits
+from quant.primitives import quantize_linear
+from quant.requantize import resolve_device
+from quant.schemes import QuantScheme, scheme_for
+
+SCHEMES = [QuantScheme(8, None), QuantScheme(4, 128), QuantScheme(4, 128, False),
+           QuantScheme(8, 64, False), QuantScheme(4, 32)]
+
+
+def release_matrix(rng, k, n, groups, codes=None, scales=None):
+    codes = rng.integers(-127, 128, (k, n)).astype(np.int8) if codes is None else codes
+    if scales is None:
+        scales = rng.uniform(1e-3, 1e-2, (groups, n)).astype(np.float32)
+    return QuantizedWeight8bit(codes, f32_to_bf16_bits(scales))
+
+
+def adversarial(rng):
+    """(name, release matrix) pairs that stress the edge cases."""
+    k, n = 344, 40
+    zero_group = rng.integers(-127, 128, (k, n)).astype(np.int8)
+    zero_group[:128] = 0
+    outlier = rng.integers(-3, 4, (k, n)).astype(np.int8)
+    outlier[200, 7] = 127
+    extreme = np.where(rng.random((k, n)) < 0.5, -128, 127).astype(np.int8)
+    tiny = rng.uniform(1e-38, 1e-36, (8, n)).astype(np.float32)
+    return [
+        ("random", release_matrix(rng, k, n, 8)),
+        ("all-zero group", release_matrix(rng, k, n, 8, codes=zero_group)),
+        ("single huge outlier", release_matrix(rng, k, n, 1, codes=outlier,
+                                               scales=np.full((1, n), 50.0, np.float32))),
+        ("tiny scales", release_matrix(rng, k, n, 8, scales=tiny)),
+        ("extreme codes", release_matrix(rng, k, n, 8, codes=extreme)),
+        ("odd shape", release_matrix(rng, 72, 13, 1)),
+        ("all zero", release_matrix(rng, 64, 8, 1, codes=np.zeros((64, 8), np.int8))),
+    ]
+
+
+@pytest.mark.parametrize("scheme", SCHEMES, ids=lambda s: s.label)
+def test_kernel_is_bit_identical_to_the_cpu_reference(scheme):
+    from quant.kernels import requantize_triton
+    rng = np.random.default_rng(scheme.bits * 1000 + (scheme.group_size or 0))
+    for name, value in adversarial(rng):
+        if value.weight.shape[0] < (scheme.group_size or 0) and name == "odd shape":
+            continue
+        expected, _ = quantize_linear(dense_transposed(value), scheme)
+        for source, scales in (
+                (torch.from_numpy(value.weight), torch.from_numpy(value.scales.view(np.int16))),
+                (torch.from_numpy(np.ascontiguousarray(dense_transposed(value).T)), None)):
+            got = requantize_triton(source, scales, scheme)
+            assert np.array_equal(got.packed, expected.packed), name
+            assert np.array_equal(got.scale, expected.scale), name
+            if not scheme.symmetric:
+                assert np.array_equal(got.zero_point, expected.zero_point), name
+
+
+def independent_unpack(words, bits, cols):
+    """Decode int32 words by the compressed-tensors rule, one bit field at a time."""
+    per_word = 32 // bits
+    out = np.zeros((words.shape[0], cols), np.int64)
+    for r in range(words.shape[0]):
+        for c in range(cols):
+            word = int(words[r, c // per_word]) & 0xFFFFFFFF
+            out[r, c] = ((word >> (bits * (c % per_word))) & ((1 << bits) - 1)) - (
+                1 << (bits - 1))
+    return out
+
+
+def test_packing_follows_the_spec():
+    assert pack_codes(np.arange(-8, 8, dtype=np.int8)[None], 4).view(np.uint32).tolist() == \
+        [[0x76543210, 0xFEDCBA98]]
+    assert pack_codes(np.array([[-128, 127, 0, 1]], np.int8), 8).view(np.uint32).tolist() == \
+        [[0x8180FF00]]
+    rng = np.random.default_rng(0)
+    for bits, cols in ((4, 37), (8, 13), (4, 8)):
+        codes = rng.integers(-(1 << bits - 1), 1 << bits - 1, (5, cols)).astype(np.int8)
+        packed = pack_codes(codes, bits)
+        assert packed.shape == (5, -(-cols * bits // 32)) and packed.dtype == np.int32
+        np.testing.assert_array_equal(independent_unpack(packed, bits, cols), codes)
+        np.testing.assert_array_equal(unpack_codes(packed, bits, cols), codes)
+
+
+@pytest.mark.parametrize("scheme", [QuantScheme(4, 128, False), QuantScheme(8, None)],
+                         ids=lambda s: s.label)
+def test_quantized_linear_decodes_independently(scheme):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((24, 344)).astype(np.float32)
+    packed, _ = quantize_linear(x, scheme)
+    codes = independent_unpack(packed.packed, scheme.bits, 344)
+    scale = bf16_bits_to_f32(packed.scale).astype(np.float64)
+    group = np.arange(344) // (scheme.group_size or 344)
+    zero = np.zeros(scale.shape)
+    if not scheme.symmetric:
+        zero = independent_unpack(packed.zero_point.T.copy(), scheme.bits, 24).T
+        assert packed.zero_point.shape == (24 // 8, 3)
+    rebuilt = (codes - zero[:, group]) * scale[:, group]
+    np.testing.assert_allclose(rebuilt, packed.dequantize().T, rtol=0, atol=0)
+    assert np.abs(rebuilt - x).max() <= scale.max() * (1 if scheme.symmetric else 1.01)
+
+
+def test_mse_reduces_error_against_rtn():
+    x = np.random.default_rng(4).standard_normal((64, 512)).astype(np.float32)
+    errors = {}
+    for method in ("rtn", "mse"):
+        packed, _ = quantize_linear(x, QuantScheme(4, 128, True, method))
+        errors[method] = np.linalg.norm(packed.dequantize().T - x)
+    assert errors["mse"] < 0.95 * errors["rtn"]
+
+
+def test_scheme_validation():
+    assert scheme_for("int4", group_size=None, symmetric=True, method="rtn").group_size == 128
+    assert scheme_for("int8", group_size=None, symmetric=True, method="rtn").group_size is None
+    with pytest.raises(UsageError, match="multiple of 8"):
+        QuantScheme(4, 12)
+    with pytest.raises(UsageError):
+        resolve_device("cuda") if not torch.cuda.is_available() else resolve_device("tpu")
+    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def quantize(src, dst, *args):
+    result = CliRunner().invoke(main, ["quantize", str(src), str(dst), "--quiet", *args])
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def verify(ref, cand, profile):
+    result = CliRunner().invoke(main, ["verify", str(ref), str(cand), "--profile", profile,
+                                       "--seq-len", "48", "--batch", "4", "--json", "-"])
+    return result.exit_code, json.loads(result.output)
+
+
+@pytest.fixture(scope="module")
+def quantized(small_ckpt, tmp_path_factory):
+    root = tmp_path_factory.mktemp("quantized")
+    quantize(small_ckpt, root / "int8", "--scheme", "int8")
+    quantize(small_ckpt, root / "int4", "--scheme", "int4")
+    quantize(small_ckpt, root / "int4-asym", "--scheme", "int4", "--asymmetric")
+    return root
+
+
+@pytest.mark.parametrize("name,profile", [("int8", "int8"), ("int4", "int4"),
+                                          ("int4-asym", "int4")])
+def test_quantized_small_passes_its_profile(small_ckpt, quantized, name, profile):
+    code, report = verify(small_ckpt, quantized / name, profile)
+    assert code == 0, report["reasons"]
+
+
+def test_quantized_output_format(quantized):
+    config = json.loads((quantized / "int4" / "config.json").read_text())
+    quant = config["quantization_config"]
+    group = quant["config_groups"]["group_0"]
+    assert group["targets"] == ["Linear"] and group["weights"]["group_size"] == 128
+    assert group["weights"]["strategy"] == "group" and group["weights"]["num_bits"] == 4
+    assert "re:model\\.layers\\.\\d+\\.moe_block\\.gate$" in quant["ignore"]
+    int8 = json.loads((quantized / "int8" / "config.json").read_text())["quantization_config"]
+    assert int8["config_groups"]["group_0"]["weights"]["strategy"] == "channel"
+    reader = SafetensorsReader(quantized / "int4" / "model.safetensors")
+    assert reader.dtype("model.layers.0.moe_block.gate.weight") == "F32"
+    assert reader.dtype("model.embed_tokens.weight") == "F32"
+    assert reader.get("model.layers.0.moe_block.experts.5.linear_1.weight_packed").shape == \
+        (256, 1368 // 8)
+    report = json.loads((quantized / "int4" / "quantization_report.json").read_text())
+    assert report["summary"]["tensors"] == 5 * (4 + 24)
+    assert 0.05 < report["summary"]["mean_rel_rms"] < 0.2
+    rows = report["tensors"]
+    assert rows == sorted(rows, key=lambda r: -r["rel_rms"])
+
+
+def rewrite_safetensors(src, dst, transform):
+    shutil.copytree(src, dst)
+    reader = SafetensorsReader(src / "model.safetensors")
+    entries = [entry for entry, _ in reader.entries.values()]
+    with SafetensorsWriter(dst / "model.safetensors", entries) as writer:
+        for entry in entries:
+            writer.write(entry.name, transform(entry.name, reader.get(entry.name)))
+
+
+def test_wrong_nibble_order_fails(small_ckpt, quantized, tmp_path):
+    def swap(name, array):
+        if not name.endswith("weight_packed"):
+            return array
+        raw = array.view(np.uint8)
+        return ((raw >> 4) | (raw << 4)).view(np.int32)
+
+    rewrite_safetensors(quantized / "int4", tmp_path / "nibbles", swap)
+    code, report = verify(small_ckpt, tmp_path / "nibbles", "int4")
+    assert code == 1 and not report["passed"]
+
+
+def test_zero_point_off_by_one_fails(small_ckpt, quantized, tmp_path):
+    def shift(name, array):
+        if not name.endswith("weight_zero_point"):
+            return array
+        zero = unpack_codes(array.T.copy(), 4, array.shape[0] * 8).T
+        zero = np.clip(zero.astype(np.int16) + 1, -8, 7).astype(np.int8)
+        return pack_codes(zero.T.copy(), 4).T.copy()
+
+    rewrite_safetensors(quantized / "int4-asym", tmp_path / "zp", shift)
+    code, report = verify(small_ckpt, tmp_path / "zp", "int4")
+    assert code == 1 and not report["passed"]
+
+
+def test_report_printed_and_mse_beats_rtn(small_ckpt, tmp_path):
+    out = CliRunner().invoke(main, ["quantize", str(small_ckpt), str(tmp_path / "mse"),
+                                    "--scheme", "int4", "--method", "mse", "--json", "--quiet"])
+    assert out.exit_code == 0, out.output
+    mse = json.loads(out.output)["report"]["mean_rel_rms"]
+    shown = CliRunner().invoke(main, ["quantize", str(small_ckpt), str(tmp_path / "rtn"),
+                                      "--scheme", "int4", "--quiet"])
+    lines = [line for line in shown.output.splitlines() if line.startswith("model.")]
+    assert len(lines) == 10
+    rtn = json.loads((tmp_path / "rtn" / "quantization_report.json").read_text())
+    assert mse < 0.95 * rtn["summary"]["mean_rel_rms"]
+
+
+def test_nan_weights_are_refused_by_name(tiny_ckpt, tmp_path):
+    from converter.layouts.xai import XaiCheckpoint, value_payloads, write_leaf
+    folder = tmp_path / "nan"
+    shutil.copytree(tiny_ckpt, folder)
+    checkpoint = XaiCheckpoint.open(folder)
+    spec = next(s for s in checkpoint.specs if s.layer == 3 and s.role == "attn_v")
+    value = checkpoint.read(spec)
+    scales = np.array(value.scales)
+    scales[0, 5] = 0x7FC0  # bf16 NaN
+    write_leaf(checkpoint.path_of(spec), spec,
+               value_payloads(QuantizedWeight8bit(np.array(value.weight), scales)))
+    result = CliRunner().invoke(main, ["quantize", str(folder), str(tmp_path / "out"),
+                                       "--scheme", "int4", "--quiet", "--workers", "1"])
+    assert result.exit_code == 2
+    assert "decoder_layer_3/multi_head_attention/value/w: NaN or Inf" in result.output
+    with pytest.raises(MalformedFileError):
+        from quant.requantize import _check_finite
+        _check_finite(spec, None, value, np.array([np.inf], np.float32))
+
+
+def test_quantize_workers_and_resume(small_ckpt, tmp_path, monkeypatch):
+    quantize(small_ckpt, tmp_path / "one", "--scheme", "int4", "--workers", "1",
+             "--shard-size", "10MB")
+    quantize(small_ckpt, tmp_path / "two", "--scheme", "int4", "--workers", "2",
+             "--shard-size", "10MB")
+    from converter import containers
+    original, calls = containers._raw, {"n": 0}
+
+    def interrupted(entry, array, path):
+        calls["n"] += 1
+        if calls["n"] == 300:
+            raise KeyboardInterrupt
+        return original(entry, array, path)
+
+    monkeypatch.setattr(containers, "_raw", interrupted)
+    stopped = CliRunner().invoke(main, ["quantize", str(small_ckpt), str(tmp_path / "resumed"),
+                                        "--scheme", "int4", "--workers", "1", "--shard-size",
+                                        "10MB", "--quiet"])
+    assert stopped.exit_code != 0 and calls["n"] >= 300
+    manifest = json.loads((tmp_path / "resumed" / "grok1-manifest.json").read_text())
+    assert not manifest["complete"] and manifest["units"]
+    monkeypatch.setattr(containers, "_raw", original)
+    quantize(small_ckpt, tmp_path / "resumed", "--scheme", "int4", "--workers", "1",
+             "--shard-size", "10MB", "--resume")
+    for name in ("two", "resumed"):
+        for path in (tmp_path / "one").iterdir():
+            if path.name != "grok1-manifest.json":
+                assert path.read_bytes() == (tmp_path / name / path.name).read_bytes(), path
