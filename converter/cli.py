@@ -377,3 +377,150 @@ def quantize(src: Path, dst: Path, scheme_name: str, group_size: int | None, sym
     for row in report["tensors"][:10]:
         click.echo(f"{row['tensor']:<60} {row['rel_rms']:>9.4f} {row['max_abs_err']:>10.3g} "
                    f"{row['clipped_pct']:>7.2f}%")
+
+
+@main.command()
+@click.argument("folder", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Interface to bind; loopback unless you mean to serve a cluster.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True,
+              help="0 picks a free port.")
+@click.option("--rate-limit", type=click.IntRange(min=0), default=0,
+              help="Cap each download at this many bytes/s (for testing slow links).")
+def serve(folder: Path, host: str, port: int, rate_limit: int) -> None:
+    """Serve FOLDER (repos as FOLDER/NAMESPACE/NAME/) as a Hugging Face Hub endpoint.
+
+    Enough of the Hub API for huggingface_hub's downloads and uploads: point clients at it
+    with HF_ENDPOINT. Uploads land as plain files, checked by sha256.
+
+    \b
+    Example:
+      grok1 make-tiny ./hub/xai-org/grok-1 --preset small
+      grok1 serve ./hub --port 8080 &
+      HF_ENDPOINT=http://127.0.0.1:8080 grok1 download --local-dir ./grok-1
+    """
+    from converter.hub_server import make_server
+
+    folder.mkdir(parents=True, exist_ok=True)
+    server = make_server(folder, host, port, rate_limit)
+    click.echo(f"serving {folder} at http://{host}:{server.server_address[1]}", err=False)
+    sys.stdout.flush()
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+@main.command()
+@click.option("--repo", default="xai-org/grok-1", show_default=True)
+@click.option("--revision", help="Branch, tag or commit (resolved once to a commit).")
+@click.option("--local-dir", type=click.Path(path_type=Path, file_okay=False),
+              default=Path("grok-1"), show_default=True)
+@click.option("--include", multiple=True, help="Glob of files to fetch (default ckpt-0/*).")
+@click.option("--workers", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--endpoint", help="Hub URL (default: HF_ENDPOINT or huggingface.co).")
+@click.option("--dry-run", is_flag=True, help="Print the plan: files, bytes, already present.")
+@click.option("--no-verify", is_flag=True, help="Skip the sha256 check.")
+@click.option("--quiet", is_flag=True)
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def download(repo: str, revision: str | None, local_dir: Path, include: tuple[str, ...],
+             workers: int, endpoint: str | None, dry_run: bool, no_verify: bool, quiet: bool,
+             as_json: bool) -> None:
+    """Download the original checkpoint, pinned to a commit, sha256-checked, resumable.
+
+    \b
+    Example:
+      grok1 download --local-dir ./grok-1                 # ckpt-0/*, 318 GB
+      grok1 download --dry-run --revision main
+    """
+    from converter.hub import download as run
+
+    summary = run(repo, local_dir, revision=revision, include=include, workers=workers,
+                  dry_run=dry_run, verify=not no_verify, quiet=quiet, endpoint=endpoint)
+    if as_json:
+        echo_json(summary)
+    elif dry_run:
+        for item in summary["plan"]:
+            click.echo(f"{item['bytes']:>16,}  {'present ' if item['present'] else 'missing '}"
+                       f"{item['path']}")
+        click.echo(f"{summary['files']} files, {summary['bytes']:,} bytes; already present: "
+                   f"{summary['present']} ({summary['present_bytes']:,} bytes); commit "
+                   f"{summary['commit']}")
+    else:
+        click.echo(f"{repo}@{summary['commit'][:12]}: {summary['files']} files "
+                   f"({summary['bytes']:,} bytes) in {local_dir}, "
+                   f"{summary['downloaded']} downloaded")
+
+
+@main.command()
+@click.argument("folder", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--repo", required=True, help="Target repo id, e.g. me/grok-1-w4a16.")
+@click.option("--revision", help="Branch to commit to.")
+@click.option("--private", is_flag=True)
+@click.option("--create-pr", is_flag=True, help="Open a pull request instead of committing.")
+@click.option("--endpoint", help="Hub URL (default: HF_ENDPOINT or huggingface.co).")
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def upload(folder: Path, repo: str, revision: str | None, private: bool, create_pr: bool,
+           endpoint: str | None, as_json: bool) -> None:
+    """Upload FOLDER with a generated model card; rerun to resume.
+
+    \b
+    Example:
+      grok1 upload ./grok-1-int4 --repo me/grok-1-w4a16
+    """
+    from converter.hub import upload as run
+
+    info = run(folder, repo, revision=revision, private=private, create_pr=create_pr,
+               endpoint=endpoint)
+    if as_json:
+        echo_json(info)
+    else:
+        click.echo(f"uploaded {folder} -> {info['url']}")
+
+
+@main.command()
+@click.option("--to", "to", type=click.Choice(["hf", "int8", "int4"]), required=True)
+@click.option("--repo", default="xai-org/grok-1", show_default=True, help="Source repo.")
+@click.option("--revision")
+@click.option("--work-dir", type=click.Path(path_type=Path, file_okay=False),
+              default=Path("grok1-work"), show_default=True)
+@click.option("--upload", "upload_repo", help="Repo to publish the verified result to.")
+@click.option("--dtype", type=click.Choice(["bf16", "f32", "int8"]), default="bf16",
+              show_default=True, help="For --to hf.")
+@click.option("--names", type=click.Choice(["hpcai", "sglang"]), default="hpcai",
+              show_default=True)
+@click.option("--endpoint", help="Hub URL (default: HF_ENDPOINT or huggingface.co).")
+@click.option("--workers", type=click.IntRange(min=1), help="Default: cores.")
+@click.option("--seq-len", type=click.IntRange(min=2), default=64, show_default=True)
+@click.option("--batch", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--quiet", is_flag=True)
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def pipeline(to: str, repo: str, revision: str | None, work_dir: Path, upload_repo: str | None,
+             dtype: str, names: str, endpoint: str | None, workers: int | None, seq_len: int,
+             batch: int, seed: int, quiet: bool, as_json: bool) -> None:
+    """Download -> convert or quantize -> verify -> upload; a rerun resumes.
+
+    Exits 1 (uploading nothing) when verification fails.
+
+    \b
+    Example:
+      grok1 pipeline --to int4 --work-dir ./work --upload me/grok-1-w4a16
+    """
+    from converter.engine import default_workers
+    from converter.pipeline import run_pipeline
+
+    state = run_pipeline(to=to, repo=repo, revision=revision, work_dir=work_dir,
+                         upload_repo=upload_repo, endpoint=endpoint, dtype=dtype, names=names,
+                         workers=workers or default_workers(), seq_len=seq_len, batch=batch,
+                         seed=seed, quiet=quiet,
+                         echo=(lambda _: None) if as_json else click.echo)
+    if as_json:
+        echo_json(state)
+    else:
+        click.echo(f"pipeline {to}: done ({', '.join(s for s in state['steps'])})")

@@ -135,7 +135,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def load_sidecar(folder: Path) -> Grok1Config | None:
-    """Read `folder/config.json` if present; None when there is none."""
+    """Read `folder/config.json` if it is a Grok-1 sidecar; None when there is none."""
     path = Path(folder) / SIDECAR_NAME
     if not path.is_file():
         return None
@@ -145,6 +145,8 @@ def load_sidecar(folder: Path) -> Grok1Config | None:
         raise MalformedFileError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(data, dict):
         raise MalformedFileError(f"{path}: expected a JSON object")
+    if "emb" not in data and "layers" not in data:
+        return None  # some other config.json (e.g. a Hugging Face one), not a Grok-1 sidecar
     try:
         return Grok1Config.from_dict(data, source=str(path))
     except TypeError as exc:

@@ -1,0 +1,138 @@
+"""`grok1 pipeline`: download -> convert or quantize -> verify -> upload, resumable by step.
+
+The run manifest `pipeline.json` in the work folder records each finished step; a rerun with
+the same settings continues at the first unfinished one. A failed verification exits 1 and
+nothing is uploaded.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from converter import __version__
+from converter.atomic import atomic_open
+from converter.errors import UsageError, VerificationFailed
+
+__all__ = ["STEPS", "run_pipeline"]
+
+STEPS = ("download", "convert", "verify", "upload")
+STATE_NAME = "pipeline.json"
+
+
+def _save(work: Path, state: dict[str, Any]) -> None:
+    with atomic_open(work / STATE_NAME) as f:
+        f.write(json.dumps(state, indent=2).encode())
+
+
+def _profile(to: str, dtype: str) -> str:
+    if to in ("int8", "int4"):
+        return to
+    return "lossless" if dtype in ("f32", "int8") else "int8"
+
+
+def run_pipeline(*, to: str, repo: str, revision: str | None, work_dir: Path,
+                 upload_repo: str | None, endpoint: str | None, dtype: str = "bf16",
+                 names: str = "hpcai", workers: int = 1, seq_len: int = 64, batch: int = 4,
+                 seed: int = 0, quiet: bool = False,
+                 echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run (or resume) the pipeline; returns the run manifest."""
+    work = Path(work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    settings = {"to": to, "repo": repo, "revision": revision, "upload": upload_repo,
+                "dtype": dtype if to == "hf" else None, "names": names, "seq_len": seq_len,
+                "batch": batch, "seed": seed}
+    state_path = work / STATE_NAME
+    state = json.loads(state_path.read_text()) if state_path.is_file() else {
+        "settings": settings, "steps": {}, "tool": f"grok1-toolchain {__version__}"}
+    if state["settings"] != settings:
+        raise UsageError(f"{work}: holds a pipeline run with other settings "
+                         f"({state['settings']}); use another --work-dir")
+    source, output = work / "source", work / f"output-{to}"
+    steps = state["steps"]
+
+    def finished(step: str, **details: Any) -> None:
+        steps[step] = {"done": True, **details}
+        _save(work, state)
+
+    if not steps.get("download", {}).get("done"):
+        from converter.hub import download
+
+        echo(f"[1/4] download {repo}@{revision or 'main'} -> {source}")
+        summary = download(repo, source, revision=revision, workers=workers, quiet=quiet,
+                           endpoint=endpoint)
+        finished("download", commit=summary["commit"], files=summary["files"],
+                 bytes=summary["bytes"])
+    commit = steps["download"]["commit"]
+
+    if not steps.get("convert", {}).get("done"):
+        echo(f"[2/4] {'quantize' if to != 'hf' else 'convert'} -> {output}")
+        summary = _convert(to, dtype, names, source, output, workers, quiet)
+        with atomic_open(output / "grok1-provenance.json") as f:
+            f.write(json.dumps({"repo": repo, "revision": revision or "main", "commit": commit,
+                                "to": to, "dtype": settings["dtype"],
+                                "tool": f"grok1-toolchain {__version__}"}, indent=2).encode())
+        finished("convert", seconds=summary["seconds"], bytes=summary["bytes"])
+
+    if not steps.get("verify", {}).get("done"):
+        echo(f"[3/4] verify {output} against {source} (profile {_profile(to, dtype)})")
+        result = _verify(source, output, _profile(to, dtype), seq_len, batch, seed, echo)
+        steps["verify"] = {"done": result.passed, "passed": result.passed,
+                           "metrics": result.metrics, "reasons": result.reasons}
+        _save(work, state)
+        if not result.passed:
+            raise VerificationFailed(f"{output}: verification failed: "
+                                     + "; ".join(result.reasons) + " (nothing uploaded)")
+
+    if upload_repo and not steps.get("upload", {}).get("done"):
+        from converter.hub import upload
+
+        echo(f"[4/4] upload {output} -> {upload_repo}")
+        info = upload(output, upload_repo, endpoint=endpoint)
+        finished("upload", repo=upload_repo, commit=info["commit"], url=info["url"])
+    return state
+
+
+def _convert(to: str, dtype: str, names: str, source: Path, output: Path, workers: int,
+             quiet: bool) -> dict[str, Any]:
+    from converter.engine import run_units
+    from converter.layouts import open_checkpoint
+    from converter.names import scheme
+    from converter.targets import DTYPE_FORMATS, ShardedTarget, lossless_formats, parse_size
+
+    resume = (output / "grok1-manifest.json").is_file()
+    if to == "hf":
+        specs = open_checkpoint(source).specs
+        formats = (lossless_formats(specs) if dtype == "int8" else
+                   dict.fromkeys(lossless_formats(specs), DTYPE_FORMATS[dtype]))
+        target: Any = ShardedTarget("hf", scheme(names), formats, parse_size("5GB"), dtype)
+    else:
+        from quant.requantize import make_target, resolve_device
+        from quant.schemes import scheme_for
+
+        quant = scheme_for(to, group_size=None, symmetric=True, method="rtn")
+        target = make_target(quant, scheme(names), parse_size("5GB"), resolve_device("auto"))
+    return run_units(source, output, target, workers=workers, resume=resume, overwrite=False,
+                     quiet=quiet)
+
+
+def _verify(source: Path, output: Path, profile_name: str, seq_len: int, batch: int, seed: int,
+            echo: Callable[[str], None]) -> Any:
+    from converter.layouts import open_checkpoint
+    from verify.profiles import profile
+    from verify.report import format_markdown, format_table
+    from verify.run import random_tokens, run_verification
+
+    reference, candidate = open_checkpoint(source), open_checkpoint(output)
+    tokens = random_tokens(candidate.config.vocab, batch=batch, seq_len=seq_len, seed=seed)
+    result = run_verification(reference, candidate, tokens, thresholds=profile(profile_name),
+                              per_layer=True, check_tensors=profile_name == "lossless")
+    echo(format_table(result))
+    with atomic_open(output / "verification_report.md") as f:
+        f.write(format_markdown(result, title=f"Verification ({profile_name} profile, "
+                                               f"{batch}x{seq_len} tokens)").encode())
+    with atomic_open(output / "verification_report.json") as f:
+        f.write(json.dumps({"profile": profile_name, **result.to_dict()}, indent=2).encode())
+    return result
