@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import hashlib
+import importlib
 import json
 import os
 import shlex
@@ -58,12 +59,11 @@ def _network_errors() -> tuple[type[Exception], ...]:
 
     transport: list[type[Exception]] = [errors.HfHubHTTPError, errors.OfflineModeIsEnabled,
                                         ConnectionError, TimeoutError]
-    try:
-        import httpx
-
-        transport.append(httpx.TransportError)
-    except ImportError:
-        pass
+    for module in ("httpx2", "httpx"):  # huggingface_hub 2.4 ships on httpx2
+        try:
+            transport.append(importlib.import_module(module).TransportError)
+        except ImportError:
+            continue
     return tuple(transport)
 
 

@@ -1,0 +1,210 @@
+"""The Hub, hermetically: the real huggingface_hub client against `grok1 serve` on 127.0.0.1."""
+
+import hashlib
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from converter.config import Grok1Config
+from converter.generate import generate_checkpoint
+from converter.layouts.xai import XaiCheckpoint, value_payloads, write_leaf
+
+GROK1 = [sys.executable, "-m", "converter"]
+
+
+class Server:
+    def __init__(self, root, tmp, rate=0):
+        self.root, self.log = root, tmp / f"serve-{time.time_ns()}.log"
+        self.proc = subprocess.Popen(
+            [*GROK1, "serve", str(root), "--port", "0", "--rate-limit", str(rate)],
+            stdout=subprocess.PIPE, stderr=open(self.log, "w"), text=True,
+            env={**os.environ, "GROK1_SERVE_LOG": "1"})
+        line = self.proc.stdout.readline()
+        self.url = re.search(r"http://\S+", line).group(0)
+        self.port = int(self.url.rsplit(":", 1)[1])
+
+    def gets(self):
+        return len(re.findall(r'"GET /[^ ]*/resolve/', self.log.read_text()))
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.wait(timeout=10)
+
+
+def env_for(server, tmp):
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("HF_")},
+            "HF_ENDPOINT": server.url, "HF_HOME": str(tmp / "hf-home"),
+            "HF_HUB_DISABLE_XET": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
+
+
+def grok1(server, tmp, *args, check=None):
+    result = subprocess.run([*GROK1, *map(str, args)], env=env_for(server, tmp),
+                            capture_output=True, text=True)
+    if check is not None:
+        assert result.returncode == check, result.stdout + result.stderr
+    return result
+
+
+def digests(folder):
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(Path(folder).rglob("*"))
+            if p.is_file() and ".cache" not in p.parts and not p.name.startswith("grok1-")}
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("hub")
+    root = tmp / "hub"
+    generate_checkpoint(root / "xai-org" / "grok-1", Grok1Config.preset("small"), seed=5,
+                        quiet=True)
+    server = Server(root, tmp)
+    yield server, tmp
+    server.stop()
+
+
+def test_download_then_rerun_downloads_nothing(hub):
+    server, tmp = hub
+    dst = tmp / "dl"
+    plan = grok1(server, tmp, "download", "--local-dir", dst, "--dry-run", "--json", check=0)
+    assert json.loads(plan.stdout)["present"] == 0
+    grok1(server, tmp, "download", "--local-dir", dst, check=0)
+    assert digests(dst) == digests(server.root / "xai-org" / "grok-1")
+    record = json.loads((dst / "grok1-download.json").read_text())
+    assert re.fullmatch(r"[0-9a-f]{40}", record["commit"])
+    before = server.gets()
+    again = grok1(server, tmp, "download", "--local-dir", dst, "--json", check=0)
+    assert json.loads(again.stdout)["downloaded"] == 0
+    assert server.gets() == before
+
+
+def test_corrupted_file_is_caught_by_sha256(hub):
+    server, tmp = hub
+    dst = tmp / "corrupt"
+    grok1(server, tmp, "download", "--local-dir", dst, check=0)
+    victim = dst / "ckpt-0" / "tensor00004_000"
+    expected = digests(server.root / "xai-org" / "grok-1")
+
+    stat = victim.stat()
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    # silent corruption (same size, same mtime): huggingface_hub trusts the file, sha256 does not
+    os.utime(victim, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    bad = grok1(server, tmp, "download", "--local-dir", dst, check=2)
+    assert "sha256 mismatch" in bad.stderr and "ckpt-0/tensor00004_000" in bad.stderr
+    assert not victim.exists()
+    grok1(server, tmp, "download", "--local-dir", dst, check=0)
+    assert digests(dst) == expected
+
+
+def test_killed_download_resumes(hub, tmp_path):
+    server, tmp = hub
+    slow = Server(server.root, tmp_path, rate=1 << 20)
+    try:
+        dst = tmp_path / "dl"
+        proc = subprocess.Popen([*GROK1, "download", "--local-dir", str(dst), "--quiet"],
+                                env=env_for(slow, tmp_path))
+        time.sleep(2.5)
+        assert proc.poll() is None, "the download finished before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert digests(dst) != digests(server.root / "xai-org" / "grok-1")
+        grok1(slow, tmp_path, "download", "--local-dir", dst, check=0)
+        assert digests(dst) == digests(server.root / "xai-org" / "grok-1")
+    finally:
+        slow.stop()
+
+
+def test_unknown_repo_revision_and_network_errors(hub):
+    server, tmp = hub
+    missing = grok1(server, tmp, "download", "--repo", "nobody/nothing", "--local-dir",
+                    tmp / "x", check=2)
+    assert "nobody/nothing: repository not found" in missing.stderr
+    revision = grok1(server, tmp, "download", "--revision", "v9", "--local-dir", tmp / "x",
+                     check=2)
+    assert "revision 'v9' not found" in revision.stderr
+    offline = grok1(server, tmp, "download", "--endpoint", "http://127.0.0.1:9",
+                    "--local-dir", tmp / "x", check=2)
+    assert "network error" in offline.stderr
+    for result in (missing, revision, offline):
+        assert len(result.stderr.strip().splitlines()) == 1
+
+
+def raw_request(server, method, path, body=b""):
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    conn.request(method, path, body=body)
+    response = conn.getresponse()
+    return response.status, response.read()
+
+
+def test_server_refuses_paths_outside_and_bad_uploads(hub):
+    server, _ = hub
+    for path in ("/xai-org/grok-1/resolve/main/../../../etc/passwd",
+                 "/xai-org/grok-1/resolve/main/%2e%2e/%2e%2e/config.json",
+                 "/xai-org/grok-1/resolve/main/.cache/x"):
+        status, _ = raw_request(server, "GET", path)
+        assert status in (400, 404), path
+    status, body = raw_request(server, "PUT", "/lfs-upload/" + "0" * 64, b"not matching")
+    assert status == 400 and b"sha256 mismatch" in body
+    status, _ = raw_request(server, "GET", "/xai-org/grok-1/resolve/main/config.json")
+    assert status == 200
+
+
+def test_upload_twice_changes_nothing_and_card_holds_report(hub, upstream):
+    server, tmp = hub
+    folder = tmp / "to-upload"
+    subprocess.run([*GROK1, "convert", str(upstream), str(folder), "--dtype", "int8",
+                    "--quiet"], check=True)
+    (folder / "verification_report.md").write_text(
+        "## Verification\n\nResult: **passed**\n\n| metric | value |\n| --- | ---: |\n"
+        "| KL(ref||cand) mean | 0 |\n")
+    first = grok1(server, tmp, "upload", folder, "--repo", "me/tiny-int8", "--json", check=0)
+    repo = server.root / "me" / "tiny-int8"
+    card = (repo / "README.md").read_text()
+    assert card.startswith("---\nbase_model: xai-org/grok-1\n")
+    assert "license: apache-2.0" in card and "| KL(ref||cand) mean | 0 |" in card
+    assert "compressed-tensors pack-quantized, int8" in card
+    assert digests(repo) == {k: v for k, v in digests(folder).items()}
+    stamps = {p: p.stat().st_mtime_ns for p in repo.rglob("*")}
+    second = grok1(server, tmp, "upload", folder, "--repo", "me/tiny-int8", "--json", check=0)
+    assert json.loads(second.stdout)["commit"] == json.loads(first.stdout)["commit"]
+    assert {p: p.stat().st_mtime_ns for p in repo.rglob("*")} == stamps
+
+
+def test_pipeline_publishes_verified_weights_and_resumes(hub):
+    server, tmp = hub
+    work = tmp / "work"
+    done = grok1(server, tmp, "pipeline", "--to", "int8", "--work-dir", work, "--upload",
+                 "me/grok-1-w8a16", "--seq-len", "24", "--batch", "2", check=0)
+    assert "PASS" in done.stdout and "[4/4] upload" in done.stdout
+    card = (server.root / "me" / "grok-1-w8a16" / "README.md").read_text()
+    assert "base_model_relation: quantized" in card and "Result: **passed**" in card
+    again = grok1(server, tmp, "pipeline", "--to", "int8", "--work-dir", work, "--upload",
+                  "me/grok-1-w8a16", "--seq-len", "24", "--batch", "2", check=0)
+    assert "[1/4]" not in again.stdout and "[4/4]" not in again.stdout
+
+
+def test_pipeline_fails_verification_and_uploads_nothing(hub):
+    server, tmp = hub
+    chaotic = server.root / "xai-org" / "grok-1-chaotic"
+    shutil.copytree(server.root / "xai-org" / "grok-1", chaotic)
+    checkpoint = XaiCheckpoint.open(chaotic)
+    for spec in checkpoint.specs:  # unit post-norms: int4 noise is amplified, as measured
+        if spec.role in ("post_attn_norm", "post_moe_norm"):
+            value = np.asarray(checkpoint.read(spec)) / np.float32(0.3)
+            write_leaf(checkpoint.path_of(spec), spec, value_payloads(value))
+    failed = grok1(server, tmp, "pipeline", "--to", "int4", "--repo", "xai-org/grok-1-chaotic",
+                   "--work-dir", tmp / "work-fail", "--upload", "me/should-not-exist",
+                   "--seq-len", "48", "--batch", "4", check=1)
+    assert "verification failed" in failed.stderr and "nothing uploaded" in failed.stderr
+    assert not (server.root / "me" / "should-not-exist").exists()
