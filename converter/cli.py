@@ -355,14 +355,15 @@ def quantize(src: Path, dst: Path, scheme_name: str, group_size: int | None, sym
       grok1 quantize ./grok-1 ./grok-1-w8a16 --scheme int8 --method mse --device cpu
     """
     from converter.engine import default_workers, run_units
+    from converter.layouts import open_checkpoint
     from converter.names import scheme as name_scheme
     from converter.targets import parse_size
     from quant.requantize import REPORT_NAME, make_target, resolve_device
     from quant.schemes import scheme_for
 
     scheme = scheme_for(scheme_name, group_size=group_size, symmetric=symmetric, method=method)
-    target = make_target(scheme, name_scheme(names), parse_size(shard_size),
-                         resolve_device(device))
+    target = make_target(scheme, open_checkpoint(src).specs, name_scheme(names),
+                         parse_size(shard_size), resolve_device(device))
     summary = run_units(src, dst, target, workers=workers or default_workers(), resume=resume,
                         overwrite=overwrite, quiet=quiet)
     report = json.loads((dst / REPORT_NAME).read_text())

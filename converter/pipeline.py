@@ -113,7 +113,8 @@ def _convert(to: str, dtype: str, names: str, source: Path, output: Path, worker
         from quant.schemes import scheme_for
 
         quant = scheme_for(to, group_size=None, symmetric=True, method="rtn")
-        target = make_target(quant, scheme(names), parse_size("5GB"), resolve_device("auto"))
+        target = make_target(quant, open_checkpoint(source).specs, scheme(names),
+                             parse_size("5GB"), resolve_device("auto"))
     return run_units(source, output, target, workers=workers, resume=resume, overwrite=False,
                      quiet=quiet)
 

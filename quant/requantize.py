@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import threading
 from pathlib import Path
 from typing import Any
@@ -79,9 +80,10 @@ class QuantizeProducer(Producer):
     """Output tensors of a re-quantized checkpoint; Linears quantized once, parts served."""
 
     def __init__(self, reader: CheckpointReader, specs: dict[str, TensorSpec],
-                 formats: dict[str, LinearFormat], scheme: QuantScheme, device: str) -> None:
+                 formats: dict[str, LinearFormat], schemes: dict[str, QuantScheme],
+                 device: str) -> None:
         super().__init__(reader, specs, formats)
-        self.scheme, self.device = scheme, device
+        self.schemes, self.device = schemes, device
         self.stats: dict[str, dict[str, float]] = {}
         self._done: dict[tuple[str, int | None], PackedLinear] = {}
         self._quant_lock = threading.Lock()
@@ -93,13 +95,14 @@ class QuantizeProducer(Producer):
             if key in self._done:
                 return self._done[key]
         value = self.source(spec, expert)
+        scheme = self.schemes[spec.role]
         dense = dense_transposed(value)
         _check_finite(spec, expert, value, dense)
-        if self.device == "cuda" and self.scheme.method == "rtn":
-            packed = _on_gpu(value, self.scheme)
+        if self.device == "cuda" and scheme.method == "rtn":
+            packed = _on_gpu(value, scheme)
         else:
-            packed, _ = quantize_linear(dense, self.scheme)
-        stats = error_stats(dense, packed, self.scheme)
+            packed, _ = quantize_linear(dense, scheme)
+        stats = {**error_stats(dense, packed, scheme), "group_size": scheme.group_size}
         with self._quant_lock:
             self._done[key] = packed
             self.stats[module] = stats
@@ -144,6 +147,7 @@ class QuantizedTarget(ShardedTarget):
 
     quant: QuantScheme = dataclasses.field(default_factory=lambda: QuantScheme(8, None))
     device: str = "cpu"
+    schemes: dict[str, QuantScheme] = dataclasses.field(default_factory=dict)
 
     def settings(self) -> dict[str, Any]:
         """What identifies this output for --resume."""
@@ -152,7 +156,7 @@ class QuantizedTarget(ShardedTarget):
     def make_producer(self, reader: CheckpointReader) -> Producer:
         """A producer that re-quantizes every Linear."""
         return QuantizeProducer(reader, {s.name: s for s in reader.specs}, self.formats,
-                                self.quant, self.device)
+                                self.schemes, self.device)
 
     def finalize(self, reader: CheckpointReader, units: list[Any], dst: Path,
                  records: dict[str, Any]) -> None:
@@ -167,7 +171,7 @@ class QuantizedTarget(ShardedTarget):
 def build_report(stats: dict[str, dict[str, float]], scheme: QuantScheme,
                  device: str) -> dict[str, Any]:
     """Per-tensor errors, sorted worst first, and a summary."""
-    fields = ("rel_rms", "max_abs_err", "clipped_pct", "numel")
+    fields = ("rel_rms", "max_abs_err", "clipped_pct", "numel", "group_size")
     rows = sorted(({"tensor": name, **{f: s[f] for f in fields}} for name, s in stats.items()),
                   key=lambda r: (-r["rel_rms"], r["tensor"]))
     total = sum(r["numel"] for r in rows) or 1
@@ -184,9 +188,28 @@ def build_report(stats: dict[str, dict[str, float]], scheme: QuantScheme,
     }
 
 
-def make_target(scheme: QuantScheme, names: NameScheme, shard_size: int, device: str,
-                container: str = "hf") -> QuantizedTarget:
+def role_schemes(specs: list[TensorSpec], scheme: QuantScheme) -> dict[str, QuantScheme]:
+    """The scheme of each Linear role. compressed-tensors needs the group size to divide the
+    input width; where it does not (small test models), the role uses gcd(width, group size)."""
+    schemes = {}
+    for spec in specs:
+        if spec.role not in LINEAR_ROLES or spec.role in schemes:
+            continue
+        width, group = spec.shape[-2], scheme.group_size
+        if group is not None and width % group:
+            group = math.gcd(width, group)
+            if group % (32 // scheme.bits):
+                raise UsageError(f"{spec.name}: input width {width} has no group size "
+                                 f"dividing both it and --group-size {scheme.group_size} that "
+                                 f"{scheme.bits}-bit packing allows")
+        schemes[spec.role] = dataclasses.replace(scheme, group_size=group)
+    return schemes
+
+
+def make_target(scheme: QuantScheme, specs: list[TensorSpec], names: NameScheme,
+                shard_size: int, device: str, container: str = "hf") -> QuantizedTarget:
     """The target of `grok1 quantize`."""
-    formats = dict.fromkeys(LINEAR_ROLES, scheme.linear_format())
+    schemes = role_schemes(specs, scheme)
+    formats = {role: s.linear_format() for role, s in schemes.items()}
     return QuantizedTarget(container, names, formats, shard_size, scheme.label,
-                           quant=scheme, device=device)
+                           quant=scheme, device=device, schemes=schemes)

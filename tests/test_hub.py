@@ -25,10 +25,11 @@ GROK1 = [sys.executable, "-m", "converter"]
 class Server:
     def __init__(self, root, tmp, rate=0):
         self.root, self.log = root, tmp / f"serve-{time.time_ns()}.log"
-        self.proc = subprocess.Popen(
-            [*GROK1, "serve", str(root), "--port", "0", "--rate-limit", str(rate)],
-            stdout=subprocess.PIPE, stderr=open(self.log, "w"), text=True,
-            env={**os.environ, "GROK1_SERVE_LOG": "1"})
+        with open(self.log, "w") as log:
+            self.proc = subprocess.Popen(
+                [*GROK1, "serve", str(root), "--port", "0", "--rate-limit", str(rate)],
+                stdout=subprocess.PIPE, stderr=log, text=True,
+                env={**os.environ, "GROK1_SERVE_LOG": "1"})
         line = self.proc.stdout.readline()
         self.url = re.search(r"http://\S+", line).group(0)
         self.port = int(self.url.rsplit(":", 1)[1])
@@ -108,7 +109,7 @@ def test_corrupted_file_is_caught_by_sha256(hub):
 
 
 def test_killed_download_resumes(hub, tmp_path):
-    server, tmp = hub
+    server, _ = hub
     slow = Server(server.root, tmp_path, rate=1 << 20)
     try:
         dst = tmp_path / "dl"

@@ -163,9 +163,13 @@ def test_quantized_small_passes_its_profile(small_ckpt, quantized, name, profile
 def test_quantized_output_format(quantized):
     config = json.loads((quantized / "int4" / "config.json").read_text())
     quant = config["quantization_config"]
-    group = quant["config_groups"]["group_0"]
-    assert group["targets"] == ["Linear"] and group["weights"]["group_size"] == 128
-    assert group["weights"]["strategy"] == "group" and group["weights"]["num_bits"] == 4
+    groups = {g["weights"]["group_size"]: g for g in quant["config_groups"].values()}
+    # small's down projection is 1368 wide: compressed-tensors needs a group size dividing it
+    assert set(groups) == {128, 8}
+    assert groups[8]["targets"] == ["re:model\\.layers\\.\\d+\\.moe_block\\.experts\\.\\d+"
+                                    "\\.linear_1$"]
+    assert all(g["weights"]["strategy"] == "group" and g["weights"]["num_bits"] == 4
+               for g in groups.values())
     assert "re:model\\.layers\\.\\d+\\.moe_block\\.gate$" in quant["ignore"]
     int8 = json.loads((quantized / "int8" / "config.json").read_text())["quantization_config"]
     assert int8["config_groups"]["group_0"]["weights"]["strategy"] == "channel"
