@@ -179,6 +179,11 @@ def logits(checkpoint: Path, tokens_path: Path, out: Path, dtype: str, device: s
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16"]), default="float32",
               show_default=True)
 @click.option("--device", default="cpu", show_default=True)
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local",
+              show_default=True, help="Run units here, or as Ray tasks on a cluster.")
+@click.option("--ray-address", help="Ray cluster to join (default: start a local one).")
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
+              help="With --executor ray: how many tasks share the sequences.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path),
               help="Write the report as JSON here ('-' for stdout).")
 @click.option("--markdown", "markdown_path", type=click.Path(path_type=Path),
@@ -188,8 +193,9 @@ def verify(paths: tuple[Path, ...], tokens_path: Path | None, seq_len: int, batc
            seed: int, profile_name: str, max_kl: float | None, min_top1: float | None,
            max_ppl_ratio: float | None, max_abs_diff: float | None, per_layer: bool,
            check_tensors: bool | None, save_reference: Path | None,
-           reference_logits: Path | None, top_k: int, dtype: str, device: str,
-           json_path: Path | None, markdown_path: Path | None) -> None:
+           reference_logits: Path | None, top_k: int, dtype: str, device: str, executor: str,
+           ray_address: str | None, workers: int, json_path: Path | None,
+           markdown_path: Path | None) -> None:
     """Check CANDIDATE against REFERENCE: usage `grok1 verify [REFERENCE] CANDIDATE`.
 
     Runs both forwards layer-major and compares logits at non-pad positions. Exits 0 on pass,
@@ -228,9 +234,17 @@ def verify(paths: tuple[Path, ...], tokens_path: Path | None, seq_len: int, batc
                                             max_ppl_ratio=max_ppl_ratio, max_abs_diff=max_abs_diff)
     if check_tensors is None:
         check_tensors = profile_name == "lossless" and reference is not None
-    result = run_verification(reference, candidate, tokens, thresholds=limits,
-                              reference_logits=stored, per_layer=per_layer,
-                              check_tensors=check_tensors, dtype=dtype, device=device)
+    if executor == "ray":
+        from verify.distributed import run_verification_ray
+
+        result = run_verification_ray(
+            paths[0] if reference is not None else None, paths[-1], tokens, thresholds=limits,
+            workers=workers, address=ray_address, reference_logits=stored,
+            per_layer=per_layer, check_tensors=check_tensors, dtype=dtype, device=device)
+    else:
+        result = run_verification(reference, candidate, tokens, thresholds=limits,
+                                  reference_logits=stored, per_layer=per_layer,
+                                  check_tensors=check_tensors, dtype=dtype, device=device)
     if save_reference:
         result.reference.truncated(top_k).save(save_reference)
     report = result.to_dict()
@@ -267,12 +281,16 @@ def verify(paths: tuple[Path, ...], tokens_path: Path | None, seq_len: int, batc
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in DST.")
 @click.option("--overwrite", is_flag=True, help="Replace DST.")
 @click.option("--dry-run", is_flag=True, help="Print the plan; write nothing.")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local",
+              show_default=True, help="Run units here, or as Ray tasks on a cluster.")
+@click.option("--ray-address", help="Ray cluster to join (default: start a local one).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary at the end.")
 @handle_errors
 def convert(src: Path, dst: Path, to: str, names: str, dtype: str, shard_size: str,
             tokenizer: Path | None, workers: int | None, resume: bool, overwrite: bool,
-            dry_run: bool, quiet: bool, as_json: bool) -> None:
+            dry_run: bool, executor: str, ray_address: str | None, quiet: bool,
+            as_json: bool) -> None:
     """Convert SRC to another layout in DST, streaming one tensor at a time.
 
     \b
@@ -299,7 +317,8 @@ def convert(src: Path, dst: Path, to: str, names: str, dtype: str, shard_size: s
         target = ShardedTarget(to, scheme(names), formats, parse(shard_size), dtype,
                                tokenizer=tokenizer)
     summary = run_units(src, dst, target, workers=workers or default_workers(), resume=resume,
-                        overwrite=overwrite, dry_run=dry_run, quiet=quiet)
+                        overwrite=overwrite, dry_run=dry_run, quiet=quiet, executor=executor,
+                        ray_address=ray_address)
     if as_json:
         echo_json(summary)
     elif dry_run:
@@ -339,12 +358,16 @@ def _free_bytes(folder: Path) -> int:
 @click.option("--workers", type=click.IntRange(min=1), help="Parallel writers (default: cores).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in DST.")
 @click.option("--overwrite", is_flag=True, help="Replace DST.")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local",
+              show_default=True, help="Run units here, or as Ray tasks on a cluster.")
+@click.option("--ray-address", help="Ray cluster to join (default: start a local one).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary at the end.")
 @handle_errors
 def quantize(src: Path, dst: Path, scheme_name: str, group_size: int | None, symmetric: bool,
              method: str, device: str, names: str, shard_size: str, workers: int | None,
-             resume: bool, overwrite: bool, quiet: bool, as_json: bool) -> None:
+             resume: bool, overwrite: bool, executor: str, ray_address: str | None,
+             quiet: bool, as_json: bool) -> None:
     """Re-quantize SRC (any layout) into compressed-tensors pack-quantized in DST.
 
     Writes quantization_report.json and prints the ten tensors with the largest error.
@@ -365,7 +388,8 @@ def quantize(src: Path, dst: Path, scheme_name: str, group_size: int | None, sym
     target = make_target(scheme, open_checkpoint(src).specs, name_scheme(names),
                          parse_size(shard_size), resolve_device(device))
     summary = run_units(src, dst, target, workers=workers or default_workers(), resume=resume,
-                        overwrite=overwrite, quiet=quiet)
+                        overwrite=overwrite, quiet=quiet, executor=executor,
+                        ray_address=ray_address)
     report = json.loads((dst / REPORT_NAME).read_text())
     summary["report"] = report["summary"]
     summary["device"] = target.device
@@ -499,12 +523,16 @@ def upload(folder: Path, repo: str, revision: str | None, private: bool, create_
 @click.option("--seq-len", type=click.IntRange(min=2), default=64, show_default=True)
 @click.option("--batch", type=click.IntRange(min=1), default=4, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local",
+              show_default=True, help="Run units here, or as Ray tasks on a cluster.")
+@click.option("--ray-address", help="Ray cluster to join (default: start a local one).")
 @click.option("--quiet", is_flag=True)
 @click.option("--json", "as_json", is_flag=True)
 @handle_errors
 def pipeline(to: str, repo: str, revision: str | None, work_dir: Path, upload_repo: str | None,
              dtype: str, names: str, endpoint: str | None, workers: int | None, seq_len: int,
-             batch: int, seed: int, quiet: bool, as_json: bool) -> None:
+             batch: int, seed: int, executor: str, ray_address: str | None, quiet: bool,
+             as_json: bool) -> None:
     """Download -> convert or quantize -> verify -> upload; a rerun resumes.
 
     Exits 1 (uploading nothing) when verification fails.
@@ -519,7 +547,7 @@ def pipeline(to: str, repo: str, revision: str | None, work_dir: Path, upload_re
     state = run_pipeline(to=to, repo=repo, revision=revision, work_dir=work_dir,
                          upload_repo=upload_repo, endpoint=endpoint, dtype=dtype, names=names,
                          workers=workers or default_workers(), seq_len=seq_len, batch=batch,
-                         seed=seed, quiet=quiet,
+                         seed=seed, quiet=quiet, executor=executor, ray_address=ray_address,
                          echo=(lambda _: None) if as_json else click.echo)
     if as_json:
         echo_json(state)

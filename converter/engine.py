@@ -23,6 +23,7 @@ from typing import Any, Protocol
 from converter import __version__
 from converter.atomic import atomic_open, check_free_space, remove_incomplete
 from converter.errors import UsageError
+from converter.executors import EXECUTORS, MAX_RETRIES, ray_connect, ray_get, write_unit
 from converter.layouts import CheckpointReader, open_checkpoint
 from converter.progress import byte_bar
 
@@ -98,8 +99,12 @@ def _worker_write(unit: Unit, dst: str) -> tuple[str, dict[str, Any]]:
 
 def run_units(source: Path, dst: Path, target: Target, *, workers: int, resume: bool,
               overwrite: bool, dry_run: bool = False, quiet: bool = False,
+              executor: str = "local", ray_address: str | None = None,
               on_plan: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Convert `source` into `dst` with `target`; returns a summary."""
+    if executor not in EXECUTORS:
+        raise UsageError(f"unknown executor {executor!r}; known: {', '.join(EXECUTORS)}")
+    ray = ray_connect(ray_address) if executor == "ray" and not dry_run else None
     start = time.perf_counter()
     reader = open_checkpoint(source)
     units = target.plan(reader)
@@ -134,7 +139,18 @@ def run_units(source: Path, dst: Path, target: Target, *, workers: int, resume: 
 
     with byte_bar(total, "convert", quiet=quiet) as bar:
         bar.update(total - sum(u.nbytes for u in todo))
-        if workers <= 1 or len(todo) < 2 * workers:
+        if ray is not None:
+            task = ray.remote(max_retries=MAX_RETRIES)(write_unit)
+            pending = [task.remote(str(Path(source).resolve()), target, u, str(dst.resolve()))
+                       for u in todo]
+            sizes = {u.path: u.nbytes for u in todo}
+            while pending:
+                done, pending = ray.wait(pending, num_returns=1)
+                path, result = ray_get(ray, done[0])
+                record(path, result)
+                bar.update(sizes[path])
+            remove_incomplete(dst)
+        elif workers <= 1 or len(todo) < 2 * workers:
             threaded = dataclasses.replace(target, threads=workers)
             for unit in todo:
                 record(unit.path, threaded.write(reader, unit, dst))

@@ -36,7 +36,8 @@ def _profile(to: str, dtype: str) -> str:
 def run_pipeline(*, to: str, repo: str, revision: str | None, work_dir: Path,
                  upload_repo: str | None, endpoint: str | None, dtype: str = "bf16",
                  names: str = "hpcai", workers: int = 1, seq_len: int = 64, batch: int = 4,
-                 seed: int = 0, quiet: bool = False,
+                 seed: int = 0, quiet: bool = False, executor: str = "local",
+                 ray_address: str | None = None,
                  echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Run (or resume) the pipeline; returns the run manifest."""
     work = Path(work_dir)
@@ -69,7 +70,8 @@ def run_pipeline(*, to: str, repo: str, revision: str | None, work_dir: Path,
 
     if not steps.get("convert", {}).get("done"):
         echo(f"[2/4] {'quantize' if to != 'hf' else 'convert'} -> {output}")
-        summary = _convert(to, dtype, names, source, output, workers, quiet)
+        summary = _convert(to, dtype, names, source, output, workers, quiet, executor,
+                           ray_address)
         with atomic_open(output / "grok1-provenance.json") as f:
             f.write(json.dumps({"repo": repo, "revision": revision or "main", "commit": commit,
                                 "to": to, "dtype": settings["dtype"],
@@ -78,7 +80,8 @@ def run_pipeline(*, to: str, repo: str, revision: str | None, work_dir: Path,
 
     if not steps.get("verify", {}).get("done"):
         echo(f"[3/4] verify {output} against {source} (profile {_profile(to, dtype)})")
-        result = _verify(source, output, _profile(to, dtype), seq_len, batch, seed, echo)
+        result = _verify(source, output, _profile(to, dtype), seq_len, batch, seed, echo,
+                         executor, ray_address, workers)
         steps["verify"] = {"done": result.passed, "passed": result.passed,
                            "metrics": result.metrics, "reasons": result.reasons}
         _save(work, state)
@@ -96,7 +99,7 @@ def run_pipeline(*, to: str, repo: str, revision: str | None, work_dir: Path,
 
 
 def _convert(to: str, dtype: str, names: str, source: Path, output: Path, workers: int,
-             quiet: bool) -> dict[str, Any]:
+             quiet: bool, executor: str, ray_address: str | None) -> dict[str, Any]:
     from converter.engine import run_units
     from converter.layouts import open_checkpoint
     from converter.names import scheme
@@ -116,11 +119,12 @@ def _convert(to: str, dtype: str, names: str, source: Path, output: Path, worker
         target = make_target(quant, open_checkpoint(source).specs, scheme(names),
                              parse_size("5GB"), resolve_device("auto"))
     return run_units(source, output, target, workers=workers, resume=resume, overwrite=False,
-                     quiet=quiet)
+                     quiet=quiet, executor=executor, ray_address=ray_address)
 
 
 def _verify(source: Path, output: Path, profile_name: str, seq_len: int, batch: int, seed: int,
-            echo: Callable[[str], None]) -> Any:
+            echo: Callable[[str], None], executor: str, ray_address: str | None,
+            workers: int) -> Any:
     from converter.layouts import open_checkpoint
     from verify.profiles import profile
     from verify.report import format_markdown, format_table
@@ -128,8 +132,16 @@ def _verify(source: Path, output: Path, profile_name: str, seq_len: int, batch: 
 
     reference, candidate = open_checkpoint(source), open_checkpoint(output)
     tokens = random_tokens(candidate.config.vocab, batch=batch, seq_len=seq_len, seed=seed)
-    result = run_verification(reference, candidate, tokens, thresholds=profile(profile_name),
-                              per_layer=True, check_tensors=profile_name == "lossless")
+    if executor == "ray":
+        from verify.distributed import run_verification_ray
+
+        result = run_verification_ray(source, output, tokens, thresholds=profile(profile_name),
+                                      workers=workers, address=ray_address, per_layer=True,
+                                      check_tensors=profile_name == "lossless")
+    else:
+        result = run_verification(reference, candidate, tokens,
+                                  thresholds=profile(profile_name), per_layer=True,
+                                  check_tensors=profile_name == "lossless")
     echo(format_table(result))
     with atomic_open(output / "verification_report.md") as f:
         f.write(format_markdown(result, title=f"Verification ({profile_name} profile, "

@@ -23,7 +23,7 @@ from converter.tensors import QuantizedWeight8bit, bf16_bits_to_f32, f32_to_bf16
 
 __all__ = ["Producer", "dense_transposed"]
 
-_ROWS = 4096
+_ROWS = 128
 _KEEP = 4
 
 
@@ -64,13 +64,16 @@ class Producer:
         self._lock = threading.Lock()
 
     def source(self, spec: TensorSpec, expert: int | None) -> Any:
-        """The canonical value (or one expert's slice) of `spec`; the last few are kept."""
+        """The canonical value (or one expert's slice) of `spec`. The last few Linears are kept
+        (their parts are read together); nothing else is, so no mapped file stays alive."""
         key = (spec.name, expert)
         with self._lock:
             if key in self._recent:
                 return self._recent[key]
         value = (self.reader.read_expert(spec, expert) if expert is not None
                  else self.reader.read(spec))
+        if spec.role not in self.formats:
+            return value
         with self._lock:
             self._recent[key] = value
             while len(self._recent) > _KEEP:

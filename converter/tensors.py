@@ -21,12 +21,18 @@ def bf16_bits_to_f32(bits: np.ndarray) -> np.ndarray:
 
 def f32_to_bf16_bits(values: np.ndarray) -> np.ndarray:
     """float32 -> bf16 raw bits (uint16), round to nearest even; NaN stays NaN."""
-    u = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
-    rounded = (u + (np.uint32(0x7FFF) + ((u >> 16) & np.uint32(1)))) >> 16
+    values = np.ascontiguousarray(values, dtype=np.float32)
+    u = values.view(np.uint32)
+    rounded = u >> 16
+    rounded &= np.uint32(1)
+    rounded += np.uint32(0x7FFF)
+    rounded += u
+    rounded >>= 16
+    bits = rounded.astype(np.uint16)
     nan = np.isnan(values)
     if nan.any():
-        rounded = np.where(nan, (u >> 16) | np.uint32(0x0040), rounded)
-    return rounded.astype(np.uint16)
+        bits[nan] = ((u[nan] >> 16) | np.uint32(0x0040)).astype(np.uint16)
+    return bits
 
 
 def round_to_bf16(values: np.ndarray) -> np.ndarray:

@@ -26,7 +26,7 @@ from converter.produce import Producer, dense_transposed
 from converter.spec import TensorSpec
 from converter.targets import ShardedTarget
 from converter.tensors import QuantizedWeight8bit
-from quant.primitives import grouped, quantize_linear
+from quant.primitives import error_stats, quantize, quantize_linear
 from quant.schemes import QuantScheme
 
 __all__ = ["QuantizedTarget", "error_stats", "resolve_device"]
@@ -51,22 +51,6 @@ def resolve_device(device: str) -> str:
     if device not in ("cpu", "cuda"):
         raise UsageError(f"unknown device {device!r}; choose auto, cpu or cuda")
     return device
-
-
-def error_stats(x: np.ndarray, packed: PackedLinear, scheme: QuantScheme) -> dict[str, float]:
-    """Relative RMS error, max |error| and % of codes clipped of one quantized [out, in]."""
-    rebuilt = packed.dequantize().T
-    diff = rebuilt - x
-    scale = packed.scale_f32()[..., None]
-    zero = packed.zero_points().astype(np.float32)[..., None]
-    ratio = np.rint(grouped(x, scheme.group_size) / scale) + zero
-    clipped = ((ratio < scheme.qmin) | (ratio > scheme.qmax)).reshape(x.shape[0], -1)
-    clipped = clipped[:, : x.shape[1]]
-    norm = float(np.linalg.norm(x))
-    return {"rel_rms": float(np.linalg.norm(diff)) / norm if norm else 0.0,
-            "max_abs_err": float(np.abs(diff).max()),
-            "clipped_pct": 100.0 * float(clipped.mean()),
-            "numel": int(x.size)}
 
 
 def _check_finite(spec: TensorSpec, expert: int | None, value: Any, dense: np.ndarray) -> None:
@@ -100,9 +84,11 @@ class QuantizeProducer(Producer):
         _check_finite(spec, expert, value, dense)
         if self.device == "cuda" and scheme.method == "rtn":
             packed = _on_gpu(value, scheme)
+            stats = error_stats(dense, quantize(dense, packed.scale, packed.zero_points(),
+                                                scheme))
         else:
-            packed, _ = quantize_linear(dense, scheme)
-        stats = {**error_stats(dense, packed, scheme), "group_size": scheme.group_size}
+            packed, stats = quantize_linear(dense, scheme)
+        stats["group_size"] = scheme.group_size
         with self._quant_lock:
             self._done[key] = packed
             self.stats[module] = stats

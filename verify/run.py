@@ -57,9 +57,41 @@ def random_tokens(vocab: int, *, batch: int, seq_len: int, seed: int) -> np.ndar
     return tokens
 
 
-def _rel(candidate: torch.Tensor, reference: torch.Tensor, valid: torch.Tensor) -> float:
+def _sq(candidate: torch.Tensor, reference: torch.Tensor, valid: torch.Tensor) -> list[float]:
+    """[sum of squared differences, sum of squared reference] over valid positions: the parts of
+    a relative error that add up across batches."""
     c, r = candidate[valid].double(), reference[valid].double()
-    return float((c - r).norm() / r.norm().clamp_min(1e-30))
+    return [float((c - r).square().sum()), float(r.square().sum())]
+
+
+def relative_errors(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per-layer squared sums -> relative errors."""
+    return [{k: (v if k == "layer" else float(np.sqrt(v[0] / max(v[1], 1e-300))))
+             for k, v in row.items()} for row in rows]
+
+
+@dataclasses.dataclass
+class ForwardOutcome:
+    """What one batch of sequences produced: reference distributions, candidate logits, and
+    per-layer squared-error sums (which add across batches)."""
+
+    reference: ReferenceLogits
+    candidate_logits: np.ndarray
+    layer_sums: list[dict[str, Any]] | None
+
+    @classmethod
+    def combine(cls, parts: list[ForwardOutcome]) -> ForwardOutcome:
+        """Concatenate batches (in order); add their squared sums."""
+        refs = [p.reference for p in parts]
+        reference = dataclasses.replace(refs[0], **{
+            name: np.concatenate([getattr(r, name) for r in refs]) for name in (
+                "tokens", "topk_ids", "topk_logits", "topk_logprobs", "next_logprob")})
+        sums = None
+        if parts[0].layer_sums is not None:
+            sums = [{k: (v if k == "layer" else [sum(p.layer_sums[i][k][j] for p in parts)
+                                                 for j in (0, 1)])
+                     for k, v in row.items()} for i, row in enumerate(parts[0].layer_sums)]
+        return cls(reference, np.concatenate([p.candidate_logits for p in parts]), sums)
 
 
 def _check_same_shape(ref: CheckpointReader, cand: CheckpointReader) -> None:
@@ -89,6 +121,74 @@ def compare_tensors(ref: CheckpointReader, cand: CheckpointReader) -> list[str]:
 
 
 @torch.inference_mode()
+def run_forwards(reference: CheckpointReader | None, candidate: CheckpointReader,
+                 tokens: np.ndarray, *, reference_logits: ReferenceLogits | None = None,
+                 per_layer: bool = False, dtype: str = "float32",
+                 device: str = "cpu") -> ForwardOutcome:
+    """Both forwards, layer-major; the reference only when its logits are not given."""
+    cand_model = StreamedGrok1(candidate, dtype=dtype, device=device)
+    ref_model = (StreamedGrok1(reference, dtype=dtype, device=device)
+                 if reference is not None and (reference_logits is None or per_layer)
+                 else None)
+    valid = torch.from_numpy(tokens != candidate.config.pad_token).to(cand_model.device)
+    h_cand = cand_model.embed(tokens)
+    h_ref = ref_model.embed(tokens) if ref_model else None
+    rows: list[dict[str, Any]] = []
+    if per_layer and h_ref is not None:
+        rows.append({"layer": "embed", "hidden": _sq(h_cand, h_ref, valid)})
+    for index in range(candidate.config.layers):
+        out_ref = None
+        if ref_model is not None and h_ref is not None:
+            out_ref = ref_model.layer(ref_model.load_layer(index), h_ref, valid)
+        weights = cand_model.load_layer(index)
+        if per_layer and out_ref is not None and h_ref is not None:
+            alone = cand_model.layer(weights, h_ref, valid)
+            rows.append({"layer": index,
+                         "attention": _sq(alone.attention, out_ref.attention, valid),
+                         "moe": _sq(alone.moe, out_ref.moe, valid),
+                         "hidden": _sq(alone.hidden, out_ref.hidden, valid)})
+        h_cand = cand_model.layer(weights, h_cand, valid).hidden
+        del weights
+        if out_ref is not None:
+            h_ref = out_ref.hidden
+    cand_logits = cand_model.head(h_cand)
+    if reference_logits is None:
+        if ref_model is None or h_ref is None:
+            raise UsageError("a reference checkpoint or --reference-logits is needed")
+        reference_logits = ReferenceLogits.from_logits(
+            ref_model.head(h_ref), tokens, pad_token=candidate.config.pad_token)
+    if per_layer and h_ref is not None:
+        ids = reference_logits.topk_ids
+        mask = tokens != candidate.config.pad_token
+        cand_top = np.take_along_axis(cand_model.head(h_ref), ids, axis=-1)[mask].astype(
+            np.float64)
+        ref_top = reference_logits.topk_logits[mask].astype(np.float64)
+        rows.append({"layer": "head", "hidden": [float(np.square(cand_top - ref_top).sum()),
+                                                  float(np.square(ref_top).sum())]})
+    return ForwardOutcome(reference_logits, cand_logits, rows if per_layer else None)
+
+
+def judge_outcome(outcome: ForwardOutcome, thresholds: Thresholds, *,
+                  mismatches: list[str] | None = None, seconds: float = 0.0) -> VerifyResult:
+    """Metrics, per-layer errors and every reason to fail."""
+    metrics = compare_logits(outcome.reference, outcome.candidate_logits)
+    reasons = judge(metrics, thresholds)
+    layers = relative_errors(outcome.layer_sums) if outcome.layer_sums is not None else None
+    if layers is not None:
+        flagged = [row for row in layers
+                   if max(v for k, v in row.items() if k != "layer") > (
+                       thresholds.max_layer_error or 0.0)]
+        metrics["flagged_layers"] = [row["layer"] for row in flagged]
+        if flagged and reasons:
+            worst = max(flagged, key=lambda r: max(v for k, v in r.items() if k != "layer"))
+            reasons.append(f"largest per-layer error in layer {worst['layer']}")
+    if mismatches:
+        reasons.append(f"{len(mismatches)} tensors differ bit for bit, first: {mismatches[0]}")
+    return VerifyResult(metrics=metrics, reasons=reasons, per_layer=layers,
+                        tensor_mismatches=mismatches, thresholds=thresholds, seconds=seconds,
+                        reference=outcome.reference)
+
+
 def run_verification(reference: CheckpointReader | None, candidate: CheckpointReader,
                      tokens: np.ndarray | None, *, thresholds: Thresholds,
                      reference_logits: ReferenceLogits | None = None, per_layer: bool = False,
@@ -102,59 +202,9 @@ def run_verification(reference: CheckpointReader | None, candidate: CheckpointRe
         tokens = reference_logits.tokens
     if tokens is None:
         raise UsageError("no tokens: give --tokens, --seq-len/--batch, or --reference-logits")
-    cand_model = StreamedGrok1(candidate, dtype=dtype, device=device)
-    ref_model = (StreamedGrok1(reference, dtype=dtype, device=device)
-                 if reference_logits is None or per_layer else None)
-    valid = torch.from_numpy(tokens != candidate.config.pad_token).to(cand_model.device)
-    h_cand = cand_model.embed(tokens)
-    h_ref = ref_model.embed(tokens) if ref_model else None
-    layers: list[dict[str, Any]] = []
-    if per_layer and h_ref is not None:
-        layers.append({"layer": "embed", "hidden": _rel(h_cand, h_ref, valid)})
-    for index in range(candidate.config.layers):
-        out_ref = None
-        if ref_model is not None and h_ref is not None:
-            out_ref = ref_model.layer(ref_model.load_layer(index), h_ref, valid)
-        weights = cand_model.load_layer(index)
-        if per_layer and out_ref is not None and h_ref is not None:
-            alone = cand_model.layer(weights, h_ref, valid)
-            layers.append({"layer": index, "attention": _rel(alone.attention, out_ref.attention,
-                                                             valid),
-                           "moe": _rel(alone.moe, out_ref.moe, valid),
-                           "hidden": _rel(alone.hidden, out_ref.hidden, valid)})
-        h_cand = cand_model.layer(weights, h_cand, valid).hidden
-        del weights
-        if out_ref is not None:
-            h_ref = out_ref.hidden
-    cand_logits = cand_model.head(h_cand)
-    if reference_logits is None:
-        assert ref_model is not None and h_ref is not None
-        reference_logits = ReferenceLogits.from_logits(
-            ref_model.head(h_ref), tokens, pad_token=candidate.config.pad_token)
-    if per_layer and h_ref is not None:
-        head_alone = cand_model.head(h_ref)
-        ref_top = reference_logits.topk_logits
-        ids = reference_logits.topk_ids
-        cand_top = np.take_along_axis(head_alone, ids, axis=-1)
-        mask = tokens != candidate.config.pad_token
-        error = np.linalg.norm((cand_top - ref_top)[mask]) / max(
-            np.linalg.norm(ref_top[mask]), 1e-30)
-        layers.append({"layer": "head", "hidden": float(error)})
-    metrics = compare_logits(reference_logits, cand_logits)
-    reasons = judge(metrics, thresholds)
-    if per_layer:
-        flagged = [row for row in layers
-                   if max(v for k, v in row.items() if k != "layer") > (
-                       thresholds.max_layer_error or 0.0)]
-        metrics["flagged_layers"] = [row["layer"] for row in flagged]
-        if flagged and reasons:
-            worst = max(flagged, key=lambda r: max(v for k, v in r.items() if k != "layer"))
-            reasons.append(f"largest per-layer error in layer {worst['layer']}")
-    mismatches = None
-    if check_tensors and reference is not None:
-        mismatches = compare_tensors(reference, candidate)
-        if mismatches:
-            reasons.append(f"{len(mismatches)} tensors differ bit for bit, first: {mismatches[0]}")
-    return VerifyResult(metrics=metrics, reasons=reasons, per_layer=layers if per_layer else None,
-                        tensor_mismatches=mismatches, thresholds=thresholds,
-                        seconds=time.perf_counter() - start, reference=reference_logits)
+    outcome = run_forwards(reference, candidate, tokens, reference_logits=reference_logits,
+                           per_layer=per_layer, dtype=dtype, device=device)
+    mismatches = (compare_tensors(reference, candidate)
+                  if check_tensors and reference is not None else None)
+    return judge_outcome(outcome, thresholds, mismatches=mismatches,
+                         seconds=time.perf_counter() - start)

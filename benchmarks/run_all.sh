@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Every benchmark, in the order BENCHMARKS.md reports them (about 25 minutes on 2 cores).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python -m benchmarks.bench_forward
+python -m benchmarks.bench_convert --preset bench --depths 6 12
+python -m benchmarks.bench_quant
+python -m benchmarks.bench_convert --preset real --depths 1

@@ -1,0 +1,71 @@
+"""Where units of work run: on this machine (`local`) or as tasks on a Ray cluster (`ray`).
+
+Ray is an optional extra. Its tasks read the source from a path every node sees and write
+their own files; the driver only plans, collects results and writes the index. A task whose
+worker dies is retried; its half-written temporary file is never renamed, so the output stays
+identical to the local executor's.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+from converter.errors import Grok1Error, UsageError
+
+__all__ = ["EXECUTORS", "MAX_RETRIES", "RAY_INSTALL", "ray_connect", "ray_get", "write_unit"]
+
+EXECUTORS = ("local", "ray")
+RAY_INSTALL = "pip install 'grok1-toolchain[ray]'"
+MAX_RETRIES = 3
+# Fault injection for recovery tests: the first task to start creates this file and is then
+# killed (SIGKILL) after GROK1_FAULT_DELAY seconds, mid-write.
+FAULT_MARKER = "GROK1_FAULT_KILL_ONCE"
+
+
+def ray_connect(address: str | None) -> Any:
+    """Import Ray and connect (start a local cluster when no address is given)."""
+    try:
+        import ray
+    except ImportError:
+        raise UsageError(f"--executor ray needs Ray, which is not installed: {RAY_INSTALL}"
+                         ) from None
+    if not ray.is_initialized():
+        ray.init(address=address, ignore_reinit_error=True, log_to_driver=False,
+                 include_dashboard=False, logging_level="ERROR")
+    return ray
+
+
+def ray_get(ray: Any, ref: Any) -> Any:
+    """ray.get, re-raising our own errors as themselves (so exit codes stay right)."""
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as exc:
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, Grok1Error):
+            raise cause from None
+        raise
+
+
+def _maybe_inject_fault() -> None:
+    marker = os.environ.get(FAULT_MARKER)
+    if not marker:
+        return
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return
+    os.close(fd)
+    delay = float(os.environ.get("GROK1_FAULT_DELAY", "0.3"))
+    threading.Timer(delay, os.kill, (os.getpid(), signal.SIGKILL)).start()
+
+
+def write_unit(source: str, target: Any, unit: Any, dst: str) -> tuple[str, dict[str, Any]]:
+    """One unit of a conversion, as a Ray task runs it."""
+    from converter.layouts import open_checkpoint
+
+    _maybe_inject_fault()
+    return unit.path, target.write(open_checkpoint(Path(source)), unit, Path(dst))
