@@ -43,6 +43,25 @@ def require_empty(folder: Path, overwrite: bool) -> None:
         raise UsageError(f"{folder}: exists and is not empty; pass --overwrite to replace it")
 
 
+def _stack(*options: Callable[..., Any]) -> Callable[..., Any]:
+    def apply(command: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(options):
+            command = option(command)
+        return command
+    return apply
+
+
+executor_options = _stack(
+    click.option("--executor", type=click.Choice(["local", "ray"]), default="local",
+                 show_default=True, help="Run units here, or as Ray tasks on a cluster."),
+    click.option("--ray-address", help="Ray cluster to join (default: start a local one)."))
+writer_options = _stack(
+    click.option("--workers", type=click.IntRange(min=1),
+                 help="Parallel writers (default: cores)."),
+    click.option("--resume", is_flag=True, help="Continue an interrupted run in DST."),
+    click.option("--overwrite", is_flag=True, help="Replace DST."))
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="grok1")
 def main() -> None:
@@ -179,9 +198,7 @@ def logits(checkpoint: Path, tokens_path: Path, out: Path, dtype: str, device: s
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16"]), default="float32",
               show_default=True)
 @click.option("--device", default="cpu", show_default=True)
-@click.option("--executor", type=click.Choice(["local", "ray"]), default="local",
-              show_default=True, help="Run units here, or as Ray tasks on a cluster.")
-@click.option("--ray-address", help="Ray cluster to join (default: start a local one).")
+@executor_options
 @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
               help="With --executor ray: how many tasks share the sequences.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path),
@@ -277,13 +294,9 @@ def verify(paths: tuple[Path, ...], tokens_path: Path | None, seq_len: int, batc
 @click.option("--shard-size", default="5GB", show_default=True)
 @click.option("--tokenizer", type=click.Path(path_type=Path, dir_okay=False),
               help="A tokenizer.model to ship with hf/torch output.")
-@click.option("--workers", type=click.IntRange(min=1), help="Parallel writers (default: cores).")
-@click.option("--resume", is_flag=True, help="Continue an interrupted run in DST.")
-@click.option("--overwrite", is_flag=True, help="Replace DST.")
+@writer_options
 @click.option("--dry-run", is_flag=True, help="Print the plan; write nothing.")
-@click.option("--executor", type=click.Choice(["local", "ray"]), default="local",
-              show_default=True, help="Run units here, or as Ray tasks on a cluster.")
-@click.option("--ray-address", help="Ray cluster to join (default: start a local one).")
+@executor_options
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary at the end.")
 @handle_errors
@@ -355,12 +368,8 @@ def _free_bytes(folder: Path) -> int:
 @click.option("--names", type=click.Choice(["hpcai", "sglang"]), default="hpcai",
               show_default=True)
 @click.option("--shard-size", default="5GB", show_default=True)
-@click.option("--workers", type=click.IntRange(min=1), help="Parallel writers (default: cores).")
-@click.option("--resume", is_flag=True, help="Continue an interrupted run in DST.")
-@click.option("--overwrite", is_flag=True, help="Replace DST.")
-@click.option("--executor", type=click.Choice(["local", "ray"]), default="local",
-              show_default=True, help="Run units here, or as Ray tasks on a cluster.")
-@click.option("--ray-address", help="Ray cluster to join (default: start a local one).")
+@writer_options
+@executor_options
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary at the end.")
 @handle_errors
@@ -523,9 +532,7 @@ def upload(folder: Path, repo: str, revision: str | None, private: bool, create_
 @click.option("--seq-len", type=click.IntRange(min=2), default=64, show_default=True)
 @click.option("--batch", type=click.IntRange(min=1), default=4, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--executor", type=click.Choice(["local", "ray"]), default="local",
-              show_default=True, help="Run units here, or as Ray tasks on a cluster.")
-@click.option("--ray-address", help="Ray cluster to join (default: start a local one).")
+@executor_options
 @click.option("--quiet", is_flag=True)
 @click.option("--json", "as_json", is_flag=True)
 @handle_errors

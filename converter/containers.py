@@ -227,7 +227,8 @@ class TorchShardWriter(_PhasedWriter):
     def _central_directory_offsets(archive: zipfile.ZipFile) -> dict[str, int]:
         """Offset of each entry's central-directory record (to patch its CRC)."""
         offsets, fp = {}, archive.fp
-        assert fp is not None
+        if fp is None:
+            raise MalformedFileError(f"{archive.filename}: zip archive is closed")
         position = archive.start_dir
         for info in archive.infolist():
             offsets[info.filename] = position

@@ -5,13 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from converter.layouts.xai import XaiCheckpoint
+from converter.errors import Grok1Error
+from converter.layouts import detect_layout
 
 __all__ = ["format_report", "inspect_checkpoint"]
 
 
-def inspect_checkpoint(path: Path) -> dict[str, Any]:
-    """A JSON-ready description: layout, config, tensors, totals and integrity problems."""
+def _xai(path: Path) -> dict[str, Any]:
+    from converter.layouts.xai import XaiCheckpoint
+
     checkpoint = XaiCheckpoint.open(path)
     tensors = [
         {"name": s.name, "file": s.file_name, "shape": list(s.shape), "dtype": s.dtype,
@@ -19,24 +21,56 @@ def inspect_checkpoint(path: Path) -> dict[str, Any]:
          "scale_groups": s.scale_groups if s.quantized else None, "bytes": s.payload_bytes}
         for s in checkpoint.specs
     ]
-    return {
-        "path": str(path),
-        "layout": "xai",
-        "tensor_dir": str(checkpoint.tensor_dir),
-        "config_source": checkpoint.config_source,
-        "config": checkpoint.config.to_dict(),
-        "tensors": tensors,
-        "totals": {"tensors": len(tensors), "bytes": sum(t["bytes"] for t in tensors),
-                   "parameters": sum(s.numel for s in checkpoint.specs)},
-        "problems": checkpoint.problems(),
-    }
+    return {"location": str(checkpoint.tensor_dir), "config_source": checkpoint.config_source,
+            "config": checkpoint.config.to_dict(), "tensors": tensors,
+            "parameters": sum(s.numel for s in checkpoint.specs),
+            "problems": checkpoint.problems()}
+
+
+def _sharded(path: Path, layout: str) -> dict[str, Any]:
+    from converter.layouts.hf import CONTAINERS, HfCheckpoint
+
+    checkpoint = HfCheckpoint(path, CONTAINERS[layout])
+    tensors, problems = [], []
+    for name, file in sorted(checkpoint.weight_map.items()):
+        try:
+            shard = checkpoint.shard(file)
+            entry = shard.entries[name]
+            entry = entry[0] if isinstance(entry, tuple) else entry
+        except Grok1Error as exc:
+            if str(exc) not in problems:
+                problems.append(str(exc))
+            continue
+        except KeyError:
+            problems.append(f"{path / file}: lacks {name} (the index says it is there)")
+            continue
+        tensors.append({"name": name, "file": file, "shape": list(entry.shape),
+                        "dtype": entry.dtype, "scales_shape": None, "scale_groups": None,
+                        "bytes": entry.nbytes})
+    return {"location": str(path), "config_source": str(path / "config.json"),
+            "config": checkpoint.config.to_dict(), "tensors": tensors,
+            "parameters": sum(s.numel for s in checkpoint.specs), "problems": problems,
+            "names": checkpoint.scheme.name,
+            "quantization": checkpoint.hf.get("quantization_config", {}).get("format")}
+
+
+def inspect_checkpoint(path: Path) -> dict[str, Any]:
+    """A JSON-ready description: layout, config, tensors, totals and integrity problems."""
+    layout = detect_layout(path)
+    found = _xai(path) if layout == "xai" else _sharded(path, layout)
+    tensors = found.pop("tensors")
+    parameters = found.pop("parameters")
+    return {"path": str(path), "layout": layout, **found, "tensors": tensors,
+            "totals": {"tensors": len(tensors), "bytes": sum(t["bytes"] for t in tensors),
+                       "parameters": parameters}}
 
 
 def format_report(report: dict[str, Any]) -> str:
     """The report as a human-readable table."""
     cfg = report["config"]
+    extra = "".join(f", {k} {report[k]}" for k in ("names", "quantization") if report.get(k))
     lines = [
-        f"layout: {report['layout']}  ({report['tensor_dir']})",
+        f"layout: {report['layout']}{extra}  ({report['location']})",
         f"config: {report['config_source']}",
         "        " + ", ".join(f"{k}={cfg[k]}" for k in (
             "layers", "emb", "q_heads", "kv_heads", "key_size", "vocab", "experts", "topk",

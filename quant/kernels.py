@@ -126,7 +126,8 @@ def requantize_triton(source: torch.Tensor, source_scales: torch.Tensor | None,
     zeros = torch.empty((n_cols, groups), dtype=torch.int8, device=device)
     int8_source = source.dtype == torch.int8
     if int8_source:
-        assert source_scales is not None
+        if source_scales is None:
+            raise ValueError("int8 source codes need their scales")
         rows_per_scale = k_rows // source_scales.shape[0]
         source_scales = source_scales.contiguous()
     else:

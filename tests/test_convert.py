@@ -285,3 +285,22 @@ def test_killed_conversion_resumes_to_identical_output(small_ckpt, tmp_path, to)
     clean_args = [a if a != str(tmp_path / "out") else str(tmp_path / "clean") for a in args]
     subprocess.run([*GROK1, *clean_args], env=env, check=True)
     assert files(tmp_path / "out") == files(tmp_path / "clean")
+
+
+def test_inspect_reads_hf_and_torch_layouts(upstream, tmp_path):
+    ok(upstream, tmp_path / "hf", "--dtype", "int8", "--shard-size", "2MB")
+    ok(upstream, tmp_path / "pt", "--to", "torch", "--names", "sglang")
+    for folder, layout, names in ((tmp_path / "hf", "hf", "hpcai"),
+                                  (tmp_path / "pt", "torch", "sglang")):
+        result = CliRunner().invoke(main, ["inspect", str(folder), "--json"])
+        assert result.exit_code == 0, result.output
+        report = json.loads(result.output)
+        assert (report["layout"], report["names"], report["problems"]) == (layout, names, [])
+        assert report["totals"]["parameters"] == 6_956_096
+    assert json.loads(CliRunner().invoke(main, ["inspect", str(tmp_path / "hf"), "--json"])
+                      .output)["totals"]["tensors"] == 1070
+    victim = tmp_path / "hf" / "model-00003-of-00006.safetensors"
+    victim.write_bytes(victim.read_bytes()[:5000])
+    result = CliRunner().invoke(main, ["inspect", str(tmp_path / "hf")])
+    assert result.exit_code == 2
+    assert "model-00003-of-00006.safetensors" in result.output and "truncated" in result.output

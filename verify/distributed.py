@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from converter.errors import UsageError
 from converter.executors import ray_connect, ray_get
 from converter.layouts import open_checkpoint
 from verify.metrics import ReferenceLogits
@@ -46,7 +47,8 @@ def run_verification_ray(reference: Path | None, candidate: Path, tokens: np.nda
     ray = ray_connect(address)
     if reference_logits is not None:
         tokens = reference_logits.tokens
-    assert tokens is not None
+    if tokens is None:
+        raise UsageError("no tokens: give --tokens, --seq-len/--batch, or --reference-logits")
     parts = [p for p in np.array_split(np.arange(len(tokens)), max(1, workers)) if len(p)]
     task = ray.remote(_forward_part)
     options = {"per_layer": per_layer, "dtype": dtype, "device": device}

@@ -262,11 +262,16 @@ class HfCheckpoint:
                           f"{self.container.single_name}")
 
     def _detect_scheme(self) -> NameScheme:
+        """The naming scheme: as recorded by this tool, else the one whose layer-0 query
+        projection is present."""
         named = self.hf.get("grok1_names")
         if named in SCHEMES:
             return SCHEMES[named]
-        probe = "layers.0.self_attn.q_proj"
-        return SCHEMES["sglang" if any(probe in k for k in self.weight_map) else "hpcai"]
+        for candidate in SCHEMES.values():
+            prefix = candidate.module("attn_q", layer=0) + "."
+            if any(name.startswith(prefix) for name in self.weight_map):
+                return candidate
+        return SCHEMES["hpcai"]
 
     def _check_total(self) -> None:
         unmapped = sorted(set(self.weight_map) - set(self.names))
@@ -282,11 +287,15 @@ class HfCheckpoint:
                 problems.append(f"{len(missing)} missing tensors: {show(missing)}")
             raise MappingError(f"{self.root} ({self.scheme.name} names): " + "; ".join(problems))
 
-    def _tensor(self, name: str) -> np.ndarray:
-        file = self.weight_map[name]
+    def shard(self, file: str) -> Any:
+        """The reader of one shard file (opened once)."""
         if file not in self._shards:
             self._shards[file] = self.container.reader(self.root / file)
-        shard = self._shards[file]
+        return self._shards[file]
+
+    def _tensor(self, name: str) -> np.ndarray:
+        file = self.weight_map[name]
+        shard = self.shard(file)
         if name not in shard.entries:
             raise MalformedFileError(f"{self.root / file}: lacks {name} (the index says it "
                                      "is there)")
