@@ -19,7 +19,12 @@ from converter.layouts import CheckpointReader
 from converter.layouts.hf import LinearFormat, OutTensor
 from converter.names import EXPERT_ROLES
 from converter.spec import TensorSpec
-from converter.tensors import QuantizedWeight8bit, bf16_bits_to_f32, f32_to_bf16_bits
+from converter.tensors import (
+    QuantizedWeight8bit,
+    bf16_bits_to_f32,
+    f32_to_bf16_bits,
+    transposed,
+)
 
 __all__ = ["Producer", "dense_transposed"]
 
@@ -114,6 +119,6 @@ class Producer:
         if part == "weight_shape":
             return np.array([n, k], np.int64)
         if part == "weight_packed":
-            return pack_codes(np.ascontiguousarray(value.weight.T), 8)
+            return pack_codes(transposed(value.weight), 8)
         per_block = (k // value.scale_groups) // (fmt.group_size or k)
         return np.ascontiguousarray(np.repeat(value.scales.T, per_block, axis=1))

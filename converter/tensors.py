@@ -11,7 +11,7 @@ import dataclasses
 import numpy as np
 
 __all__ = ["QuantizedWeight8bit", "bf16_bits_to_f32", "dense", "f32_to_bf16_bits",
-           "round_to_bf16"]
+           "round_to_bf16", "transposed"]
 
 
 def bf16_bits_to_f32(bits: np.ndarray) -> np.ndarray:
@@ -74,3 +74,14 @@ def dense(value: object) -> np.ndarray:
     if hasattr(value, "dequantize"):
         return value.dequantize()
     return np.asarray(value, dtype=np.float32)
+
+
+def transposed(array: np.ndarray, tile: int = 64) -> np.ndarray:
+    """A contiguous copy of a 2-D array's transpose, tile by tile (numpy's own strided copy
+    of a large int8 matrix is 2-3x slower: every row it writes misses the cache)."""
+    rows, cols = array.shape
+    out = np.empty((cols, rows), array.dtype)
+    for i in range(0, rows, tile):
+        for j in range(0, cols, tile):
+            out[j:j + tile, i:i + tile] = array[i:i + tile, j:j + tile].T
+    return out

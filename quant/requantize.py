@@ -36,6 +36,8 @@ REPORT_NAME = "quantization_report.json"
 
 def resolve_device(device: str) -> str:
     """auto -> cuda when torch sees a GPU (and Triton is installed), else cpu."""
+    if device == "cpu" or (device == "auto" and not Path("/dev/nvidiactl").exists()):
+        return "cpu"  # no NVIDIA driver: no need to import torch to find out
     import torch
 
     if device == "auto":
@@ -48,7 +50,7 @@ def resolve_device(device: str) -> str:
         return "cuda"
     if device == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda asked for, but torch sees no CUDA device")
-    if device not in ("cpu", "cuda"):
+    if device != "cuda":
         raise UsageError(f"unknown device {device!r}; choose auto, cpu or cuda")
     return device
 

@@ -30,7 +30,7 @@ from converter.containers import (
 from converter.errors import LayoutError, MalformedFileError, MappingError
 from converter.names import EXPERT_ROLES, LINEAR_ROLES, SCHEMES, NameScheme, OutputName
 from converter.spec import TensorSpec, build_spec
-from converter.tensors import QuantizedWeight8bit, bf16_bits_to_f32
+from converter.tensors import QuantizedWeight8bit, bf16_bits_to_f32, transposed
 
 __all__ = ["CONTAINERS", "Container", "HfCheckpoint", "LinearFormat", "OutTensor",
            "config_from_hf", "hf_config", "lossless_group_size", "plan_outputs"]
@@ -363,4 +363,4 @@ def _as_release_int8(packed: PackedLinear, spec: TensorSpec) -> QuantizedWeight8
     scales = np.ascontiguousarray(packed.scale[:, ::per_block].T)
     if not np.array_equal(np.repeat(scales.T, per_block, axis=1), packed.scale):
         return None
-    return QuantizedWeight8bit(np.ascontiguousarray(packed.codes().T), scales)
+    return QuantizedWeight8bit(transposed(packed.codes()), scales)
