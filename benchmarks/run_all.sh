@@ -2,6 +2,7 @@
 # Every benchmark, in the order BENCHMARKS.md reports them (about 25 minutes on 2 cores).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+python -m benchmarks.bench_generate
 python -m benchmarks.bench_forward
 python -m benchmarks.bench_convert --preset bench --depths 6 12
 python -m benchmarks.bench_quant

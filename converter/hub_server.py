@@ -47,11 +47,6 @@ def _is_regular(path: str, size: int) -> bool:
         path == ".gitattributes"
 
 
-def git_blob_sha1(data: bytes) -> str:
-    """git hash-object of some bytes."""
-    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
-
-
 class HubStore:
     """Repos as plain folders, with cached file hashes."""
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 
 from converter.config import Grok1Config
 
-__all__ = ["ROLES", "ParamRole", "TensorSpec", "build_spec", "file_name", "spec_by_name"]
+__all__ = ["ROLES", "ParamRole", "TensorSpec", "build_spec", "file_name"]
 
 Shape = tuple[int, ...]
 
@@ -62,7 +62,6 @@ ROLES: tuple[ParamRole, ...] = (
     ParamRole("post_moe_norm", f"{_LAYER}/rms_norm_3", "scale", lambda c: (c.emb,)),
     ParamRole("router", f"{_LAYER}/router", "w", lambda c: (c.emb, c.experts)),
 )
-ROLE_BY_NAME = {r.role: r for r in ROLES}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,8 +145,3 @@ def build_spec(config: Grok1Config) -> list[TensorSpec]:
         )
         for index, (module, param, role, layer) in enumerate(ordered)
     ]
-
-
-def spec_by_name(config: Grok1Config) -> dict[str, TensorSpec]:
-    """The spec keyed by canonical name."""
-    return {t.name: t for t in build_spec(config)}

@@ -304,3 +304,16 @@ def test_inspect_reads_hf_and_torch_layouts(upstream, tmp_path):
     result = CliRunner().invoke(main, ["inspect", str(tmp_path / "hf")])
     assert result.exit_code == 2
     assert "model-00003-of-00006.safetensors" in result.output and "truncated" in result.output
+
+
+def test_tokenizer_ships_with_hf_output(upstream, tmp_path):
+    tokenizer = tmp_path / "tokenizer.model"
+    tokenizer.write_bytes(b"\x0a\x05[PAD]sentencepiece-model-bytes")
+    ok(upstream, tmp_path / "hf", "--dtype", "f32", "--tokenizer", tokenizer)
+    assert (tmp_path / "hf" / "tokenizer.model").read_bytes() == tokenizer.read_bytes()
+    config = json.loads((tmp_path / "hf" / "tokenizer_config.json").read_text())
+    assert config["model_max_length"] == 8192
+    generation = json.loads((tmp_path / "hf" / "generation_config.json").read_text())
+    assert (generation["bos_token_id"], generation["eos_token_id"]) == (1, 2)
+    missing = convert(upstream, tmp_path / "hf2", "--tokenizer", tmp_path / "nope.model")
+    assert missing.exit_code == 2 and "nope.model" in missing.output

@@ -209,3 +209,29 @@ def test_pipeline_fails_verification_and_uploads_nothing(hub):
                    "--seq-len", "48", "--batch", "4", check=1)
     assert "verification failed" in failed.stderr and "nothing uploaded" in failed.stderr
     assert not (server.root / "me" / "should-not-exist").exists()
+
+
+def test_upload_as_pull_request(hub, upstream):
+    server, tmp = hub
+    folder = tmp / "pr-upload"
+    subprocess.run([*GROK1, "convert", str(upstream), str(folder), "--dtype", "f32",
+                    "--quiet"], check=True)
+    grok1(server, tmp, "upload", folder, "--repo", "me/pr-target", check=0)
+    (folder / "extra.json").write_text("{}")
+    result = grok1(server, tmp, "upload", folder, "--repo", "me/pr-target", "--create-pr",
+                   "--json", check=0)
+    assert json.loads(result.stdout)["pr_url"].endswith("/me/pr-target/discussions/1")
+    assert not (server.root / "me" / "pr-target" / "extra.json").exists()
+
+
+@pytest.mark.parametrize(("status", "words"), [(401, "access denied (401); set HF_TOKEN"),
+                                               (403, "access denied (403)"),
+                                               (500, "Hub error 500")])
+def test_http_errors_become_one_line_messages(status, words):
+    httpx2 = pytest.importorskip("httpx2")  # huggingface_hub 2.x's HTTP client
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from converter.hub import _hub_error
+    response = httpx2.Response(status, request=httpx2.Request("GET", "http://127.0.0.1/x"))
+    error = _hub_error(HfHubHTTPError("boom", response=response), "org/repo", None)
+    assert words in str(error) and "\n" not in str(error)

@@ -53,6 +53,7 @@ class XaiCheckpoint:
     config: Grok1Config
     config_source: str
     specs: list[TensorSpec]
+    _last_leaf: tuple[str, Value] | None = dataclasses.field(default=None, repr=False)
 
     @classmethod
     def open(cls, path: Path) -> XaiCheckpoint:
@@ -96,8 +97,13 @@ class XaiCheckpoint:
         return value
 
     def read_expert(self, spec: TensorSpec, expert: int) -> Value:
-        """One expert's slice of a stacked leaf (still a zero-copy view)."""
-        return self.read(spec)[expert]
+        """One expert's slice of a stacked leaf (still a zero-copy view). The last leaf read
+        this way is kept, so its experts do not each parse the file again."""
+        last = self._last_leaf
+        if last is None or last[0] != spec.name:
+            last = (spec.name, self.read(spec))
+            self._last_leaf = last
+        return last[1][expert]
 
     def __iter__(self) -> Iterator[tuple[TensorSpec, Value]]:
         """Every leaf in file order, one at a time."""
