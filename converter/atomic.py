@@ -13,7 +13,8 @@ from typing import BinaryIO
 
 from converter.errors import DiskSpaceError
 
-__all__ = ["INCOMPLETE_SUFFIX", "atomic_open", "check_free_space", "remove_incomplete"]
+__all__ = ["INCOMPLETE_SUFFIX", "atomic_open", "check_free_space", "free_bytes",
+           "remove_incomplete"]
 
 INCOMPLETE_SUFFIX = ".incomplete"
 
@@ -43,13 +44,17 @@ def atomic_open(path: Path) -> Iterator[BinaryIO]:
             tmp.unlink()
 
 
-def check_free_space(folder: Path, needed: int) -> None:
-    """Raise `DiskSpaceError` when `folder`'s disk has less than `needed` bytes free."""
-    folder = Path(folder)
-    probe = folder
+def free_bytes(folder: Path) -> int:
+    """Free bytes on the disk that holds (or will hold) `folder`."""
+    probe = Path(folder)
     while not probe.exists():
         probe = probe.parent
-    free = shutil.disk_usage(probe).free
+    return shutil.disk_usage(probe).free
+
+
+def check_free_space(folder: Path, needed: int) -> None:
+    """Raise `DiskSpaceError` when `folder`'s disk has less than `needed` bytes free."""
+    free = free_bytes(folder)
     if free < needed:
         raise DiskSpaceError(
             f"{folder}: needs {needed / 1e9:.2f} GB, only {free / 1e9:.2f} GB free on its disk")

@@ -313,6 +313,7 @@ def convert(src: Path, dst: Path, to: str, names: str, dtype: str, shard_size: s
       grok1 convert ./grok-1-int8 ./grok-1-again --to xai      # byte-identical to the release
       grok1 convert ./grok-1 ./out --to hf --resume            # after an interruption
     """
+    from converter.atomic import free_bytes
     from converter.engine import default_workers, run_units
     from converter.layouts import open_checkpoint
     from converter.names import scheme
@@ -338,19 +339,11 @@ def convert(src: Path, dst: Path, to: str, names: str, dtype: str, shard_size: s
         for item in summary["files"]:
             click.echo(f"{item['bytes']:>16,}  {item['path']}")
         click.echo(f"{summary['units']} files, {summary['bytes']:,} bytes "
-                   f"(free: {_free_bytes(dst):,})")
+                   f"(free: {free_bytes(dst):,})")
     else:
         click.echo(f"converted {summary['tensors']} tensors into {summary['units']} files "
                    f"({summary['bytes']:,} bytes) in {summary['seconds']:.1f}s -> {dst}")
 
-
-def _free_bytes(folder: Path) -> int:
-    import shutil
-
-    probe = folder
-    while not probe.exists():
-        probe = probe.parent
-    return shutil.disk_usage(probe).free
 
 
 @main.command()

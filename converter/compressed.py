@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from converter.tensors import bf16_bits_to_f32
+from converter.tensors import bf16_bits_to_f32, dense
 
 __all__ = ["PackedLinear", "StackedExperts", "pack_codes", "quantization_config",
            "unpack_codes"]
@@ -113,8 +113,7 @@ class StackedExperts:
 
     def dequantize(self) -> np.ndarray:
         """float32 [E, in, out]."""
-        return np.stack([e.dequantize() if hasattr(e, "dequantize") else e
-                         for e in self.experts])
+        return np.stack([dense(e) for e in self.experts])
 
 
 def pack_zero_points(zero_points: np.ndarray, bits: int) -> np.ndarray:

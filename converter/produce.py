@@ -22,6 +22,7 @@ from converter.spec import TensorSpec
 from converter.tensors import (
     QuantizedWeight8bit,
     bf16_bits_to_f32,
+    dense,
     f32_to_bf16_bits,
     transposed,
 )
@@ -45,9 +46,7 @@ def dense_transposed(value: Any) -> np.ndarray:
             np.multiply(value.weight[rows].T, scales[g][:, None], out=out[:, rows],
                         dtype=np.float32)
         return out
-    if hasattr(value, "dequantize"):
-        value = value.dequantize()
-    return np.ascontiguousarray(np.asarray(value, np.float32).T)
+    return np.ascontiguousarray(dense(value).T)
 
 
 def _to_bf16(values: np.ndarray) -> np.ndarray:
@@ -97,12 +96,11 @@ class Producer:
         if origin.role == "router":
             return dense_transposed(value)
         if origin.part == "weight" and origin.role in self.formats:
-            dense = dense_transposed(value)
-            return _to_bf16(dense) if out.dtype == "BF16" else dense
+            matrix = dense_transposed(value)
+            return _to_bf16(matrix) if out.dtype == "BF16" else matrix
         if origin.role in self.formats:
             return self.packed_part(spec, value, origin.part, self.formats[origin.role])
-        return np.asarray(value.dequantize() if hasattr(value, "dequantize") else value,
-                          np.float32)
+        return dense(value)
 
     def packed_part(self, spec: TensorSpec, value: Any, part: str,
                     fmt: LinearFormat) -> np.ndarray:

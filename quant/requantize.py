@@ -25,7 +25,7 @@ from converter.names import LINEAR_ROLES, NameScheme
 from converter.produce import Producer, dense_transposed
 from converter.spec import TensorSpec
 from converter.targets import ShardedTarget
-from converter.tensors import QuantizedWeight8bit
+from converter.tensors import QuantizedWeight8bit, dense
 from quant.primitives import error_stats, quantize, quantize_linear
 from quant.schemes import QuantScheme
 
@@ -55,8 +55,8 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def _check_finite(spec: TensorSpec, expert: int | None, value: Any, dense: np.ndarray) -> None:
-    if not np.isfinite(dense).all():
+def _check_finite(spec: TensorSpec, expert: int | None, matrix: np.ndarray) -> None:
+    if not np.isfinite(matrix).all():
         where = f" (expert {expert})" if expert is not None else ""
         raise MalformedFileError(f"{spec.name}{where}: NaN or Inf in the weights; refusing to "
                                  "quantize")
@@ -82,14 +82,14 @@ class QuantizeProducer(Producer):
                 return self._done[key]
         value = self.source(spec, expert)
         scheme = self.schemes[spec.role]
-        dense = dense_transposed(value)
-        _check_finite(spec, expert, value, dense)
+        matrix = dense_transposed(value)
+        _check_finite(spec, expert, matrix)
         if self.device == "cuda" and scheme.method == "rtn":
             packed = _on_gpu(value, scheme)
-            stats = error_stats(dense, quantize(dense, packed.scale, packed.zero_points(),
-                                                scheme))
+            stats = error_stats(matrix, quantize(matrix, packed.scale, packed.zero_points(),
+                                                 scheme))
         else:
-            packed, stats = quantize_linear(dense, scheme)
+            packed, stats = quantize_linear(matrix, scheme)
         stats["group_size"] = scheme.group_size
         with self._quant_lock:
             self._done[key] = packed
@@ -124,8 +124,7 @@ def _on_gpu(value: Any, scheme: QuantScheme) -> PackedLinear:
         codes = torch.from_numpy(np.ascontiguousarray(value.weight)).cuda()
         scales = torch.from_numpy(np.ascontiguousarray(value.scales).view(np.int16)).cuda()
         return requantize_triton(codes, scales, scheme)
-    canonical = np.ascontiguousarray(np.asarray(value.dequantize() if hasattr(
-        value, "dequantize") else value, np.float32))
+    canonical = np.ascontiguousarray(dense(value))
     return requantize_triton(torch.from_numpy(canonical).cuda(), None, scheme)
 
 

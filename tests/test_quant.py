@@ -249,7 +249,7 @@ def test_nan_weights_are_refused_by_name(tiny_ckpt, tmp_path):
     assert "decoder_layer_3/multi_head_attention/value/w: NaN or Inf" in result.output
     with pytest.raises(MalformedFileError):
         from quant.requantize import _check_finite
-        _check_finite(spec, None, value, np.array([np.inf], np.float32))
+        _check_finite(spec, None, np.array([np.inf], np.float32))
 
 
 def test_quantize_workers_and_resume(small_ckpt, tmp_path, monkeypatch):

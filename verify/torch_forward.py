@@ -17,7 +17,7 @@ import torch
 from converter.config import Grok1Config
 from converter.errors import UsageError
 from converter.layouts import CheckpointReader
-from verify.weights import dense, layer_specs
+from verify.weights import dense, load_layer
 
 __all__ = ["DTYPES", "LayerOutput", "StreamedGrok1", "torch_logits"]
 
@@ -91,8 +91,7 @@ class StreamedGrok1:
 
     def load_layer(self, layer: int) -> dict[str, Any]:
         """One layer's values by role, as the reader returns them (still quantized)."""
-        return {role: self.reader.read(spec)
-                for role, spec in layer_specs(self.reader, layer).items()}
+        return load_layer(self.reader, layer)
 
     def layer(self, weights: dict[str, Any], hidden: torch.Tensor,
               valid: torch.Tensor) -> LayerOutput:
