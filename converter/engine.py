@@ -16,7 +16,7 @@ import multiprocessing
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -97,10 +97,43 @@ def _worker_write(unit: Unit, dst: str) -> tuple[str, dict[str, Any]]:
     return unit.path, _WORKER["target"].write(_WORKER["reader"], unit, Path(dst))
 
 
+Results = Iterator[tuple[str, dict[str, Any]]]
+
+
+def _in_threads(reader: CheckpointReader, target: Target, todo: list[Unit], dst: Path,
+                workers: int) -> Results:
+    """Units one after another, `workers` threads computing each unit's tensors ahead."""
+    threaded = dataclasses.replace(target, threads=workers)
+    for unit in todo:
+        yield unit.path, threaded.write(reader, unit, dst)
+
+
+def _in_processes(source: Path, target: Target, todo: list[Unit], dst: Path,
+                  workers: int) -> Results:
+    """Units spread over worker processes, in the order they finish."""
+    context = multiprocessing.get_context("fork")
+    with concurrent.futures.ProcessPoolExecutor(
+            max_workers=min(workers, len(todo)), mp_context=context,
+            initializer=_worker_init, initargs=(str(source), target)) as pool:
+        futures = [pool.submit(_worker_write, u, str(dst)) for u in todo]
+        for future in concurrent.futures.as_completed(futures):
+            yield future.result()
+
+
+def _on_ray(ray: Any, source: Path, target: Target, todo: list[Unit], dst: Path) -> Results:
+    """Units as Ray tasks (retried if their worker dies); killed attempts' leftovers swept."""
+    task = ray.remote(max_retries=MAX_RETRIES)(write_unit)
+    pending = [task.remote(str(Path(source).resolve()), target, u, str(dst.resolve()))
+               for u in todo]
+    while pending:
+        finished, pending = ray.wait(pending, num_returns=1)
+        yield ray_get(ray, finished[0])
+    remove_incomplete(dst)
+
+
 def run_units(source: Path, dst: Path, target: Target, *, workers: int, resume: bool,
               overwrite: bool, dry_run: bool = False, quiet: bool = False,
-              executor: str = "local", ray_address: str | None = None,
-              on_plan: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+              executor: str = "local", ray_address: str | None = None) -> dict[str, Any]:
     """Convert `source` into `dst` with `target`; returns a summary."""
     if executor not in EXECUTORS:
         raise UsageError(f"unknown executor {executor!r}; known: {', '.join(EXECUTORS)}")
@@ -130,41 +163,19 @@ def run_units(source: Path, dst: Path, target: Target, *, workers: int, resume: 
     manifest = {"tool": f"grok1-toolchain {__version__}", "settings": settings, "units": done,
                 "complete": False}
     _save_manifest(dst, manifest)
-    if on_plan:
-        on_plan(summary)
-
-    def record(path: str, result: dict[str, Any]) -> None:
-        manifest["units"][path] = {"bytes": (dst / path).stat().st_size, **result}
-        _save_manifest(dst, manifest)
-
+    if ray is not None:
+        results = _on_ray(ray, source, target, todo, dst)
+    elif workers <= 1 or len(todo) < 2 * workers:
+        results = _in_threads(reader, target, todo, dst, workers)
+    else:
+        results = _in_processes(source, target, todo, dst, workers)
+    sizes = {u.path: u.nbytes for u in todo}
     with byte_bar(total, "convert", quiet=quiet) as bar:
-        bar.update(total - sum(u.nbytes for u in todo))
-        if ray is not None:
-            task = ray.remote(max_retries=MAX_RETRIES)(write_unit)
-            pending = [task.remote(str(Path(source).resolve()), target, u, str(dst.resolve()))
-                       for u in todo]
-            sizes = {u.path: u.nbytes for u in todo}
-            while pending:
-                done, pending = ray.wait(pending, num_returns=1)
-                path, result = ray_get(ray, done[0])
-                record(path, result)
-                bar.update(sizes[path])
-            remove_incomplete(dst)
-        elif workers <= 1 or len(todo) < 2 * workers:
-            threaded = dataclasses.replace(target, threads=workers)
-            for unit in todo:
-                record(unit.path, threaded.write(reader, unit, dst))
-                bar.update(unit.nbytes)
-        else:
-            context = multiprocessing.get_context("fork")
-            with concurrent.futures.ProcessPoolExecutor(
-                    max_workers=min(workers, len(todo)), mp_context=context,
-                    initializer=_worker_init, initargs=(str(source), target)) as pool:
-                futures = {pool.submit(_worker_write, u, str(dst)): u for u in todo}
-                for future in concurrent.futures.as_completed(futures):
-                    path, result = future.result()
-                    record(path, result)
-                    bar.update(futures[future].nbytes)
+        bar.update(total - sum(sizes.values()))
+        for path, result in results:
+            manifest["units"][path] = {"bytes": (dst / path).stat().st_size, **result}
+            _save_manifest(dst, manifest)
+            bar.update(sizes[path])
     target.finalize(reader, units, dst, manifest["units"])
     manifest["complete"] = True
     _save_manifest(dst, manifest)
