@@ -317,7 +317,7 @@ def convert(src: Path, dst: Path, to: str, names: str, dtype: str, shard_size: s
     from converter.engine import default_workers, run_units
     from converter.layouts import open_checkpoint
     from converter.names import scheme
-    from converter.targets import DTYPE_FORMATS, ShardedTarget, XaiTarget, lossless_formats
+    from converter.targets import ShardedTarget, XaiTarget, convert_formats
     from converter.targets import parse_size as parse
 
     if tokenizer is not None and not tokenizer.is_file():
@@ -325,9 +325,7 @@ def convert(src: Path, dst: Path, to: str, names: str, dtype: str, shard_size: s
     if to == "xai":
         target: Any = XaiTarget()
     else:
-        specs = open_checkpoint(src).specs
-        formats = (lossless_formats(specs) if dtype == "int8" else
-                   dict.fromkeys(lossless_formats(specs), DTYPE_FORMATS[dtype]))
+        formats = convert_formats(dtype, open_checkpoint(src).specs)
         target = ShardedTarget(to, scheme(names), formats, parse(shard_size), dtype,
                                tokenizer=tokenizer)
     summary = run_units(src, dst, target, workers=workers or default_workers(), resume=resume,

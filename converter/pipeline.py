@@ -103,13 +103,11 @@ def _convert(to: str, dtype: str, names: str, source: Path, output: Path, worker
     from converter.engine import run_units
     from converter.layouts import open_checkpoint
     from converter.names import scheme
-    from converter.targets import DTYPE_FORMATS, ShardedTarget, lossless_formats, parse_size
+    from converter.targets import ShardedTarget, convert_formats, parse_size
 
     resume = (output / "grok1-manifest.json").is_file()
     if to == "hf":
-        specs = open_checkpoint(source).specs
-        formats = (lossless_formats(specs) if dtype == "int8" else
-                   dict.fromkeys(lossless_formats(specs), DTYPE_FORMATS[dtype]))
+        formats = convert_formats(dtype, open_checkpoint(source).specs)
         target: Any = ShardedTarget("hf", scheme(names), formats, parse_size("5GB"), dtype)
     else:
         from quant.requantize import make_target, resolve_device

@@ -31,7 +31,8 @@ from converter.produce import Producer
 from converter.spec import TensorSpec
 from converter.tensors import QuantizedWeight8bit, dense
 
-__all__ = ["DTYPE_FORMATS", "ShardedTarget", "XaiTarget", "lossless_formats", "parse_size"]
+__all__ = ["DTYPE_FORMATS", "ShardedTarget", "XaiTarget", "convert_formats", "lossless_formats",
+           "parse_size"]
 
 _UNITS = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20,
           "GIB": 2**30, "B": 1}
@@ -63,6 +64,15 @@ def lossless_formats(specs: list[TensorSpec]) -> dict[str, LinearFormat]:
         if spec.role in LINEAR_ROLES:
             sizes.setdefault(spec.role, set()).add(lossless_group_size(spec))
     return {role: LinearFormat("packed", "BF16", 8, min(found)) for role, found in sizes.items()}
+
+
+def convert_formats(dtype: str, specs: list[TensorSpec]) -> dict[str, LinearFormat]:
+    """Linear formats of `grok1 convert --dtype`: dense f32 / bf16, or lossless int8."""
+    if dtype == "int8":
+        return lossless_formats(specs)
+    if dtype not in DTYPE_FORMATS:
+        raise UsageError(f"unknown dtype {dtype!r}; known: {', '.join([*DTYPE_FORMATS, 'int8'])}")
+    return dict.fromkeys(LINEAR_ROLES, DTYPE_FORMATS[dtype])
 
 
 def config_groups(scheme: NameScheme, formats: dict[str, LinearFormat]) -> list[dict[str, Any]]:
