@@ -317,3 +317,21 @@ def test_tokenizer_ships_with_hf_output(upstream, tmp_path):
     assert (generation["bos_token_id"], generation["eos_token_id"]) == (1, 2)
     missing = convert(upstream, tmp_path / "hf2", "--tokenizer", tmp_path / "nope.model")
     assert missing.exit_code == 2 and "nope.model" in missing.output
+
+
+def test_hf_tensor_with_the_wrong_shape_is_named(upstream, tmp_path):
+    from converter.containers import SafetensorsReader, SafetensorsWriter
+    ok(upstream, tmp_path / "hf", "--dtype", "f32")
+    path = tmp_path / "hf" / "model.safetensors"
+    reader = SafetensorsReader(path)
+    entries = [entry for entry, _ in reader.entries.values()]
+    arrays = {e.name: reader.get(e.name) for e in entries}
+    victim = "model.layers.7.attn.k_proj.weight"
+    arrays[victim] = np.ascontiguousarray(arrays[victim].T)
+    entries = [type(e)(e.name, e.dtype, arrays[e.name].shape) for e in entries]
+    with SafetensorsWriter(path, entries) as writer:
+        for entry in entries:
+            writer.write(entry.name, arrays[entry.name])
+    result = convert(tmp_path / "hf", tmp_path / "again", "--dtype", "f32")
+    assert result.exit_code == 2
+    assert f"{victim} has shape [64, 128], the config implies [128, 64]" in result.output

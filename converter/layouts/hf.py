@@ -27,7 +27,7 @@ from converter.containers import (
     TorchShardReader,
     TorchShardWriter,
 )
-from converter.errors import LayoutError, MalformedFileError, MappingError
+from converter.errors import LayoutError, MalformedFileError, MappingError, ShapeMismatchError
 from converter.names import EXPERT_ROLES, LINEAR_ROLES, SCHEMES, NameScheme, OutputName
 from converter.spec import TensorSpec, build_spec
 from converter.tensors import QuantizedWeight8bit, bf16_bits_to_f32, transposed
@@ -293,19 +293,27 @@ class HfCheckpoint:
             self._shards[file] = self.container.reader(self.root / file)
         return self._shards[file]
 
-    def _tensor(self, name: str) -> np.ndarray:
+    def _tensor(self, name: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
+        """One stored tensor, checked against the shape the spec implies."""
         file = self.weight_map[name]
         shard = self.shard(file)
         if name not in shard.entries:
             raise MalformedFileError(f"{self.root / file}: lacks {name} (the index says it "
                                      "is there)")
-        return shard.get(name)
+        array = shard.get(name)
+        if shape is not None and array.shape != shape:
+            raise ShapeMismatchError(f"{self.root / file}: {name} has shape "
+                                     f"{list(array.shape)}, the config implies {list(shape)}")
+        return array
 
-    def _float(self, name: str) -> np.ndarray:
-        array = self._tensor(name)
-        dtype = self._shards[self.weight_map[name]].dtype(name)
+    def _float(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        array = self._tensor(name, shape)
+        dtype = self.shard(self.weight_map[name]).dtype(name)
         if dtype == "BF16":
             return bf16_bits_to_f32(array)
+        if dtype not in ("F32", "F16"):
+            raise ShapeMismatchError(f"{self.root / self.weight_map[name]}: {name} is {dtype}, "
+                                     "expected a float tensor")
         return np.asarray(array, dtype=np.float32)
 
     @cached_property
@@ -320,16 +328,18 @@ class HfCheckpoint:
 
         out, cols = _linear_shape(spec)
         if fmt.kind == "dense":
-            return np.ascontiguousarray(self._float(name("weight")).T)
-        shape = tuple(int(x) for x in self._tensor(name("weight_shape")))
+            return np.ascontiguousarray(self._float(name("weight"), (out, cols)).T)
+        shape = tuple(int(x) for x in self._tensor(name("weight_shape"), (2,)))
         if shape != (out, cols):
             raise MalformedFileError(f"{name('weight_shape')} is {list(shape)}, expected "
                                      f"{[out, cols]}")
-        scale = self._tensor(name("weight_scale"))
+        groups = fmt.groups(cols)
+        scale = self._tensor(name("weight_scale"), (out, groups))
         packed = PackedLinear(
-            packed=self._tensor(name("weight_packed")), scale=scale, shape=(out, cols),
-            bits=fmt.bits, group_size=fmt.group_size or cols,
-            zero_point=None if fmt.symmetric else self._tensor(name("weight_zero_point")))
+            packed=self._tensor(name("weight_packed"), (out, math.ceil(cols * fmt.bits / 32))),
+            scale=scale, shape=(out, cols), bits=fmt.bits, group_size=fmt.group_size or cols,
+            zero_point=None if fmt.symmetric else self._tensor(
+                name("weight_zero_point"), (math.ceil(out * fmt.bits / 32), groups)))
         return _as_release_int8(packed, spec) or packed
 
     def read_expert(self, spec: TensorSpec, expert: int) -> Any:
@@ -347,8 +357,9 @@ class HfCheckpoint:
         if spec.role in LINEAR_ROLES:
             return self._linear(spec, None)
         name = self._by_origin[(spec.role, spec.layer, None, self.scheme.plain_part(spec.role))]
-        value = self._float(name)
-        return np.ascontiguousarray(value.T) if spec.role == "router" else value
+        if spec.role == "router":
+            return np.ascontiguousarray(self._float(name, spec.shape[::-1]).T)
+        return self._float(name, spec.shape)
 
 
 def _as_release_int8(packed: PackedLinear, spec: TensorSpec) -> QuantizedWeight8bit | None:
