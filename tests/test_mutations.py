@@ -144,3 +144,19 @@ def test_different_models_are_bad_input(upstream, tiny_ckpt, tmp_path):
     assert result.exit_code == 2 and "different models" in result.output
     result = CliRunner().invoke(main, ["verify", str(upstream)])
     assert result.exit_code == 2
+
+
+def test_verify_with_padded_tokens_and_markdown_report(upstream, candidate, tmp_path):
+    with np.load(upstream / "oracle.npz") as oracle:
+        np.save(tmp_path / "tokens.npy", oracle["tokens"])  # second row right-padded with 0
+    rewrite(candidate, 6, "moe_gate", zero_expert)
+    result = CliRunner().invoke(main, ["verify", str(upstream), str(candidate), "--tokens",
+                                       str(tmp_path / "tokens.npy"), "--per-layer",
+                                       "--markdown", str(tmp_path / "report.md"),
+                                       "--json", str(tmp_path / "report.json")])
+    assert result.exit_code == 1, result.output
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["metrics"]["positions"] == 45 and report["metrics"]["flagged_layers"] == [6]
+    markdown = (tmp_path / "report.md").read_text()
+    assert "Result: **failed" in markdown and "| top-1 agreement |" in markdown
+    assert "| 6 |" in markdown
