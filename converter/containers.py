@@ -60,7 +60,7 @@ def _raw(entry: Entry, array: np.ndarray, path: Path) -> memoryview:
 
 
 class _PhasedWriter:
-    """Tensors must be written exactly once each, in plan order, before `finish`."""
+    """Tensors must be written exactly once each, in plan order, before the context closes."""
 
     def __init__(self, path: Path, entries: list[Entry]) -> None:
         names = [e.name for e in entries]
@@ -76,13 +76,22 @@ class _PhasedWriter:
         self.next += 1
         return self.entries[self.next - 1]
 
-    def _hash(self, name: str, raw: memoryview) -> None:
+    def _next(self, name: str, array: np.ndarray) -> memoryview:
+        """The raw bytes of the next planned tensor, checked and hashed."""
+        raw = _raw(self._expect(name), array, self.path)
         self.digests[name] = hashlib.sha256(raw).hexdigest()
+        return raw
 
-    def _check_done(self) -> None:
-        if self.next != len(self.entries):
-            raise UsageError(f"{self.path}: finished after {self.next} of "
-                             f"{len(self.entries)} tensors")
+    def __exit__(self, *exc: Any) -> None:
+        """Rename the file into place when every planned tensor was written; else discard it."""
+        short = None
+        if exc[0] is None and self.next != len(self.entries):
+            short = UsageError(f"{self.path}: finished after {self.next} of "
+                               f"{len(self.entries)} tensors")
+            exc = (UsageError, short, None)
+        self._context.__exit__(*exc)
+        if short is not None:
+            raise short
 
 
 class SafetensorsWriter(_PhasedWriter):
@@ -109,15 +118,7 @@ class SafetensorsWriter(_PhasedWriter):
 
     def write(self, name: str, array: np.ndarray) -> None:
         """Append the next tensor's bytes."""
-        entry = self._expect(name)
-        raw = _raw(entry, array, self.path)
-        self._hash(name, raw)
-        self._file.write(raw)
-
-    def __exit__(self, *exc: Any) -> None:
-        if exc[0] is None:
-            self._check_done()
-        self._context.__exit__(*exc)
+        self._file.write(self._next(name, array))
 
 
 class SafetensorsReader:
@@ -239,9 +240,7 @@ class TorchShardWriter(_PhasedWriter):
 
     def write(self, name: str, array: np.ndarray) -> None:
         """Write the next tensor's bytes into its storage record."""
-        entry = self._expect(name)
-        raw = _raw(entry, array, self.path)
-        self._hash(name, raw)
+        raw = self._next(name, array)
         info, data_at = self._records[self.next - 1]
         self._file.seek(data_at)
         self._file.write(raw)
@@ -250,11 +249,6 @@ class TorchShardWriter(_PhasedWriter):
         self._file.write(crc)
         self._file.seek(self._central[info.filename] + 16)
         self._file.write(crc)
-
-    def __exit__(self, *exc: Any) -> None:
-        if exc[0] is None:
-            self._check_done()
-        self._context.__exit__(*exc)
 
 
 class TorchShardReader:

@@ -335,3 +335,19 @@ def test_hf_tensor_with_the_wrong_shape_is_named(upstream, tmp_path):
     result = convert(tmp_path / "hf", tmp_path / "again", "--dtype", "f32")
     assert result.exit_code == 2
     assert f"{victim} has shape [64, 128], the config implies [128, 64]" in result.output
+
+
+@pytest.mark.parametrize("writer", ["safetensors", "torch"])
+def test_shard_writers_enforce_the_plan(writer, tmp_path):
+    from converter.containers import Entry, SafetensorsWriter, TorchShardWriter
+    from converter.errors import UsageError
+    cls = {"safetensors": SafetensorsWriter, "torch": TorchShardWriter}[writer]
+    plan = [Entry("a", "F32", (2,)), Entry("b", "I32", (3,))]
+    path = tmp_path / "shard"
+    with pytest.raises(UsageError, match="finished after 1 of 2 tensors"), cls(path, plan) as w:
+        w.write("a", np.zeros(2, np.float32))
+    with pytest.raises(UsageError, match="wrote b, expected a"), cls(path, plan) as w:
+        w.write("b", np.zeros(3, np.int32))
+    with pytest.raises(UsageError, match="planned twice"):
+        cls(path, plan + plan[:1])
+    assert list(tmp_path.iterdir()) == []
