@@ -8,6 +8,7 @@ same bits. Router, embeddings and norms stay float32.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import json
 import math
@@ -32,6 +33,7 @@ from quant.schemes import QuantScheme
 __all__ = ["QuantizedTarget", "error_stats", "resolve_device"]
 
 REPORT_NAME = "quantization_report.json"
+_KEEP_QUANTIZED = 4  # Linears whose parts may still be asked for (threads look ahead)
 
 
 def resolve_device(device: str) -> str:
@@ -71,15 +73,31 @@ class QuantizeProducer(Producer):
         super().__init__(reader, specs, formats)
         self.schemes, self.device = schemes, device
         self.stats: dict[str, dict[str, float]] = {}
-        self._done: dict[tuple[str, int | None], PackedLinear] = {}
+        self._done: dict[tuple[str, int | None], concurrent.futures.Future] = {}
         self._quant_lock = threading.Lock()
 
     def quantized(self, spec: TensorSpec, expert: int | None, module: str) -> PackedLinear:
-        """The pack-quantized form of one Linear (computed once)."""
+        """The pack-quantized form of one Linear, computed once even when several threads ask
+        for its parts at the same time (the others wait for the first)."""
         key = (spec.name, expert)
         with self._quant_lock:
-            if key in self._done:
-                return self._done[key]
+            future = self._done.get(key)
+            first = future is None
+            if first:
+                future = self._done[key] = concurrent.futures.Future()
+                while len(self._done) > _KEEP_QUANTIZED:
+                    self._done.pop(next(iter(self._done)))
+        if not first:
+            return future.result()
+        try:
+            packed = self._quantize(spec, expert, module)
+        except BaseException as exc:
+            future.set_exception(exc)
+            raise
+        future.set_result(packed)
+        return packed
+
+    def _quantize(self, spec: TensorSpec, expert: int | None, module: str) -> PackedLinear:
         value = self.source(spec, expert)
         scheme = self.schemes[spec.role]
         matrix = dense_transposed(value)
@@ -92,10 +110,7 @@ class QuantizeProducer(Producer):
             packed, stats = quantize_linear(matrix, scheme)
         stats["group_size"] = scheme.group_size
         with self._quant_lock:
-            self._done[key] = packed
             self.stats[module] = stats
-            while len(self._done) > 2:
-                self._done.pop(next(iter(self._done)))
         return packed
 
     def summary(self) -> dict[str, Any]:
