@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -19,6 +21,13 @@ from converter.generate import generate_checkpoint
 REPO = Path(__file__).resolve().parent.parent
 SHARED_FIXTURES = REPO.parent / "shared" / "fixtures"
 UPSTREAM = SHARED_FIXTURES / "grok1-tiny-upstream"
+
+
+def file_digests(folder: Path, *, skip: Callable[[Path], bool] = lambda path: False
+                 ) -> dict[str, str]:
+    """sha256 of every file under `folder` (relative path -> digest), except those skipped."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(Path(folder).rglob("*")) if p.is_file() and not skip(p)}
 
 
 @pytest.fixture(scope="session")

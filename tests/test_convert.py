@@ -1,7 +1,6 @@
 """grok1 convert: lossless cycles, layouts readable by their ecosystems, nothing lost."""
 
 import errno
-import hashlib
 import json
 import os
 import signal
@@ -20,6 +19,7 @@ from safetensors import safe_open
 from converter.cli import main
 from converter.layouts import open_checkpoint
 from converter.tensors import round_to_bf16
+from tests.conftest import file_digests
 
 GROK1 = [sys.executable, "-m", "converter"]
 
@@ -33,11 +33,6 @@ def ok(*args):
     result = convert(*args)
     assert result.exit_code == 0, result.output
     return result
-
-
-def files(folder):
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(Path(folder).rglob("*")) if p.is_file()}
 
 
 def assert_same_release_files(a, b):
@@ -149,7 +144,7 @@ def test_torch_shards_load_with_weights_only(upstream, tmp_path):
 def test_workers_give_the_same_bytes(small_ckpt, tmp_path):
     ok(small_ckpt, tmp_path / "one", "--workers", "1", "--shard-size", "8MB")
     ok(small_ckpt, tmp_path / "two", "--workers", "2", "--shard-size", "8MB")
-    a, b = files(tmp_path / "one"), files(tmp_path / "two")
+    a, b = file_digests(tmp_path / "one"), file_digests(tmp_path / "two")
     a.pop("grok1-manifest.json"), b.pop("grok1-manifest.json")
     assert a == b
 
@@ -238,7 +233,7 @@ def test_disk_full_mid_run_leaves_nothing_that_looks_complete(small_ckpt, tmp_pa
     monkeypatch.setattr(containers, "_raw", original)
     ok(small_ckpt, out, "--workers", "1", "--shard-size", "4MB", "--resume")
     ok(small_ckpt, tmp_path / "clean", "--workers", "1", "--shard-size", "4MB")
-    assert files(out) == files(tmp_path / "clean")
+    assert file_digests(out) == file_digests(tmp_path / "clean")
 
 
 def _wait_for_units(dst, count, proc, timeout=60):
@@ -284,7 +279,7 @@ def test_killed_conversion_resumes_to_identical_output(small_ckpt, tmp_path, to)
     assert json.loads(final.stdout)["resumed_units"] >= 2
     clean_args = [a if a != str(tmp_path / "out") else str(tmp_path / "clean") for a in args]
     subprocess.run([*GROK1, *clean_args], env=env, check=True)
-    assert files(tmp_path / "out") == files(tmp_path / "clean")
+    assert file_digests(tmp_path / "out") == file_digests(tmp_path / "clean")
 
 
 def test_inspect_reads_hf_and_torch_layouts(upstream, tmp_path):

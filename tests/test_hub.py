@@ -1,6 +1,5 @@
 """The Hub, hermetically: the real huggingface_hub client against `grok1 serve` on 127.0.0.1."""
 
-import hashlib
 import http.client
 import json
 import os
@@ -10,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +16,7 @@ import pytest
 from converter.config import Grok1Config
 from converter.generate import generate_checkpoint
 from converter.layouts.xai import XaiCheckpoint, value_payloads, write_leaf
+from tests.conftest import file_digests
 
 GROK1 = [sys.executable, "-m", "converter"]
 
@@ -57,9 +56,8 @@ def grok1(server, tmp, *args, check=None):
 
 
 def digests(folder):
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(Path(folder).rglob("*"))
-            if p.is_file() and ".cache" not in p.parts and not p.name.startswith("grok1-")}
+    return file_digests(folder, skip=lambda path: ".cache" in path.parts
+                        or path.name.startswith("grok1-"))
 
 
 @pytest.fixture(scope="module")

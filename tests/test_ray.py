@@ -1,23 +1,20 @@
 """--executor ray on a local Ray cluster: identical outputs, a killed task retried."""
 
-import hashlib
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from converter.cli import main
+from tests.conftest import file_digests
 
 ray = pytest.importorskip("ray")
 
 
 def digests(folder):
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(Path(folder).rglob("*"))
-            if p.is_file() and p.name != "grok1-manifest.json"}
+    return file_digests(folder, skip=lambda path: path.name == "grok1-manifest.json")
 
 
 def run(*args):
