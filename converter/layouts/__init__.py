@@ -13,7 +13,7 @@ from typing import Any, Protocol
 from converter.config import Grok1Config
 from converter.spec import TensorSpec
 
-__all__ = ["CheckpointReader", "detect_layout", "open_checkpoint"]
+__all__ = ["CheckpointReader", "detect_layout", "open_checkpoint", "require_folder"]
 
 
 class CheckpointReader(Protocol):
@@ -28,17 +28,25 @@ class CheckpointReader(Protocol):
     def read_expert(self, spec: TensorSpec, expert: int) -> Any: ...
 
 
-def detect_layout(path: Path) -> str:
-    """`xai`, `hf` or `torch`: the layout of the checkpoint at `path`."""
+def require_folder(path: Path) -> Path:
+    """`path` as a Path, if it is an existing folder; a one-line error otherwise."""
     from converter.errors import CheckpointNotFoundError, LayoutError
-    from converter.layouts.hf import CONTAINERS
-    from converter.layouts.xai import find_tensor_dir
 
     path = Path(path)
     if not path.exists():
         raise CheckpointNotFoundError(f"{path}: no such file or directory")
     if not path.is_dir():
         raise LayoutError(f"{path}: not a checkpoint folder")
+    return path
+
+
+def detect_layout(path: Path) -> str:
+    """`xai`, `hf` or `torch`: the layout of the checkpoint at `path`."""
+    from converter.errors import LayoutError
+    from converter.layouts.hf import CONTAINERS
+    from converter.layouts.xai import find_tensor_dir
+
+    path = require_folder(path)
     if find_tensor_dir(path) is not None:
         return "xai"
     for name, container in CONTAINERS.items():

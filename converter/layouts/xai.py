@@ -22,6 +22,7 @@ from converter.errors import (
     LayoutError,
     ShapeMismatchError,
 )
+from converter.layouts import require_folder
 from converter.pickle_reader import load_leaf
 from converter.pickle_writer import ArrayMeta, PayloadSlot, encode_leaf
 from converter.spec import TensorSpec, build_spec, file_name
@@ -58,11 +59,7 @@ class XaiCheckpoint:
     @classmethod
     def open(cls, path: Path) -> XaiCheckpoint:
         """Locate the tensor folder and the config; nothing is read yet."""
-        path = Path(path)
-        if not path.exists():
-            raise CheckpointNotFoundError(f"{path}: no such file or directory")
-        if not path.is_dir():
-            raise LayoutError(f"{path}: not a checkpoint folder")
+        path = require_folder(path)
         tensor_dir = find_tensor_dir(path)
         if tensor_dir is None:
             raise LayoutError(f"{path}: no tensor*_000 files in it or in "
