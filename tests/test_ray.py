@@ -90,3 +90,9 @@ def test_without_ray_the_executor_exits_2_with_the_install_command(small_ckpt, t
     assert result.exit_code == 2
     assert "pip install 'grok1-toolchain[ray]'" in result.output
     assert np.all([not (tmp_path / "x").exists()])
+
+
+def test_verify_on_ray_refuses_different_models(cluster, small_ckpt, tiny_ckpt):
+    result = CliRunner().invoke(main, ["verify", str(small_ckpt), str(tiny_ckpt),
+                                       "--executor", "ray"])
+    assert result.exit_code == 2 and "different models" in result.output

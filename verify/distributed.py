@@ -14,12 +14,18 @@ from typing import Any
 
 import numpy as np
 
-from converter.errors import UsageError
 from converter.executors import ray_connect, ray_get
 from converter.layouts import open_checkpoint
 from verify.metrics import ReferenceLogits
 from verify.profiles import Thresholds
-from verify.run import ForwardOutcome, VerifyResult, compare_tensors, judge_outcome, run_forwards
+from verify.run import (
+    ForwardOutcome,
+    VerifyResult,
+    checked_tokens,
+    compare_tensors,
+    judge_outcome,
+    run_forwards,
+)
 
 __all__ = ["run_verification_ray"]
 
@@ -44,11 +50,9 @@ def run_verification_ray(reference: Path | None, candidate: Path, tokens: np.nda
                          dtype: str = "float32", device: str = "cpu") -> VerifyResult:
     """Split the sequences over `workers` Ray tasks and judge the combined result."""
     start = time.perf_counter()
+    tokens = checked_tokens(open_checkpoint(reference) if reference else None,
+                            open_checkpoint(candidate), tokens, reference_logits)
     ray = ray_connect(address)
-    if reference_logits is not None:
-        tokens = reference_logits.tokens
-    if tokens is None:
-        raise UsageError("no tokens: give --tokens, --seq-len/--batch, or --reference-logits")
     parts = [p for p in np.array_split(np.arange(len(tokens)), max(1, workers)) if len(p)]
     task = ray.remote(_forward_part)
     options = {"per_layer": per_layer, "dtype": dtype, "device": device}

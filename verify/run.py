@@ -101,6 +101,20 @@ def _check_same_shape(ref: CheckpointReader, cand: CheckpointReader) -> None:
         raise ConfigMismatchError(f"reference and candidate are different models: {diff}")
 
 
+def checked_tokens(reference: CheckpointReader | None, candidate: CheckpointReader,
+                   tokens: np.ndarray | None,
+                   reference_logits: ReferenceLogits | None) -> np.ndarray:
+    """The tokens to run (a stored reference brings its own), once both checkpoints are known
+    to be the same model."""
+    if reference is not None:
+        _check_same_shape(reference, candidate)
+    if reference_logits is not None:
+        tokens = reference_logits.tokens
+    if tokens is None:
+        raise UsageError("no tokens: give --tokens, --seq-len/--batch, or --reference-logits")
+    return tokens
+
+
 def _values_equal(a: Any, b: Any) -> bool:
     if isinstance(a, QuantizedWeight8bit) and isinstance(b, QuantizedWeight8bit):
         return np.array_equal(a.weight, b.weight) and np.array_equal(a.scales, b.scales)
@@ -196,12 +210,7 @@ def run_verification(reference: CheckpointReader | None, candidate: CheckpointRe
                      device: str = "cpu") -> VerifyResult:
     """Run the candidate (and the reference unless its logits are given) and judge it."""
     start = time.perf_counter()
-    if reference is not None:
-        _check_same_shape(reference, candidate)
-    if reference_logits is not None:
-        tokens = reference_logits.tokens
-    if tokens is None:
-        raise UsageError("no tokens: give --tokens, --seq-len/--batch, or --reference-logits")
+    tokens = checked_tokens(reference, candidate, tokens, reference_logits)
     outcome = run_forwards(reference, candidate, tokens, reference_logits=reference_logits,
                            per_layer=per_layer, dtype=dtype, device=device)
     mismatches = (compare_tensors(reference, candidate)
