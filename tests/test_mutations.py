@@ -32,16 +32,19 @@ def rewrite(folder, layer, role, transform):
     write_leaf(checkpoint.path_of(spec), spec, value_payloads(value))
 
 
+def swap_paths(pa, pb):
+    tmp = pa.with_suffix(".swap")
+    pa.rename(tmp)
+    pb.rename(pa)
+    tmp.rename(pb)
+
+
 def swap_files(folder, a, b):
     checkpoint = XaiCheckpoint.open(folder)
     paths = {s.name: checkpoint.path_of(s) for s in checkpoint.specs}
     for spec_a in (s for s in checkpoint.specs if s.layer == a):
         name_b = spec_a.name.replace(f"decoder_layer_{a}/", f"decoder_layer_{b}/")
-        pa, pb = paths[spec_a.name], paths[name_b]
-        tmp = pa.with_suffix(".swap")
-        pa.rename(tmp)
-        pb.rename(pa)
-        tmp.rename(pb)
+        swap_paths(paths[spec_a.name], paths[name_b])
 
 
 def verify_cli(reference, candidate, tmp_path):
@@ -82,11 +85,7 @@ def test_verify_fails_and_names_the_layer(upstream, candidate, tmp_path, name, m
 def swap_files_within(folder, layer, role_a, role_b):
     checkpoint = XaiCheckpoint.open(folder)
     specs = {s.role: s for s in checkpoint.specs if s.layer == layer}
-    pa, pb = checkpoint.path_of(specs[role_a]), checkpoint.path_of(specs[role_b])
-    tmp = pa.with_suffix(".swap")
-    pa.rename(tmp)
-    pb.rename(pa)
-    tmp.rename(pb)
+    swap_paths(checkpoint.path_of(specs[role_a]), checkpoint.path_of(specs[role_b]))
 
 
 class InterleavedScales:
