@@ -19,8 +19,9 @@ from converter.config import Grok1Config
 from converter.generate import generate_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED_FIXTURES = REPO.parent / "shared" / "fixtures"
-UPSTREAM = SHARED_FIXTURES / "grok1-tiny-upstream"
+TEST_DATA = REPO / "tests" / "data"  # copies of the shared fixtures, with their provenance
+UPSTREAM = TEST_DATA / "grok1-tiny-upstream"
+REAL_INDEX = TEST_DATA / "grok1-real-index.tsv"
 
 
 def file_digests(folder: Path, *, skip: Callable[[Path], bool] = lambda path: False
@@ -34,7 +35,7 @@ def file_digests(folder: Path, *, skip: Callable[[Path], bool] = lambda path: Fa
 def upstream() -> Path:
     """The 12-layer checkpoint written by the original xAI code, with its oracle logits."""
     if not (UPSTREAM / "ckpt-0").is_dir():
-        pytest.fail(f"missing {UPSTREAM}: the shared fixtures must sit beside the repository")
+        pytest.fail(f"missing {UPSTREAM}: the repository's test data is incomplete")
     return UPSTREAM
 
 

@@ -6,11 +6,11 @@ import pytest
 from converter.config import PRESETS, Grok1Config, default_ffn_size
 from converter.errors import ConfigMismatchError, MalformedFileError, UsageError
 from converter.spec import build_spec
-from tests.conftest import SHARED_FIXTURES
+from tests.conftest import REAL_INDEX
 
 
 def test_real_config_reproduces_the_release_index_row_for_row():
-    with open(SHARED_FIXTURES / "grok1-real-index.tsv") as f:
+    with open(REAL_INDEX) as f:
         rows = list(csv.DictReader(f, delimiter="\t"))
     specs = build_spec(Grok1Config())
     assert len(specs) == len(rows) == 770
