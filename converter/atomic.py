@@ -13,8 +13,7 @@ from typing import BinaryIO
 
 from converter.errors import DiskSpaceError
 
-__all__ = ["INCOMPLETE_SUFFIX", "atomic_open", "check_free_space", "free_bytes",
-           "remove_incomplete"]
+__all__ = ["INCOMPLETE_SUFFIX", "atomic_open", "check_free_space", "free_bytes"]
 
 INCOMPLETE_SUFFIX = ".incomplete"
 
@@ -36,8 +35,8 @@ def atomic_open(path: Path) -> Iterator[BinaryIO]:
         os.replace(tmp, path)
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
-            raise DiskSpaceError(f"{path}: disk full while writing (no space left on device); "
-                                 "free space and rerun with --resume") from None
+            raise DiskSpaceError(f"{path}: disk full while writing (no space left on device)"
+                                 ) from None
         raise
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -58,12 +57,3 @@ def check_free_space(folder: Path, needed: int) -> None:
     if free < needed:
         raise DiskSpaceError(
             f"{folder}: needs {needed / 1e9:.2f} GB, only {free / 1e9:.2f} GB free on its disk")
-
-
-def remove_incomplete(folder: Path) -> int:
-    """Delete leftover `*.incomplete` temporaries under `folder`; return how many."""
-    count = 0
-    for leftover in Path(folder).rglob(f"*{INCOMPLETE_SUFFIX}"):
-        leftover.unlink()
-        count += 1
-    return count

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import functools
+import errno
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -13,34 +14,67 @@ import click
 
 from converter import __version__
 from converter.config import PRESETS, Grok1Config
-from converter.errors import Grok1Error, UsageError
+from converter.errors import DiskSpaceError, Grok1Error, UsageError
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 70, 130
 
 
-def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn project errors into a one-line message and their exit code, without a traceback."""
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
 
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+
+def _os_error(exc: OSError) -> Grok1Error:
+    """A system error as bad input naming the file (ENOSPC as a full disk)."""
+    where = exc.filename or ""
+    if exc.errno == errno.ENOSPC:
+        return DiskSpaceError(f"{where or 'output'}: disk full (no space left on device); free "
+                              "space and rerun")
+    reason = exc.strerror or type(exc).__name__
+    return UsageError(f"{where}: {reason}" if where else reason)
+
+
+class Grok1Group(click.Group):
+    """The command group; every error leaves as one line and its exit code, never a traceback:
+    0 ok, 1 verification failed, 2 bad input or usage, 130 interrupted, 70 an internal error
+    (a bug: GROK1_DEBUG=1 shows its traceback)."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        """Run a command with standalone_mode off, and map every failure to one line."""
+        kwargs["standalone_mode"] = False
         try:
-            return command(*args, **kwargs)
+            return super().main(*args, **kwargs)
+        except click.exceptions.NoArgsIsHelpError as exc:
+            click.echo(exc.ctx.get_help() if exc.ctx else "")
+            code = EXIT_OK
+        except click.exceptions.Exit as exc:
+            code = exc.exit_code
+        except click.ClickException as exc:
+            command = exc.ctx.command_path + ": " if getattr(exc, "ctx", None) else ""
+            click.echo(f"error: {command}{_one_line(exc.format_message())}", err=True)
+            code = EXIT_BAD_INPUT
+        except (click.exceptions.Abort, KeyboardInterrupt):
+            click.echo("error: interrupted", err=True)
+            code = EXIT_INTERRUPTED
         except Grok1Error as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(exc.exit_code)
-
-    return wrapper
+            click.echo(f"error: {_one_line(str(exc))}", err=True)
+            code = exc.exit_code
+        except OSError as exc:
+            error = _os_error(exc)
+            click.echo(f"error: {_one_line(str(error))}", err=True)
+            code = error.exit_code
+        except Exception as exc:
+            if os.environ.get("GROK1_DEBUG"):
+                raise
+            click.echo(f"error: internal error ({type(exc).__name__}: {_one_line(str(exc))}); "
+                       "this is a bug: rerun with GROK1_DEBUG=1 and report the traceback",
+                       err=True)
+            code = EXIT_INTERNAL
+        sys.exit(code)
 
 
 def echo_json(data: Any) -> None:
     """Print machine-readable output."""
     click.echo(json.dumps(data, indent=2, default=str))
-
-
-def require_empty(folder: Path, overwrite: bool) -> None:
-    """Refuse a non-empty output folder unless the user asked to overwrite it."""
-    if folder.exists() and any(folder.iterdir()) and not overwrite:
-        raise UsageError(f"{folder}: exists and is not empty; pass --overwrite to replace it")
 
 
 def _stack(*options: Callable[..., Any]) -> Callable[..., Any]:
@@ -62,7 +96,7 @@ writer_options = _stack(
     click.option("--overwrite", is_flag=True, help="Replace DST."))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=Grok1Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="grok1")
 def main() -> None:
     """Download, convert, quantize, verify and publish Grok-1 checkpoints."""
@@ -77,7 +111,6 @@ def main() -> None:
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty FOLDER.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
-@handle_errors
 def make_tiny(folder: Path, preset: str, layers: int | None, seed: int, overwrite: bool,
               quiet: bool, as_json: bool) -> None:
     """Write a deterministic random checkpoint in the exact release layout.
@@ -89,9 +122,8 @@ def make_tiny(folder: Path, preset: str, layers: int | None, seed: int, overwrit
     """
     from converter.generate import generate_checkpoint
 
-    require_empty(folder, overwrite)
     config = Grok1Config.preset(preset, layers=layers)
-    specs = generate_checkpoint(folder, config, seed=seed, quiet=quiet)
+    specs = generate_checkpoint(folder, config, seed=seed, quiet=quiet, overwrite=overwrite)
     summary = {"folder": str(folder), "preset": preset, "seed": seed, "tensors": len(specs),
                "bytes": sum(s.payload_bytes for s in specs), "config": config.to_dict()}
     if as_json:
@@ -103,7 +135,6 @@ def make_tiny(folder: Path, preset: str, layers: int | None, seed: int, overwrit
 @main.command()
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-@handle_errors
 def inspect(path: Path, as_json: bool) -> None:
     """Describe a checkpoint: layout, config, tensors, totals and every integrity problem.
 
@@ -150,7 +181,6 @@ def load_tokens(path: Path, vocab: int) -> Any:
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16"]), default="float32",
               show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
-@handle_errors
 def logits(checkpoint: Path, tokens_path: Path, out: Path, dtype: str, device: str) -> None:
     """Run the streamed forward pass and write the full logits.
 
@@ -205,7 +235,6 @@ def logits(checkpoint: Path, tokens_path: Path, out: Path, dtype: str, device: s
               help="Write the report as JSON here ('-' for stdout).")
 @click.option("--markdown", "markdown_path", type=click.Path(path_type=Path),
               help="Write the report as Markdown here.")
-@handle_errors
 def verify(paths: tuple[Path, ...], tokens_path: Path | None, seq_len: int, batch: int,
            seed: int, profile_name: str, max_kl: float | None, min_top1: float | None,
            max_ppl_ratio: float | None, max_abs_diff: float | None, per_layer: bool,
@@ -299,7 +328,6 @@ def verify(paths: tuple[Path, ...], tokens_path: Path | None, seq_len: int, batc
 @executor_options
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary at the end.")
-@handle_errors
 def convert(src: Path, dst: Path, to: str, names: str, dtype: str, shard_size: str,
             tokenizer: Path | None, workers: int | None, resume: bool, overwrite: bool,
             dry_run: bool, executor: str, ray_address: str | None, quiet: bool,
@@ -363,7 +391,6 @@ def convert(src: Path, dst: Path, to: str, names: str, dtype: str, shard_size: s
 @executor_options
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary at the end.")
-@handle_errors
 def quantize(src: Path, dst: Path, scheme_name: str, group_size: int | None, symmetric: bool,
              method: str, device: str, names: str, shard_size: str, workers: int | None,
              resume: bool, overwrite: bool, executor: str, ray_address: str | None,
@@ -450,7 +477,6 @@ def serve(folder: Path, host: str, port: int, rate_limit: int) -> None:
 @click.option("--no-verify", is_flag=True, help="Skip the sha256 check.")
 @click.option("--quiet", is_flag=True)
 @click.option("--json", "as_json", is_flag=True)
-@handle_errors
 def download(repo: str, revision: str | None, local_dir: Path, include: tuple[str, ...],
              workers: int, endpoint: str | None, dry_run: bool, no_verify: bool, quiet: bool,
              as_json: bool) -> None:
@@ -488,7 +514,6 @@ def download(repo: str, revision: str | None, local_dir: Path, include: tuple[st
 @click.option("--create-pr", is_flag=True, help="Open a pull request instead of committing.")
 @click.option("--endpoint", help="Hub URL (default: HF_ENDPOINT or huggingface.co).")
 @click.option("--json", "as_json", is_flag=True)
-@handle_errors
 def upload(folder: Path, repo: str, revision: str | None, private: bool, create_pr: bool,
            endpoint: str | None, as_json: bool) -> None:
     """Upload FOLDER with a generated model card; rerun to resume.
@@ -526,7 +551,6 @@ def upload(folder: Path, repo: str, revision: str | None, private: bool, create_
 @executor_options
 @click.option("--quiet", is_flag=True)
 @click.option("--json", "as_json", is_flag=True)
-@handle_errors
 def pipeline(to: str, repo: str, revision: str | None, work_dir: Path, upload_repo: str | None,
              dtype: str, names: str, endpoint: str | None, workers: int | None, seq_len: int,
              batch: int, seed: int, executor: str, ray_address: str | None, quiet: bool,

@@ -155,6 +155,9 @@ def load_sidecar(folder: Path) -> Grok1Config | None:
 
 def save_sidecar(folder: Path, config: Grok1Config) -> Path:
     """Write `folder/config.json` describing `config`."""
+    from converter.atomic import atomic_open
+
     path = Path(folder) / SIDECAR_NAME
-    path.write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    with atomic_open(path) as f:
+        f.write((json.dumps(config.to_dict(), indent=2) + "\n").encode())
     return path

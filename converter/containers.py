@@ -68,6 +68,7 @@ class _PhasedWriter:
             raise UsageError(f"{path}: a tensor name is planned twice")
         self.path, self.entries, self.next = Path(path), entries, 0
         self.digests: dict[str, str] = {}
+        self.file_sha256 = ""
 
     def _expect(self, name: str) -> Entry:
         if self.next >= len(self.entries) or self.entries[self.next].name != name:
@@ -89,6 +90,8 @@ class _PhasedWriter:
             short = UsageError(f"{self.path}: finished after {self.next} of "
                                f"{len(self.entries)} tensors")
             exc = (UsageError, short, None)
+        if exc[0] is None:
+            self.file_sha256 = self._finish()
         self._context.__exit__(*exc)
         if short is not None:
             raise short
@@ -114,11 +117,18 @@ class SafetensorsWriter(_PhasedWriter):
         self._context = atomic_open(self.path)
         self._file = self._context.__enter__()
         self._file.write(self._header)
+        self._hash = hashlib.sha256(self._header)
         return self
 
     def write(self, name: str, array: np.ndarray) -> None:
         """Append the next tensor's bytes."""
-        self._file.write(self._next(name, array))
+        raw = self._next(name, array)
+        self._file.write(raw)
+        self._hash.update(raw)
+
+    def _finish(self) -> str:
+        """The file's sha256 (hashed as it was written)."""
+        return self._hash.hexdigest()
 
 
 class SafetensorsReader:
@@ -237,6 +247,15 @@ class TorchShardWriter(_PhasedWriter):
             n, m, k = struct.unpack("<HHH", fp.read(6))
             position += 46 + n + m + k
         return offsets
+
+    def _finish(self) -> str:
+        """The file's sha256, read back once complete (its CRCs were patched in place)."""
+        self._file.flush()
+        self._file.seek(0)
+        digest = hashlib.sha256()
+        while chunk := self._file.read(8 << 20):
+            digest.update(chunk)
+        return digest.hexdigest()
 
     def write(self, name: str, array: np.ndarray) -> None:
         """Write the next tensor's bytes into its storage record."""

@@ -11,25 +11,28 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import json
 import multiprocessing
 import os
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
 from converter import __version__
-from converter.atomic import atomic_open, check_free_space, remove_incomplete
-from converter.errors import UsageError
-from converter.executors import EXECUTORS, MAX_RETRIES, ray_connect, ray_get, write_unit
+from converter.errors import DiskSpaceError, UsageError
+from converter.executors import (
+    EXECUTORS,
+    MAX_RETRIES,
+    die_with_parent,
+    ray_connect,
+    ray_get,
+    write_unit,
+)
 from converter.layouts import CheckpointReader, open_checkpoint
+from converter.output import MANIFEST_NAME, OutputFolder, fingerprint, refuse_overlap
 from converter.progress import byte_bar
 
-__all__ = ["MANIFEST_NAME", "Target", "Unit", "prepare_output", "run_units"]
-
-MANIFEST_NAME = "grok1-manifest.json"
+__all__ = ["MANIFEST_NAME", "Target", "Unit", "run_units"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,41 +57,17 @@ class Target(Protocol):
 
     def write(self, reader: CheckpointReader, unit: Unit, dst: Path) -> dict[str, Any]: ...
 
+    def final_files(self, units: list[Unit]) -> list[str]: ...
+
     def finalize(self, reader: CheckpointReader, units: list[Unit], dst: Path,
                  records: dict[str, Any]) -> None: ...
-
-
-def prepare_output(dst: Path, *, resume: bool, overwrite: bool) -> dict[str, Any] | None:
-    """Check DST: empty, or resumable with a manifest, or to be overwritten. Returns the manifest
-    of a previous run when resuming."""
-    if resume and overwrite:
-        raise UsageError("--resume and --overwrite contradict each other")
-    if not dst.exists() or not any(dst.iterdir()):
-        dst.mkdir(parents=True, exist_ok=True)
-        return None
-    if overwrite:
-        shutil.rmtree(dst)
-        dst.mkdir(parents=True)
-        return None
-    manifest_path = dst / MANIFEST_NAME
-    if not resume:
-        raise UsageError(f"{dst}: exists and is not empty; pass --resume to continue an "
-                         "interrupted run or --overwrite to replace it")
-    if not manifest_path.is_file():
-        raise UsageError(f"{dst}: not empty and holds no {MANIFEST_NAME}, so there is nothing "
-                         "to resume; pass --overwrite to replace it")
-    return json.loads(manifest_path.read_text())
-
-
-def _save_manifest(dst: Path, manifest: dict[str, Any]) -> None:
-    with atomic_open(dst / MANIFEST_NAME) as f:
-        f.write(json.dumps(manifest, indent=1, sort_keys=True).encode())
 
 
 _WORKER: dict[str, Any] = {}
 
 
-def _worker_init(source: str, target: Target) -> None:
+def _worker_init(source: str, target: Target, parent: int) -> None:
+    die_with_parent(parent)
     _WORKER["reader"] = open_checkpoint(Path(source))
     _WORKER["target"] = target
 
@@ -114,21 +93,20 @@ def _in_processes(source: Path, target: Target, todo: list[Unit], dst: Path,
     context = multiprocessing.get_context("fork")
     with concurrent.futures.ProcessPoolExecutor(
             max_workers=min(workers, len(todo)), mp_context=context,
-            initializer=_worker_init, initargs=(str(source), target)) as pool:
+            initializer=_worker_init, initargs=(str(source), target, os.getpid())) as pool:
         futures = [pool.submit(_worker_write, u, str(dst)) for u in todo]
         for future in concurrent.futures.as_completed(futures):
             yield future.result()
 
 
 def _on_ray(ray: Any, source: Path, target: Target, todo: list[Unit], dst: Path) -> Results:
-    """Units as Ray tasks (retried if their worker dies); killed attempts' leftovers swept."""
+    """Units as Ray tasks (retried if their worker dies)."""
     task = ray.remote(max_retries=MAX_RETRIES)(write_unit)
     pending = [task.remote(str(Path(source).resolve()), target, u, str(dst.resolve()))
                for u in todo]
     while pending:
         finished, pending = ray.wait(pending, num_returns=1)
         yield ray_get(ray, finished[0])
-    remove_incomplete(dst)
 
 
 def run_units(source: Path, dst: Path, target: Target, *, workers: int, resume: bool,
@@ -149,36 +127,53 @@ def run_units(source: Path, dst: Path, target: Target, *, workers: int, resume: 
     if dry_run:
         summary["files"] = [{"path": u.path, "bytes": u.nbytes} for u in units]
         return summary
-    previous = prepare_output(dst, resume=resume, overwrite=overwrite)
+    source_files = reader.source_files()
+    refuse_overlap(source, dst, source_files)
+    identity = fingerprint(source_files, Path(source))
+    out = OutputFolder(dst)
+    finals = target.final_files(units)
+    previous = out.prepare(resume=resume, overwrite=overwrite,
+                           planned=[u.path for u in units] + finals)
     done: dict[str, Any] = {}
     if previous is not None:
         if previous.get("settings") != settings:
             raise UsageError(f"{dst}: was started with other settings "
                              f"({previous.get('settings')}); pass --overwrite to start again")
-        remove_incomplete(dst)
-        done = {path: info for path, info in previous.get("units", {}).items()
-                if (dst / path).is_file() and (dst / path).stat().st_size == info["bytes"]}
+        if previous.get("source_identity") != identity:
+            raise UsageError(f"{dst}: the source {source} changed since the interrupted run "
+                             "(its files' sizes or times differ); pass --overwrite to start "
+                             "again")
+        done = out.finished_units(previous)
     todo = [u for u in units if u.path not in done]
-    check_free_space(dst, sum(u.nbytes for u in todo) + (64 << 20))
-    manifest = {"tool": f"grok1-toolchain {__version__}", "settings": settings, "units": done,
-                "complete": False}
-    _save_manifest(dst, manifest)
-    if ray is not None:
-        results = _on_ray(ray, source, target, todo, dst)
-    elif workers <= 1 or len(todo) < 2 * workers:
-        results = _in_threads(reader, target, todo, dst, workers)
-    else:
-        results = _in_processes(source, target, todo, dst, workers)
-    sizes = {u.path: u.nbytes for u in todo}
-    with byte_bar(total, "convert", quiet=quiet) as bar:
-        bar.update(total - sum(sizes.values()))
-        for path, result in results:
-            manifest["units"][path] = {"bytes": (dst / path).stat().st_size, **result}
-            _save_manifest(dst, manifest)
-            bar.update(sizes[path])
-    target.finalize(reader, units, dst, manifest["units"])
-    manifest["complete"] = True
-    _save_manifest(dst, manifest)
+    out.make(sum(u.nbytes for u in todo))
+    out.lock()
+    try:
+        manifest = {"tool": f"grok1-toolchain {__version__}", "settings": settings,
+                    "source_identity": identity, "units": done, "files": finals,
+                    "complete": False}
+        out.save_manifest(manifest)
+        if ray is not None:
+            results = _on_ray(ray, source, target, todo, dst)
+        elif workers <= 1 or len(todo) < 2 * workers:
+            results = _in_threads(reader, target, todo, dst, workers)
+        else:
+            results = _in_processes(source, target, todo, dst, workers)
+        sizes = {u.path: u.nbytes for u in todo}
+        with byte_bar(total, "convert", quiet=quiet) as bar:
+            bar.update(total - sum(sizes.values()))
+            for path, result in results:
+                manifest["units"][path] = {"bytes": (dst / path).stat().st_size, **result}
+                out.save_manifest(manifest)
+                bar.update(sizes[path])
+        if ray is not None:
+            out.sweep_temporaries({u.path for u in units})  # killed attempts' leftovers
+        target.finalize(reader, units, dst, manifest["units"])
+        manifest["complete"] = True
+        out.save_manifest(manifest)
+    except DiskSpaceError as exc:
+        raise DiskSpaceError(f"{exc}; free space and rerun with --resume") from None
+    finally:
+        out.unlock()
     seconds = time.perf_counter() - start
     written = sum(u.nbytes for u in todo)
     summary.update({"tensors": sum(len(u["tensors"]) for u in manifest["units"].values()),

@@ -16,7 +16,8 @@ from typing import Any
 
 from converter.errors import Grok1Error, UsageError
 
-__all__ = ["EXECUTORS", "MAX_RETRIES", "RAY_INSTALL", "ray_connect", "ray_get", "write_unit"]
+__all__ = ["EXECUTORS", "MAX_RETRIES", "RAY_INSTALL", "die_with_parent", "ray_connect", "ray_get",
+           "write_unit"]
 
 EXECUTORS = ("local", "ray")
 RAY_INSTALL = "pip install 'grok1-toolchain[ray]'"
@@ -24,6 +25,19 @@ MAX_RETRIES = 3
 # Fault injection for recovery tests: the first task to start creates this file and is then
 # killed (SIGKILL) after GROK1_FAULT_DELAY seconds, mid-write.
 FAULT_MARKER = "GROK1_FAULT_KILL_ONCE"
+
+
+def die_with_parent(parent: int) -> None:
+    """Have the kernel SIGKILL this (worker) process when its parent dies, so a killed run
+    leaves no workers behind to keep writing; exit at once if the parent is already gone."""
+    import ctypes
+    import ctypes.util
+
+    pr_set_pdeathsig = 1
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+    libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 def ray_connect(address: str | None) -> Any:

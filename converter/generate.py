@@ -14,13 +14,18 @@ quantized matrix takes two passes (absmax, then codes).
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
+from converter import __version__
+from converter.atomic import check_free_space
 from converter.config import Grok1Config, save_sidecar
+from converter.errors import UsageError
 from converter.layouts.xai import TENSOR_DIRS, write_leaf
+from converter.output import OutputFolder, discard_folder
 from converter.progress import byte_bar
 from converter.spec import TensorSpec, build_spec
 from converter.tensors import f32_to_bf16_bits
@@ -87,12 +92,47 @@ def _quantized_codes(spec: TensorSpec, seed: int, scales_bits: np.ndarray) -> It
 
 
 def generate_checkpoint(folder: Path, config: Grok1Config, *, seed: int = 0,
-                        quiet: bool = False) -> list[TensorSpec]:
-    """Write a random release-layout checkpoint for `config` under `folder`."""
-    folder = Path(folder)
-    tensor_dir = folder / TENSOR_DIRS[0]
-    tensor_dir.mkdir(parents=True, exist_ok=True)
+                        quiet: bool = False, overwrite: bool = False) -> list[TensorSpec]:
+    """Write a random release-layout checkpoint for `config` as `folder`.
+
+    It is written into a staging folder beside `folder` and moved into place only when complete
+    (with a manifest of every file's sha256), so a failed run leaves nothing behind. An existing
+    `folder` is replaced only with `overwrite`, and only if it is an earlier output of this
+    toolchain holding nothing else.
+    """
+    out = OutputFolder(Path(folder))
+    out.check_usable()
+    owned: set[str] = set()
+    if not out.is_empty():
+        manifest = out.read_manifest()
+        owned = out.owned(manifest)
+        strangers = out.foreign(owned)
+        if not overwrite:
+            raise UsageError(f"{folder}: exists and is not empty; pass --overwrite to replace it")
+        if manifest is None or strangers:
+            raise UsageError(f"{folder}: holds {strangers[0] if strangers else 'files'}, which "
+                             "this toolchain did not write (--overwrite replaces only a previous "
+                             "grok1 output); remove it yourself or choose another folder")
     specs = build_spec(config)
+    total = sum(s.payload_bytes for s in specs)
+    out.path.parent.mkdir(parents=True, exist_ok=True)
+    check_free_space(out.path.parent, total + (1 << 20))
+    staging = out.path.with_name(f".{out.path.name}.{secrets.token_hex(4)}.incomplete")
+    try:
+        _write_all(staging, config, specs, seed, quiet)
+        if owned:
+            out.remove(owned)
+        out.replace_with(staging)
+    finally:
+        discard_folder(staging)
+    return specs
+
+
+def _write_all(folder: Path, config: Grok1Config, specs: list[TensorSpec], seed: int,
+               quiet: bool) -> None:
+    tensor_dir = folder / TENSOR_DIRS[0]
+    tensor_dir.mkdir(parents=True)
+    units = {}
     with byte_bar(sum(s.payload_bytes for s in specs), "make-tiny", quiet=quiet) as bar:
         for spec in specs:
             if spec.quantized:
@@ -100,7 +140,12 @@ def generate_checkpoint(folder: Path, config: Grok1Config, *, seed: int = 0,
                 payloads = [_quantized_codes(spec, seed, scales), [scales]]
             else:
                 payloads = [_float_chunks(spec, config, seed)]
-            write_leaf(tensor_dir / spec.file_name, spec, payloads)
+            digest = write_leaf(tensor_dir / spec.file_name, spec, payloads)
+            units[f"{TENSOR_DIRS[0]}/{spec.file_name}"] = {
+                "bytes": (tensor_dir / spec.file_name).stat().st_size, "sha256": digest}
             bar.update(spec.payload_bytes)
     save_sidecar(folder, config)
-    return specs
+    OutputFolder(folder).save_manifest({
+        "tool": f"grok1-toolchain {__version__}", "settings": {"make-tiny": config.to_dict(),
+                                                               "seed": seed},
+        "units": units, "files": ["config.json"], "complete": True})

@@ -144,7 +144,21 @@ class ShardedTarget:
         with writer_cls(dst / unit.path, [o.entry for o in unit.items]) as writer:
             for out, array in ordered_map(produce, unit.items, self.threads):
                 writer.write(out.origin.name, array)
-        return {"tensors": writer.digests, **produce.summary()}
+        return {"sha256": writer.file_sha256, "tensors": writer.digests, **produce.summary()}
+
+    def final_files(self, units: list[Unit]) -> list[str]:
+        """The files `finalize` writes, known before any unit is."""
+        names = ["config.json", "generation_config.json"]
+        if self.tokenizer is not None:
+            names += ["tokenizer.model", "tokenizer_config.json"]
+        names += sorted(self.extra_files) + self.report_files()
+        if len(units) > 1:
+            names.append(CONTAINERS[self.container].index_name)
+        return names
+
+    def report_files(self) -> list[str]:
+        """Reports a subclass writes beside the shards."""
+        return []
 
     def finalize(self, reader: CheckpointReader, units: list[Unit], dst: Path,
                  records: dict[str, Any]) -> None:
@@ -226,7 +240,12 @@ class XaiTarget:
         path = dst / unit.path
         path.parent.mkdir(parents=True, exist_ok=True)
         check_value(path, spec, value, "the source")
-        return {"tensors": {spec.name: write_leaf(path, spec, value_payloads(value))}}
+        digest = write_leaf(path, spec, value_payloads(value))
+        return {"sha256": digest, "tensors": {spec.name: digest}}
+
+    def final_files(self, units: list[Unit]) -> list[str]:
+        """The config sidecar."""
+        return ["config.json"]
 
     def finalize(self, reader: CheckpointReader, units: list[Unit], dst: Path,
                  records: dict[str, Any]) -> None:

@@ -155,6 +155,10 @@ class QuantizedTarget(ShardedTarget):
         """What identifies this output for --resume."""
         return {**super().settings(), "scheme": self.quant.label}
 
+    def report_files(self) -> list[str]:
+        """quantization_report.json."""
+        return [REPORT_NAME]
+
     def make_producer(self, reader: CheckpointReader) -> Producer:
         """A producer that re-quantizes every Linear."""
         return QuantizeProducer(reader, {s.name: s for s in reader.specs}, self.formats,

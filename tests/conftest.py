@@ -53,3 +53,20 @@ def small_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("small") / "ckpt"
     generate_checkpoint(folder, Grok1Config.preset("small"), seed=2, quiet=True)
     return folder
+
+
+def bad_input(*args: object) -> str:
+    """Run `grok1 ARGS`; assert it exits 2 with exactly one line, `error: ...`, on stderr and no
+    traceback anywhere. Returns that line."""
+    from click.testing import CliRunner
+
+    from converter.cli import main
+
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    shown = f"exit {result.exit_code}\n{result.output}"
+    assert "Traceback" not in result.output, shown
+    assert isinstance(result.exception, SystemExit), (shown, result.exception)
+    assert result.exit_code == 2, shown
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), shown
+    return lines[0]

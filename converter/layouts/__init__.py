@@ -27,6 +27,8 @@ class CheckpointReader(Protocol):
 
     def read_expert(self, spec: TensorSpec, expert: int) -> Any: ...
 
+    def source_files(self) -> list[Path]: ...
+
 
 def require_folder(path: Path) -> Path:
     """`path` as a Path, if it is an existing folder; a one-line error otherwise."""

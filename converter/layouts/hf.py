@@ -287,6 +287,12 @@ class HfCheckpoint:
                 problems.append(f"{len(missing)} missing tensors: {show(missing)}")
             raise MappingError(f"{self.root} ({self.scheme.name} names): " + "; ".join(problems))
 
+    def source_files(self) -> list[Path]:
+        """Every file this checkpoint is read from: config, index and shards."""
+        index = self.root / self.container.index_name
+        return ([self.root / "config.json"] + ([index] if index.is_file() else [])
+                + [self.root / f for f in sorted(set(self.weight_map.values()))])
+
     def shard(self, file: str) -> Any:
         """The reader of one shard file (opened once)."""
         if file not in self._shards:

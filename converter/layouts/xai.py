@@ -80,6 +80,12 @@ class XaiCheckpoint:
         return cls(root=root, tensor_dir=tensor_dir, config=config, config_source=source,
                    specs=specs)
 
+    def source_files(self) -> list[Path]:
+        """Every file this checkpoint is read from: the tensor files and the config sidecar."""
+        files = sorted(self.tensor_dir.glob("tensor*_000"))
+        sidecar = Path(self.config_source)
+        return files + ([sidecar] if sidecar.is_file() else [])
+
     def path_of(self, spec: TensorSpec) -> Path:
         """The file holding `spec`."""
         return self.tensor_dir / spec.file_name
