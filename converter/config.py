@@ -21,6 +21,35 @@ SIDECAR_NAME = "config.json"
 _INFORMATIONAL_KEYS = frozenset({"upstream_rev", "jax", "haiku", "widening_factor", "generator"})
 
 
+# Bounds far beyond any Grok-1 (the real model: 64 layers, emb 6144, vocab 131072), so that a
+# hostile config cannot make the spec itself huge before any file is checked.
+_INT_RANGES = {"layers": (1, 1024), "emb": (1, 1 << 17), "q_heads": (1, 1024),
+               "kv_heads": (1, 1024), "key_size": (2, 1 << 12), "vocab": (1, 1 << 22),
+               "experts": (1, 1024), "topk": (1, 1024), "ffn_size": (1, 1 << 20),
+               "scale_groups": (1, 1024), "pad_token": (0, 1 << 22), "bos_token": (0, 1 << 22),
+               "eos_token": (0, 1 << 22), "max_seq_len": (1, 1 << 22)}
+_FLOAT_RANGES = {"emb_mult": (0.0, 1e6), "out_mult": (0.0, 1e6), "attn_mult": (0.0, 1e6),
+                 "attn_softcap": (0.0, 1e6), "rope_base": (1.0, 1e12),
+                 "rms_norm_eps": (0.0, 1.0)}
+
+
+def _type_problems(config: Grok1Config) -> list[str]:
+    """Integer fields must be integers, float fields finite numbers (ints become floats)."""
+    problems = []
+    for name in _INT_RANGES:
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int):
+            problems.append(f"{name} must be an integer, found {value!r}")
+    for name in _FLOAT_RANGES:
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(
+                value):
+            problems.append(f"{name} must be a finite number, found {value!r}")
+        else:
+            object.__setattr__(config, name, float(value))
+    return problems
+
+
 def default_ffn_size(emb: int, widening_factor: float = 8.0) -> int:
     """Upstream's `ffn_size`: int(widening * emb) * 2 // 3, rounded up to a multiple of 8."""
     size = int(widening_factor * emb) * 2 // 3
@@ -53,12 +82,24 @@ class Grok1Config:
     max_seq_len: int = 8192
 
     def __post_init__(self) -> None:
-        problems = []
-        for name in ("layers", "emb", "q_heads", "kv_heads", "key_size", "vocab", "experts",
-                     "topk", "ffn_size", "scale_groups"):
-            if getattr(self, name) < 1:
-                problems.append(f"{name}={getattr(self, name)} must be >= 1")
-        if self.q_heads % max(self.kv_heads, 1):
+        problems = _type_problems(self)
+        if problems:
+            raise UsageError("invalid Grok-1 config: " + "; ".join(problems))
+        for name, (low, high) in _INT_RANGES.items():
+            value = getattr(self, name)
+            if not low <= value <= high:
+                problems.append(f"{name}={value} must lie in [{low}, {high}]")
+        for name, (low, high) in _FLOAT_RANGES.items():
+            value = getattr(self, name)
+            if not low < value < high:
+                problems.append(f"{name}={value} must lie strictly between {low} and {high}")
+        for name in ("pad_token", "bos_token", "eos_token"):
+            if not 0 <= getattr(self, name) < self.vocab:
+                problems.append(f"{name}={getattr(self, name)} is not an id of the "
+                                f"{self.vocab}-token vocabulary")
+        if problems:
+            raise UsageError("invalid Grok-1 config: " + "; ".join(problems))
+        if self.q_heads % self.kv_heads:
             problems.append(f"q_heads={self.q_heads} is not a multiple of kv_heads={self.kv_heads}")
         if self.topk > self.experts:
             problems.append(f"topk={self.topk} exceeds experts={self.experts}")
@@ -66,7 +107,7 @@ class Grok1Config:
             problems.append(f"key_size={self.key_size} must be even for RoPE")
         for name, dim in (("ffn_size", self.ffn_size), ("q_heads*key_size",
                                                         self.q_heads * self.key_size)):
-            if dim % max(self.scale_groups, 1):
+            if dim % self.scale_groups:
                 problems.append(
                     f"{name}={dim} is not divisible by scale_groups={self.scale_groups}")
         if problems:
@@ -89,9 +130,17 @@ class Grok1Config:
         if unknown:
             raise MalformedFileError(
                 f"{source}: unknown config keys {unknown}; known: {sorted(known)}")
-        config = cls(**{k: v for k, v in data.items() if k in known})
+        try:
+            config = cls(**{k: v for k, v in data.items() if k in known})
+        except UsageError as exc:
+            raise MalformedFileError(f"{source}: {exc}") from None
         if "widening_factor" in data and "ffn_size" in data:
-            expected = default_ffn_size(config.emb, float(data["widening_factor"]))
+            widening = data["widening_factor"]
+            if isinstance(widening, bool) or not isinstance(widening, int | float) or not (
+                    0 < widening < 1e4):
+                raise MalformedFileError(f"{source}: widening_factor must be a positive number, "
+                                         f"found {widening!r}")
+            expected = default_ffn_size(config.emb, float(widening))
             if expected != config.ffn_size:
                 raise ConfigMismatchError(
                     f"{source}: ffn_size={config.ffn_size} disagrees with widening_factor="

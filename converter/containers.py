@@ -131,6 +131,57 @@ class SafetensorsWriter(_PhasedWriter):
         return self._hash.hexdigest()
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) != len(keys):
+        duplicate = next(k for k in keys if keys.count(k) > 1)
+        raise ValueError(f"header names tensor {duplicate!r} twice")
+    return dict(pairs)
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _checked_entries(path: Path, header: dict[str, Any], data_size: int
+                     ) -> dict[str, tuple[Entry, int]]:
+    """Header entries as the safetensors library accepts them: known dtypes, shapes of
+    non-negative integers, offsets that tile the data exactly (no gap, overlap or overrun)."""
+    entries: dict[str, tuple[Entry, int]] = {}
+    spans = []
+    for name, info in header.items():
+        if not isinstance(info, dict):
+            raise MalformedFileError(f"{path}: malformed header entry {name}")
+        dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+        if not isinstance(dtype, str) or dtype not in DTYPES:
+            raise MalformedFileError(f"{path}: {name} has unsupported dtype {dtype!r}")
+        if not isinstance(shape, list) or not all(_is_count(d) for d in shape) or len(shape) > 8:
+            raise MalformedFileError(f"{path}: {name} has an invalid shape {shape!r}")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(
+                _is_count(o) for o in offsets) and offsets[0] <= offsets[1]):
+            raise MalformedFileError(f"{path}: {name} has invalid data_offsets {offsets!r}")
+        entry = Entry(name, dtype, tuple(shape))
+        begin, end = offsets
+        if end - begin != entry.nbytes:
+            raise MalformedFileError(f"{path}: {name} is {dtype}{shape} ({entry.nbytes} bytes) "
+                                     f"but data_offsets span {end - begin}")
+        if end > data_size:
+            raise MalformedFileError(f"{path}: {name} needs bytes {begin}..{end} (file has "
+                                     f"{data_size}; truncated?)")
+        entries[name] = (entry, begin)
+        spans.append((begin, end, name))
+    position = 0
+    for begin, end, name in sorted(spans):
+        if begin != position:
+            raise MalformedFileError(f"{path}: {name} starts at byte {begin}, expected {position}"
+                                     " (tensor data overlaps or leaves a gap)")
+        position = end
+    if position != data_size:
+        raise MalformedFileError(f"{path}: tensor data ends at byte {position} of {data_size} "
+                                 "(trailing bytes or truncated)")
+    return entries
+
+
 class SafetensorsReader:
     """Reads the tensors of one .safetensors file with a checked header.
 
@@ -140,11 +191,17 @@ class SafetensorsReader:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        try:
-            self._fd = os.open(self.path, os.O_RDONLY)
-        except FileNotFoundError:
+        if not self.path.is_file():
             from converter.errors import CheckpointNotFoundError
-            raise CheckpointNotFoundError(f"{self.path}: missing") from None
+            raise CheckpointNotFoundError(f"{self.path}: missing or not a regular file")
+        self._fd = os.open(self.path, os.O_RDONLY)
+        try:
+            self._read_header()
+        except BaseException:
+            os.close(self._fd)
+            raise
+
+    def _read_header(self) -> None:
         size = os.fstat(self._fd).st_size
         if size < 8:
             raise MalformedFileError(f"{self.path}: truncated ({size} bytes)")
@@ -153,28 +210,19 @@ class SafetensorsReader:
             raise MalformedFileError(f"{self.path}: header of {length} bytes does not fit a "
                                      f"{size}-byte file (truncated or not safetensors)")
         try:
-            header = json.loads(os.pread(self._fd, length, 8))
-        except (json.JSONDecodeError, UnicodeDecodeError):
+            header = json.loads(os.pread(self._fd, length, 8), object_pairs_hook=_unique_keys)
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
             raise MalformedFileError(f"{self.path}: header is not valid JSON") from None
+        except ValueError as exc:
+            raise MalformedFileError(f"{self.path}: {exc}") from None
         if not isinstance(header, dict):
             raise MalformedFileError(f"{self.path}: header is not a JSON object")
-        header.pop("__metadata__", None)
+        metadata = header.pop("__metadata__", {})
+        if not isinstance(metadata, dict) or not all(
+                isinstance(v, str) for v in metadata.values()):
+            raise MalformedFileError(f"{self.path}: __metadata__ must map strings to strings")
         self._base = 8 + length
-        self.entries: dict[str, tuple[Entry, int]] = {}
-        for name, info in header.items():
-            try:
-                entry = Entry(name, info["dtype"], tuple(info["shape"]))
-                begin, end = info["data_offsets"]
-                known = entry.dtype in DTYPES
-            except (KeyError, TypeError, ValueError):
-                raise MalformedFileError(f"{self.path}: malformed header entry {name}") from None
-            if not known:
-                raise MalformedFileError(f"{self.path}: {name} has unsupported dtype "
-                                         f"{entry.dtype}")
-            if end - begin != entry.nbytes or self._base + end > size:
-                raise MalformedFileError(f"{self.path}: {name} needs bytes {begin}..{end} "
-                                         f"(file has {size - self._base}; truncated?)")
-            self.entries[name] = (entry, begin)
+        self.entries = _checked_entries(self.path, header, size - self._base)
 
     def get(self, name: str) -> np.ndarray:
         """One tensor (bf16 as uint16 bits), read into its own buffer."""
@@ -201,6 +249,15 @@ def as_numpy(tensor: Any) -> np.ndarray:
     if tensor.dtype == torch.bfloat16:
         return tensor.view(torch.int16).numpy().view(np.uint16)
     return tensor.numpy()
+
+
+def _check_zip_crcs(path: Path) -> None:
+    """Read every member of a zip archive once; zipfile raises BadZipFile on a CRC mismatch."""
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            with archive.open(info) as member:
+                while member.read(8 << 20):
+                    pass
 
 
 class TorchShardWriter(_PhasedWriter):
@@ -271,7 +328,11 @@ class TorchShardWriter(_PhasedWriter):
 
 
 class TorchShardReader:
-    """Lazy (memory-mapped) access to a torch.save checkpoint, loaded with weights_only=True."""
+    """Lazy (memory-mapped) access to a torch.save checkpoint, loaded with weights_only=True.
+
+    Every member's CRC-32 is checked when the shard is opened (torch.load does not), so a
+    flipped byte is reported instead of converted.
+    """
 
     def __init__(self, path: Path) -> None:
         import pickle
@@ -281,11 +342,13 @@ class TorchShardReader:
         self.path = Path(path)
         if not self.path.is_file():
             from converter.errors import CheckpointNotFoundError
-            raise CheckpointNotFoundError(f"{self.path}: missing")
+            raise CheckpointNotFoundError(f"{self.path}: missing or not a regular file")
         try:
+            _check_zip_crcs(self.path)
             self._tensors = torch.load(self.path, map_location="cpu", weights_only=True,
                                        mmap=True)
-        except (RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile) as exc:
+        except (RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile, ValueError,
+                TypeError, KeyError, AttributeError, IndexError) as exc:
             message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise MalformedFileError(f"{self.path}: not a loadable torch checkpoint "
                                      f"({message})") from None
@@ -293,8 +356,14 @@ class TorchShardReader:
             raise MalformedFileError(f"{self.path}: holds a {type(self._tensors).__name__}, "
                                      "expected a state dict")
         reverse = {v: k for k, v in _TORCH_DTYPES.items()}
-        self.entries = {name: Entry(name, reverse[str(t.dtype).removeprefix("torch.")],
-                                    tuple(t.shape)) for name, t in self._tensors.items()}
+        self.entries = {}
+        for name, tensor in self._tensors.items():
+            dtype = str(getattr(tensor, "dtype", "")).removeprefix("torch.")
+            if not isinstance(tensor, torch.Tensor) or dtype not in reverse:
+                what = dtype if isinstance(tensor, torch.Tensor) else type(tensor).__name__
+                raise MalformedFileError(f"{self.path}: {name!r} holds {what}, expected a tensor "
+                                         f"of {', '.join(sorted(reverse))}")
+            self.entries[name] = Entry(str(name), reverse[dtype], tuple(tensor.shape))
 
     def get(self, name: str) -> np.ndarray:
         """One tensor as numpy (bf16 as uint16 bits)."""

@@ -31,19 +31,14 @@ def _sharded(path: Path, layout: str) -> dict[str, Any]:
     from converter.layouts.hf import CONTAINERS, HfCheckpoint
 
     checkpoint = HfCheckpoint(path, CONTAINERS[layout])
-    tensors, problems = [], []
+    problems = checkpoint.problems()
+    tensors = []
     for name, file in sorted(checkpoint.weight_map.items()):
         try:
-            shard = checkpoint.shard(file)
-            entry = shard.entries[name]
-            entry = entry[0] if isinstance(entry, tuple) else entry
-        except Grok1Error as exc:
-            if str(exc) not in problems:
-                problems.append(str(exc))
-            continue
-        except KeyError:
-            problems.append(f"{path / file}: lacks {name} (the index says it is there)")
-            continue
+            entry = checkpoint.shard(file).entries[name]
+        except (Grok1Error, KeyError):
+            continue  # already among the problems
+        entry = entry[0] if isinstance(entry, tuple) else entry
         tensors.append({"name": name, "file": file, "shape": list(entry.shape),
                         "dtype": entry.dtype, "scales_shape": None, "scale_groups": None,
                         "bytes": entry.nbytes})
@@ -51,7 +46,7 @@ def _sharded(path: Path, layout: str) -> dict[str, Any]:
             "config": checkpoint.config.to_dict(), "tensors": tensors,
             "parameters": sum(s.numel for s in checkpoint.specs), "problems": problems,
             "names": checkpoint.scheme.name,
-            "quantization": checkpoint.hf.get("quantization_config", {}).get("format")}
+            "quantization": (checkpoint.hf.get("quantization_config") or {}).get("format")}
 
 
 def inspect_checkpoint(path: Path) -> dict[str, Any]:

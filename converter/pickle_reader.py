@@ -10,6 +10,7 @@ payloads are returned as zero-copy views of a read-only memory map of the file.
 from __future__ import annotations
 
 import dataclasses
+import math
 import mmap
 import struct
 from pathlib import Path
@@ -32,6 +33,10 @@ ALLOWED_GLOBALS: dict[tuple[str, str], str] = {
     ("__main__", "QuantizedWeight8bit"): "QuantizedWeight8bit",
 }
 _DTYPES = {"f4": np.dtype("<f4"), "i1": np.dtype("i1"), "bfloat16": np.dtype("<u2")}
+# A release leaf is about 70 opcodes with strings of at most a few dozen bytes. These bounds keep
+# the walker's memory and time small whatever a hostile file holds.
+_MAX_OPS = 4096
+_MAX_TEXT = 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,10 +74,15 @@ class ArrayRef:
     offset: int = -1
     nbytes: int = 0
 
+    @property
+    def built(self) -> bool:
+        """Whether BUILD gave this array its dtype, shape and payload."""
+        return self.offset >= 0 and self.dtype in _DTYPES
+
     def view(self, buffer: Any) -> np.ndarray:
         """Zero-copy numpy view of this array in `buffer` (bf16 comes back as uint16 bits)."""
         dtype = _DTYPES[self.dtype]
-        count = int(np.prod(self.shape, dtype=np.int64))
+        count = math.prod(self.shape)
         flat = np.frombuffer(buffer, dtype=dtype, count=count, offset=self.offset)
         return flat.reshape(self.shape, order="F" if self.fortran else "C")
 
@@ -124,7 +134,7 @@ class _Walker:
 
     def run(self) -> Any:
         ops = _OPS
-        while True:
+        for _ in range(_MAX_OPS):
             if self.pos >= len(self.data):
                 self.fail("truncated: no STOP opcode before the end of the file")
             code = self.data[self.pos]
@@ -135,6 +145,8 @@ class _Walker:
                           unsafe=True)
             if handler(self):
                 return self.pop()
+        self.fail(f"malformed pickle: more than {_MAX_OPS} opcodes (a release leaf has about "
+                  "70)")
 
     def global_(self, module: str, name: str) -> None:
         marker = ALLOWED_GLOBALS.get((module, name))
@@ -174,14 +186,17 @@ class _Walker:
                     and isinstance(state[4], _Bytes)):
                 self.fail("malformed ndarray state")
             _, shape, dtype, fortran, payload = state
-            obj.dtype, obj.shape, obj.fortran = dtype.name, tuple(shape), bool(fortran)
+            if not (isinstance(shape, tuple) and len(shape) <= 8 and all(
+                    isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
+                self.fail(f"malformed ndarray shape {shape!r}")
+            obj.dtype, obj.shape, obj.fortran = dtype.name, shape, bool(fortran)
             obj.offset, obj.nbytes = payload.offset, payload.length
-            expected = int(np.prod(obj.shape, dtype=np.int64)) * _DTYPES[obj.dtype].itemsize
+            expected = math.prod(obj.shape) * _DTYPES[obj.dtype].itemsize
             if expected != payload.length:
                 self.fail(f"array of shape {obj.shape} {obj.dtype} needs {expected} bytes, "
                           f"payload has {payload.length}")
         elif isinstance(obj, _Dtype):
-            if not (isinstance(state, tuple) and state and state[1] in ("<", "|", "=")):
+            if not (isinstance(state, tuple) and len(state) > 1 and state[1] in ("<", "|", "=")):
                 self.fail("unsupported dtype state (big-endian or exotic)")
         elif isinstance(obj, _QuantizedStub):
             if not isinstance(state, dict):
@@ -218,7 +233,8 @@ def _mark(w: _Walker) -> None:
 def _setitems(w: _Walker) -> None:
     items = w.pop_mark()
     target = w.stack[-1] if w.stack else None
-    if not isinstance(target, dict) or len(items) % 2:
+    if not isinstance(target, dict) or len(items) % 2 or not all(
+            isinstance(k, str) for k in items[::2]):
         w.fail("malformed SETITEMS")
     for key, value in zip(items[::2], items[1::2], strict=True):
         target[key] = value
@@ -227,7 +243,7 @@ def _setitems(w: _Walker) -> None:
 def _setitem(w: _Walker) -> None:
     value, key = w.pop(), w.pop()
     target = w.stack[-1] if w.stack else None
-    if not isinstance(target, dict):
+    if not isinstance(target, dict) or not isinstance(key, str):
         w.fail("malformed SETITEM")
     target[key] = value
 
@@ -261,6 +277,8 @@ def _global(w: _Walker) -> None:
 
 
 def _text(w: _Walker, n: int) -> None:
+    if n > _MAX_TEXT:
+        w.fail(f"malformed pickle: a {n}-byte string (a release leaf holds only short names)")
     try:
         w.stack.append(w.take(n).decode("utf-8"))
     except UnicodeDecodeError:
@@ -307,15 +325,24 @@ _OPS: dict[int, Any] = {
 def parse_leaf(data: Any, path: Path) -> Leaf:
     """Walk the pickle in `data` (bytes or mmap); return where its array(s) live."""
     walker = _Walker(data, Path(path))
-    result = walker.run()
+    try:
+        result = walker.run()
+    except MalformedFileError:
+        raise
+    except (TypeError, ValueError, KeyError, IndexError, OverflowError, AttributeError,
+            struct.error) as exc:  # a structure no release leaf has, whatever it is
+        raise MalformedFileError(f"{path}: malformed pickle near offset {walker.pos} "
+                                 f"({type(exc).__name__})") from None
     if walker.pos != len(data):
         walker.fail(f"{len(data) - walker.pos} trailing bytes after the pickle's STOP")
     if isinstance(result, ArrayRef):
+        if not result.built:
+            walker.fail("malformed pickle: an array that was never given its data")
         return result
     if isinstance(result, _QuantizedStub):
         fields = result.fields
         if set(fields) != {"weight", "scales"} or not all(
-                isinstance(v, ArrayRef) for v in fields.values()):
+                isinstance(v, ArrayRef) and v.built for v in fields.values()):
             walker.fail(f"QuantizedWeight8bit with fields {sorted(map(str, fields))}, "
                         "expected weight and scales arrays")
         if fields["weight"].dtype != "i1" or fields["scales"].dtype != "bfloat16":
@@ -330,6 +357,8 @@ def parse_leaf(data: Any, path: Path) -> Leaf:
 def load_leaf(path: Path) -> np.ndarray | QuantizedWeight8bit:
     """Memory-map one release file and return its value as zero-copy arrays."""
     path = Path(path)
+    if path.exists() and not path.is_file():
+        raise MalformedFileError(f"{path}: not a regular file")
     try:
         with open(path, "rb") as f:
             if f.seek(0, 2) == 0:

@@ -27,7 +27,14 @@ from converter.containers import (
     TorchShardReader,
     TorchShardWriter,
 )
-from converter.errors import LayoutError, MalformedFileError, MappingError, ShapeMismatchError
+from converter.errors import (
+    Grok1Error,
+    LayoutError,
+    MalformedFileError,
+    MappingError,
+    ShapeMismatchError,
+    UsageError,
+)
 from converter.names import EXPERT_ROLES, LINEAR_ROLES, SCHEMES, NameScheme, OutputName
 from converter.spec import TensorSpec, build_spec
 from converter.tensors import QuantizedWeight8bit, bf16_bits_to_f32, transposed
@@ -96,6 +103,11 @@ class OutTensor:
     def entry(self) -> Entry:
         """As a shard entry."""
         return Entry(self.origin.name, self.dtype, self.shape)
+
+
+_FLOAT_DTYPES = ("F32", "BF16", "F16")
+_PART_DTYPES = {"weight_packed": ("I32",), "weight_shape": ("I64", "I32"),
+                "weight_zero_point": ("I32",)}
 
 
 def _linear_shape(spec: TensorSpec) -> tuple[int, int]:
@@ -183,10 +195,12 @@ def config_from_hf(data: dict[str, Any], source: str) -> Grok1Config:
     if isinstance(data.get("grok1"), dict):
         return Grok1Config.from_dict(data["grok1"], source=source)
     try:
+        emb, heads = data["hidden_size"], data["num_attention_heads"]
+        key_size = data.get("head_dim") or (
+            emb // heads if isinstance(emb, int) and isinstance(heads, int) and heads else 0)
         return Grok1Config(
-            layers=data["num_hidden_layers"], emb=data["hidden_size"],
-            q_heads=data["num_attention_heads"], kv_heads=data["num_key_value_heads"],
-            key_size=data.get("head_dim", data["hidden_size"] // data["num_attention_heads"]),
+            layers=data["num_hidden_layers"], emb=emb, q_heads=heads,
+            kv_heads=data["num_key_value_heads"], key_size=key_size,
             vocab=data["vocab_size"], experts=data.get("num_local_experts", data.get(
                 "num_experts", 8)), topk=data.get("num_experts_per_tok", 2),
             ffn_size=data["intermediate_size"],
@@ -195,28 +209,65 @@ def config_from_hf(data: dict[str, Any], source: str) -> Grok1Config:
             attn_mult=data.get("attn_output_multiplier", Grok1Config.attn_mult),
             attn_softcap=data.get("max_attn_value", 30.0),
             rope_base=data.get("rope_theta", 10000.0), rms_norm_eps=data.get("rms_norm_eps", 1e-5),
+            pad_token=data.get("pad_token_id", 0), bos_token=data.get("bos_token_id", 1),
+            eos_token=data.get("eos_token_id", 2),
             max_seq_len=data.get("max_position_embeddings", 8192))
     except KeyError as exc:
         raise MalformedFileError(f"{source}: missing key {exc.args[0]!r}") from None
+    except UsageError as exc:
+        raise MalformedFileError(f"{source}: {exc}") from None
 
 
-def formats_from_quantization(quantization: dict[str, Any] | None, scheme: NameScheme,
-                              dense_dtype: str) -> dict[str, LinearFormat]:
+def _group_format(name: str, group: Any, source: str) -> tuple[list[str], LinearFormat]:
+    """The targets and Linear format of one compressed-tensors config group, checked."""
+    weights = group.get("weights") if isinstance(group, dict) else None
+    targets = group.get("targets") if isinstance(group, dict) else None
+    if not isinstance(weights, dict) or not (
+            isinstance(targets, list) and all(isinstance(x, str) for x in targets)):
+        raise MalformedFileError(f"{source}: quantization config group {name!r} needs "
+                                 "`targets` (a list of names) and `weights`")
+    bits, strategy = weights.get("num_bits"), weights.get("strategy")
+    group_size, symmetric = weights.get("group_size"), weights.get("symmetric", True)
+    problems = []
+    if bits not in (4, 8) or isinstance(bits, bool):
+        problems.append(f"num_bits {bits!r} (pack-quantized holds 4 or 8)")
+    if weights.get("type", "int") != "int":
+        problems.append(f"type {weights.get('type')!r} (expected int)")
+    if strategy not in ("channel", "group"):
+        problems.append(f"strategy {strategy!r} (expected channel or group)")
+    if strategy == "group" and (isinstance(group_size, bool) or not isinstance(group_size, int)
+                                or group_size < 1):
+        problems.append(f"group_size {group_size!r}")
+    if not isinstance(symmetric, bool):
+        problems.append(f"symmetric {symmetric!r}")
+    if problems:
+        raise MalformedFileError(f"{source}: quantization config group {name!r} has an "
+                                 f"unsupported " + ", ".join(problems))
+    return targets, LinearFormat("packed", "BF16", bits,
+                                 group_size if strategy == "group" else None, symmetric)
+
+
+def formats_from_quantization(quantization: Any, scheme: NameScheme, dense_dtype: str,
+                              source: str = "config.json") -> dict[str, LinearFormat]:
     """Each Linear role's format, from a config.json `quantization_config`."""
     if not quantization:
         return {role: LinearFormat("dense", dense_dtype) for role in LINEAR_ROLES}
+    groups = quantization.get("config_groups") if isinstance(quantization, dict) else None
+    if not isinstance(groups, dict):
+        raise MalformedFileError(f"{source}: quantization_config has no config_groups object")
+    if quantization.get("format", "pack-quantized") != "pack-quantized":
+        raise MalformedFileError(f"{source}: quantization format {quantization.get('format')!r}"
+                                 " is not supported (pack-quantized is)")
     formats: dict[str, LinearFormat] = {}
-    for group in quantization.get("config_groups", {}).values():
-        weights = group["weights"]
-        fmt = LinearFormat("packed", "BF16", weights["num_bits"],
-                           weights.get("group_size") if weights.get("strategy") == "group"
-                           else None, weights.get("symmetric", True))
+    for name, group in groups.items():
+        targets, fmt = _group_format(name, group, source)
         for role in LINEAR_ROLES:
-            if group["targets"] == ["Linear"] or scheme.module_pattern(role) in group["targets"]:
+            if targets == ["Linear"] or scheme.module_pattern(role) in targets:
                 formats[role] = fmt
     missing = [r for r in LINEAR_ROLES if r not in formats]
     if missing:
-        raise MalformedFileError(f"quantization_config covers no config group for {missing}")
+        raise MalformedFileError(f"{source}: quantization_config covers no config group for "
+                                 f"{missing}")
     return formats
 
 
@@ -232,8 +283,11 @@ class HfCheckpoint:
             data = json.loads(config_path.read_text())
         except FileNotFoundError:
             raise LayoutError(f"{config_path}: missing (not a Hugging Face checkpoint)") from None
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise MalformedFileError(f"{config_path}: not valid JSON ({exc})") from None
+        if not isinstance(data, dict):
+            raise MalformedFileError(f"{config_path}: expected a JSON object, found "
+                                     f"{type(data).__name__}")
         self.hf = data
         self.config = config_from_hf(data, str(config_path))
         self.specs = build_spec(self.config)
@@ -241,7 +295,7 @@ class HfCheckpoint:
         self.scheme = self._detect_scheme()
         dense = "F32" if data.get("torch_dtype") == "float32" else "BF16"
         self.formats = formats_from_quantization(data.get("quantization_config"), self.scheme,
-                                                 dense)
+                                                 dense, str(config_path))
         parts = {r: (self.formats[r].parts() if r in LINEAR_ROLES else
                      (self.scheme.plain_part(r),)) for r in (s.role for s in self.specs)}
         self.names = self.scheme.expected(self.specs, parts)
@@ -252,9 +306,10 @@ class HfCheckpoint:
         index = self.root / self.container.index_name
         if index.is_file():
             try:
-                return dict(json.loads(index.read_text())["weight_map"])
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                weight_map = json.loads(index.read_text())["weight_map"]
+            except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
                 raise MalformedFileError(f"{index}: not a valid index ({exc})") from None
+            return _checked_weight_map(weight_map, index)
         single = self.root / self.container.single_name
         if single.is_file():
             return dict.fromkeys(self.container.reader(single).entries, single.name)
@@ -299,27 +354,76 @@ class HfCheckpoint:
             self._shards[file] = self.container.reader(self.root / file)
         return self._shards[file]
 
-    def _tensor(self, name: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
-        """One stored tensor, checked against the shape the spec implies."""
+    @cached_property
+    def _spec_of(self) -> dict[tuple[str, int | None], TensorSpec]:
+        return {(s.role, s.layer): s for s in self.specs}
+
+    def expected(self, name: str) -> tuple[tuple[str, ...], tuple[int, ...]]:
+        """The dtypes a stored tensor may have and the shape it must have."""
+        origin = self.names[name]
+        spec = self._spec_of[(origin.role, origin.layer)]
+        if origin.role in LINEAR_ROLES:
+            _, shape = _part_layout(spec, origin.part, self.formats[origin.role])
+            return _PART_DTYPES.get(origin.part, _FLOAT_DTYPES), shape
+        shape = spec.shape[::-1] if origin.role == "router" else spec.shape
+        return _FLOAT_DTYPES, shape
+
+    def _entry_problem(self, name: str) -> str | None:
+        """What is wrong with one stored tensor's dtype or shape (None when nothing is)."""
         file = self.weight_map[name]
         shard = self.shard(file)
         if name not in shard.entries:
-            raise MalformedFileError(f"{self.root / file}: lacks {name} (the index says it "
-                                     "is there)")
-        array = shard.get(name)
-        if shape is not None and array.shape != shape:
-            raise ShapeMismatchError(f"{self.root / file}: {name} has shape "
-                                     f"{list(array.shape)}, the config implies {list(shape)}")
-        return array
+            return f"{self.root / file}: lacks {name} (the index says it is there)"
+        dtypes, shape = self.expected(name)
+        dtype = shard.dtype(name)
+        found = shard.entries[name]
+        found = found[0] if isinstance(found, tuple) else found
+        if dtype not in dtypes:
+            return f"{self.root / file}: {name} is {dtype}, expected {' or '.join(dtypes)}"
+        if found.shape != shape:
+            return (f"{self.root / file}: {name} has shape {list(found.shape)}, the config "
+                    f"implies {list(shape)}")
+        return None
 
-    def _float(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
-        array = self._tensor(name, shape)
-        dtype = self.shard(self.weight_map[name]).dtype(name)
-        if dtype == "BF16":
+    def problems(self) -> list[str]:
+        """Every problem `read` would hit, one line each: shards that do not open, tensors of
+        the wrong dtype or shape, compressed Linears whose recorded shape is wrong."""
+        found: list[str] = []
+        for name in sorted(self.names):
+            if name not in self.weight_map:
+                continue
+            try:
+                problem = self._entry_problem(name)
+                if problem is None and self.names[name].part == "weight_shape":
+                    self._recorded_shape(name, self.expected_linear_shape(name))
+            except Grok1Error as exc:
+                problem = str(exc)
+            if problem and problem not in found:
+                found.append(problem)
+        return found
+
+    def expected_linear_shape(self, name: str) -> tuple[int, int]:
+        """[out, in] of the Linear a compressed part belongs to."""
+        origin = self.names[name]
+        return _linear_shape(self._spec_of[(origin.role, origin.layer)])
+
+    def _recorded_shape(self, name: str, expected: tuple[int, int]) -> None:
+        recorded = self._tensor(name)
+        if recorded.tolist() != list(expected):
+            raise MalformedFileError(f"{self.root / self.weight_map[name]}: {name} is "
+                                     f"{recorded.tolist()}, expected {list(expected)}")
+
+    def _tensor(self, name: str) -> np.ndarray:
+        """One stored tensor, checked against the dtype and shape the config implies."""
+        problem = self._entry_problem(name)
+        if problem:
+            raise ShapeMismatchError(problem)
+        return self.shard(self.weight_map[name]).get(name)
+
+    def _float(self, name: str) -> np.ndarray:
+        array = self._tensor(name)
+        if self.shard(self.weight_map[name]).dtype(name) == "BF16":
             return bf16_bits_to_f32(array)
-        if dtype not in ("F32", "F16"):
-            raise ShapeMismatchError(f"{self.root / self.weight_map[name]}: {name} is {dtype}, "
-                                     "expected a float tensor")
         return np.asarray(array, dtype=np.float32)
 
     @cached_property
@@ -334,18 +438,15 @@ class HfCheckpoint:
 
         out, cols = _linear_shape(spec)
         if fmt.kind == "dense":
-            return np.ascontiguousarray(self._float(name("weight"), (out, cols)).T)
-        shape = tuple(int(x) for x in self._tensor(name("weight_shape"), (2,)))
-        if shape != (out, cols):
-            raise MalformedFileError(f"{name('weight_shape')} is {list(shape)}, expected "
-                                     f"{[out, cols]}")
-        groups = fmt.groups(cols)
-        scale = self._tensor(name("weight_scale"), (out, groups))
+            return np.ascontiguousarray(self._float(name("weight")).T)
+        self._recorded_shape(name("weight_shape"), (out, cols))
+        scale = self._tensor(name("weight_scale"))
+        if scale.dtype != np.uint16:
+            scale = np.asarray(scale, np.float32)
         packed = PackedLinear(
-            packed=self._tensor(name("weight_packed"), (out, math.ceil(cols * fmt.bits / 32))),
-            scale=scale, shape=(out, cols), bits=fmt.bits, group_size=fmt.group_size or cols,
-            zero_point=None if fmt.symmetric else self._tensor(
-                name("weight_zero_point"), (math.ceil(out * fmt.bits / 32), groups)))
+            packed=self._tensor(name("weight_packed")), scale=scale, shape=(out, cols),
+            bits=fmt.bits, group_size=fmt.group_size or cols,
+            zero_point=None if fmt.symmetric else self._tensor(name("weight_zero_point")))
         return _as_release_int8(packed, spec) or packed
 
     def read_expert(self, spec: TensorSpec, expert: int) -> Any:
@@ -364,8 +465,25 @@ class HfCheckpoint:
             return self._linear(spec, None)
         name = self._by_origin[(spec.role, spec.layer, None, self.scheme.plain_part(spec.role))]
         if spec.role == "router":
-            return np.ascontiguousarray(self._float(name, spec.shape[::-1]).T)
-        return self._float(name, spec.shape)
+            return np.ascontiguousarray(self._float(name).T)
+        return self._float(name)
+
+
+def _checked_weight_map(weight_map: Any, index: Path) -> dict[str, str]:
+    """An index's tensor -> shard map, every shard a plain file name inside the folder."""
+    if not isinstance(weight_map, dict):
+        raise MalformedFileError(f"{index}: weight_map must map tensor names to shard files, "
+                                 f"found {type(weight_map).__name__}")
+    for name, shard in weight_map.items():
+        if not isinstance(shard, str) or shard in ("", ".", "..") or Path(shard).name != shard \
+                or "\\" in shard or "\0" in shard:
+            raise MalformedFileError(f"{index}: {name} maps to {shard!r}; shards must be plain "
+                                     "file names inside the checkpoint folder")
+        shard_path = index.parent / shard
+        if shard_path.is_symlink() and index.parent.resolve() != shard_path.resolve().parent:
+            raise MalformedFileError(f"{index}: shard {shard} is a link out of the checkpoint "
+                                     "folder")
+    return dict(weight_map)
 
 
 def _as_release_int8(packed: PackedLinear, spec: TensorSpec) -> QuantizedWeight8bit | None:
