@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -153,23 +154,60 @@ def inspect(path: Path, as_json: bool) -> None:
         sys.exit(EXIT_BAD_INPUT)
 
 
-def load_tokens(path: Path, vocab: int) -> Any:
-    """A [batch, seq] integer array of token ids from a .npy file, checked against the vocab."""
+def load_tokens(path: Path, config: Grok1Config) -> Any:
+    """A [batch, seq] integer array of token ids from a .npy file, checked against the model:
+    ids in its vocabulary, at least one real (non-pad) token, no longer than its context."""
     import numpy as np
 
     from converter.errors import MalformedFileError
 
+    if path.is_dir():
+        raise UsageError(f"{path}: --tokens names a folder; give a .npy file")
     try:
         tokens = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise MalformedFileError(f"{path}: cannot read tokens ({exc})") from None
-    if tokens.ndim != 2 or not np.issubdtype(tokens.dtype, np.integer):
-        raise MalformedFileError(f"{path}: tokens must be an integer array [batch, seq], "
-                                 f"found {tokens.dtype}{list(tokens.shape)}")
-    if tokens.size and (tokens.min() < 0 or tokens.max() >= vocab):
-        raise MalformedFileError(f"{path}: token ids must lie in [0, {vocab}), found "
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such tokens file") from None
+    except (OSError, ValueError, EOFError) as exc:
+        raise MalformedFileError(f"{path}: cannot read tokens ({_one_line(str(exc)) or 'empty'}"
+                                 "); expected a .npy int array [batch, seq]") from None
+    if not isinstance(tokens, np.ndarray):
+        tokens.close()
+        raise MalformedFileError(f"{path}: an .npz archive; expected a .npy int array "
+                                 "[batch, seq]")
+    if tokens.ndim != 2 or not np.issubdtype(tokens.dtype, np.integer) or not tokens.size:
+        raise MalformedFileError(f"{path}: tokens must be a non-empty integer array "
+                                 f"[batch, seq], found {tokens.dtype}{list(tokens.shape)}")
+    if tokens.min() < 0 or tokens.max() >= config.vocab:
+        raise MalformedFileError(f"{path}: token ids must lie in [0, {config.vocab}), found "
                                  f"[{tokens.min()}, {tokens.max()}]")
     return tokens.astype(np.int64)
+
+
+class FiniteFloat(click.ParamType):
+    """A finite, non-negative number (NaN and infinity are refused)."""
+
+    name = "number"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> float:
+        """Parse and check."""
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(number) or number < 0:
+            self.fail(f"{value!r} must be a finite, non-negative number", param, ctx)
+        return number
+
+
+def output_file(path: Path | None, flag: str) -> None:
+    """Refuse an output file path that is a folder or lies in a missing folder, before any
+    work is done ('-' means stdout)."""
+    if path is None or str(path) == "-":
+        return
+    if path.is_dir():
+        raise UsageError(f"{path}: {flag} names a folder; give a file path")
+    if not path.parent.is_dir():
+        raise UsageError(f"{path}: {flag}'s folder {path.parent} does not exist")
 
 
 @main.command()
@@ -192,10 +230,12 @@ def logits(checkpoint: Path, tokens_path: Path, out: Path, dtype: str, device: s
 
     from converter.atomic import atomic_open
     from converter.layouts import open_checkpoint
+    from verify.run import usable_tokens
     from verify.torch_forward import torch_logits
 
+    output_file(out, "--out")
     reader = open_checkpoint(checkpoint)
-    tokens = load_tokens(tokens_path, reader.config.vocab)
+    tokens = usable_tokens(reader.config, load_tokens(tokens_path, reader.config))
     result = torch_logits(reader, tokens, dtype=dtype, device=device)
     with atomic_open(out) as f:
         np.save(f, result)
@@ -211,10 +251,11 @@ def logits(checkpoint: Path, tokens_path: Path, out: Path, dtype: str, device: s
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--profile", "profile_name", type=click.Choice(["lossless", "int8", "int4"]),
               default="lossless", show_default=True)
-@click.option("--max-kl", type=float, help="Override the profile's mean-KL limit.")
-@click.option("--min-top1", type=float, help="Override the profile's top-1 agreement floor.")
-@click.option("--max-ppl-ratio", type=float, help="Override the perplexity-ratio limit.")
-@click.option("--max-abs-diff", type=float, help="Override the max |logit diff| limit.")
+@click.option("--max-kl", type=FiniteFloat(), help="Override the profile's mean-KL limit.")
+@click.option("--min-top1", type=FiniteFloat(),
+              help="Override the profile's top-1 agreement floor.")
+@click.option("--max-ppl-ratio", type=FiniteFloat(), help="Override the perplexity-ratio limit.")
+@click.option("--max-abs-diff", type=FiniteFloat(), help="Override the max |logit diff| limit.")
 @click.option("--per-layer", is_flag=True,
               help="Run each candidate layer on the reference's input; report per layer.")
 @click.option("--check-tensors/--no-check-tensors", default=None,
@@ -261,6 +302,9 @@ def verify(paths: tuple[Path, ...], tokens_path: Path | None, seq_len: int, batc
     from verify.report import format_markdown, format_table
     from verify.run import random_tokens, run_verification
 
+    for path, flag in ((json_path, "--json"), (markdown_path, "--markdown"),
+                       (save_reference, "--save-reference")):
+        output_file(path, flag)
     stored = ReferenceLogits.load(reference_logits) if reference_logits else None
     if len(paths) == 2:
         reference, candidate = open_checkpoint(paths[0]), open_checkpoint(paths[1])
@@ -269,13 +313,12 @@ def verify(paths: tuple[Path, ...], tokens_path: Path | None, seq_len: int, batc
     else:
         raise UsageError("give REFERENCE and CANDIDATE, or CANDIDATE with --reference-logits "
                          "(--per-layer needs REFERENCE)")
-    vocab = candidate.config.vocab
     if stored is not None:
         tokens = None
     elif tokens_path is not None:
-        tokens = load_tokens(tokens_path, vocab)
+        tokens = load_tokens(tokens_path, candidate.config)
     else:
-        tokens = random_tokens(vocab, batch=batch, seq_len=seq_len, seed=seed)
+        tokens = random_tokens(candidate.config.vocab, batch=batch, seq_len=seq_len, seed=seed)
     limits = profile(profile_name).override(max_kl=max_kl, min_top1=min_top1,
                                             max_ppl_ratio=max_ppl_ratio, max_abs_diff=max_abs_diff)
     if check_tensors is None:
@@ -439,22 +482,31 @@ def quantize(src: Path, dst: Path, scheme_name: str, group_size: int | None, sym
               help="0 picks a free port.")
 @click.option("--rate-limit", type=click.IntRange(min=0), default=0,
               help="Cap each download at this many bytes/s (for testing slow links).")
-def serve(folder: Path, host: str, port: int, rate_limit: int) -> None:
+@click.option("--token", envvar="GROK1_SERVE_TOKEN",
+              help="Accept writes only with this token (clients set HF_TOKEN). Required for "
+                   "uploads when --host is not loopback; env GROK1_SERVE_TOKEN.")
+def serve(folder: Path, host: str, port: int, rate_limit: int, token: str | None) -> None:
     """Serve FOLDER (repos as FOLDER/NAMESPACE/NAME/) as a Hugging Face Hub endpoint.
 
     Enough of the Hub API for huggingface_hub's downloads and uploads: point clients at it
-    with HF_ENDPOINT. Uploads land as plain files, checked by sha256.
+    with HF_ENDPOINT. Uploads land as plain files, checked by sha256; they speak the plain LFS
+    protocol, so upload clients need HF_HUB_DISABLE_XET=1. Only regular files inside FOLDER
+    are served. Bound beyond loopback without --token, the server is read-only.
 
     \b
     Example:
       grok1 make-tiny ./hub/xai-org/grok-1 --preset small
       grok1 serve ./hub --port 8080 &
       HF_ENDPOINT=http://127.0.0.1:8080 grok1 download --local-dir ./grok-1
+      HF_ENDPOINT=http://127.0.0.1:8080 HF_HUB_DISABLE_XET=1 grok1 upload ./out --repo me/x
     """
     from converter.hub_server import make_server
 
     folder.mkdir(parents=True, exist_ok=True)
-    server = make_server(folder, host, port, rate_limit)
+    try:
+        server = make_server(folder, host, port, rate_limit, token=token)
+    except OSError as exc:
+        raise UsageError(f"{host}:{port}: cannot listen ({exc.strerror or exc})") from None
     click.echo(f"serving {folder} at http://{host}:{server.server_address[1]}", err=False)
     sys.stdout.flush()
     try:

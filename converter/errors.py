@@ -13,6 +13,7 @@ __all__ = [
     "DiskSpaceError",
     "Grok1Error",
     "HubError",
+    "HubHttpError",
     "LayoutError",
     "MalformedFileError",
     "MappingError",
@@ -70,6 +71,14 @@ class DiskSpaceError(Grok1Error, OSError):
 
 class HubError(Grok1Error, ConnectionError):
     """A Hub request that failed: auth, missing repo or revision, network."""
+
+
+class HubHttpError(HubError):
+    """What `grok1 serve` answers a bad request with: an HTTP status and the Hub's error code."""
+
+    def __init__(self, status: int, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code = status, code
 
 
 class VerificationFailed(Grok1Error):

@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from converter import __version__
-from converter.atomic import atomic_open
-from converter.errors import HubError, MalformedFileError
+from converter.atomic import INCOMPLETE_SUFFIX, atomic_open, check_free_space
+from converter.errors import HubError, MalformedFileError, UsageError
+from converter.output import MANIFEST_NAME
 
 __all__ = ["DOWNLOAD_RECORD", "download", "model_card", "upload"]
 
@@ -52,6 +53,24 @@ def _hub_error(exc: Exception, repo: str, revision: str | None) -> HubError:
         return HubError(f"{repo}: HF_HUB_OFFLINE is set, so the Hub cannot be reached")
     return HubError(f"{repo}: network error talking to the Hub "
                     f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")
+
+
+def check_repo_id(repo: str) -> str:
+    """A repo id the Hub accepts (`namespace/name`), or a one-line error."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo)
+    except HFValidationError as exc:
+        raise UsageError(f"--repo {repo!r}: {_one_line(str(exc))}") from None
+    if "/" not in repo:
+        raise UsageError(f"--repo {repo!r}: expected NAMESPACE/NAME")
+    return repo
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 def _network_errors() -> tuple[type[Exception], ...]:
@@ -90,10 +109,13 @@ def download(repo: str, local_dir: Path, *, revision: str | None = None,
     from huggingface_hub import HfApi, snapshot_download
     from huggingface_hub.utils import disable_progress_bars
 
+    check_repo_id(repo)
     if quiet or not sys.stderr.isatty():
         disable_progress_bars()
     api = HfApi(endpoint=endpoint)
     local_dir = Path(local_dir)
+    if local_dir.exists() and not local_dir.is_dir():
+        raise UsageError(f"{local_dir}: exists and is not a folder")
     try:
         sha = api.repo_info(repo, revision=revision).sha
         patterns = tuple(include) or DEFAULT_PATTERNS
@@ -105,6 +127,9 @@ def download(repo: str, local_dir: Path, *, revision: str | None = None,
         raise _hub_error(exc, repo, revision) from None
     if not files:
         raise HubError(f"{repo}@{sha[:12]}: no files match {list(patterns)}")
+    for f in files:
+        if Path(f.path).is_absolute() or ".." in Path(f.path).parts:
+            raise HubError(f"{repo}@{sha[:12]}: the Hub lists an unsafe path {f.path!r}")
     present = [f for f in files if (local_dir / f.path).is_file()
                and (local_dir / f.path).stat().st_size == f.size]
     summary: dict[str, Any] = {
@@ -115,27 +140,53 @@ def download(repo: str, local_dir: Path, *, revision: str | None = None,
         summary["plan"] = [{"path": f.path, "bytes": f.size,
                             "present": f in present} for f in files]
         return summary
+    check_free_space(local_dir, summary["bytes"] - summary["present_bytes"])
+    before = {f.path: _stamp(local_dir / f.path) for f in files}
     try:
         snapshot_download(repo, revision=sha, local_dir=local_dir,
                           allow_patterns=list(patterns), max_workers=workers, endpoint=endpoint)
     except _network_errors() as exc:
         raise _hub_error(exc, repo, revision) from None
     if verify:
-        _verify_sha256(local_dir, files, workers)
+        _verify_hashes(local_dir, files, workers)
     record = {**summary, "patterns": list(patterns), "tool": f"grok1-toolchain {__version__}",
-              "sha256": {f.path: f.lfs.sha256 for f in files if f.lfs is not None}}
+              "sha256": {f.path: f.lfs.sha256 for f in files if f.lfs is not None},
+              "git_sha1": {f.path: f.blob_id for f in files if f.lfs is None}}
     with atomic_open(local_dir / DOWNLOAD_RECORD) as f:
         f.write(json.dumps(record, indent=2).encode())
-    summary["downloaded"] = len(files) - len(present)
+    summary["downloaded"] = sum(before[f.path] != _stamp(local_dir / f.path) for f in files)
     return summary
 
 
-def _verify_sha256(local_dir: Path, files: list[Any], workers: int) -> None:
-    """Hash every LFS file in parallel; remove and name any that does not match."""
-    checked = [f for f in files if f.lfs is not None]
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    """What changes when a file is (re)written: inode, size, modification time."""
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
+def _git_sha1(path: Path) -> str:
+    digest = hashlib.sha1(b"blob %d\0" % path.stat().st_size)
+    with open(path, "rb") as f:
+        while chunk := f.read(8 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _verify_hashes(local_dir: Path, files: list[Any], workers: int) -> None:
+    """Check every file in parallel: LFS files by sha256, the others (config.json decides how
+    the whole model is read) by their git blob id; remove and name any that does not match."""
+    def matches(f: Any) -> bool:
+        path = local_dir / f.path
+        if f.lfs is not None:
+            return _sha256(path) == f.lfs.sha256
+        return _git_sha1(path) == f.blob_id
+
     with concurrent.futures.ThreadPoolExecutor(max(workers, 1)) as pool:
-        digests = list(pool.map(lambda f: _sha256(local_dir / f.path), checked))
-    bad = [f for f, digest in zip(checked, digests, strict=True) if digest != f.lfs.sha256]
+        results = list(pool.map(matches, files))
+    bad = [f for f, good in zip(files, results, strict=True) if not good]
     for f in bad:
         (local_dir / f.path).unlink()
     if bad:
@@ -145,28 +196,45 @@ def _verify_sha256(local_dir: Path, files: list[Any], workers: int) -> None:
                                  "removed them, rerun to download again")
 
 
+def _scheme(config: dict[str, Any], source: Path) -> tuple[str, list[str], bool]:
+    """(format description, tags, quantized) from a config.json's quantization_config."""
+    quant = config.get("quantization_config")
+    if not quant:
+        return f"dense {config.get('torch_dtype', 'unknown')} weights", ["grok-1"], False
+    groups = quant.get("config_groups") if isinstance(quant, dict) else None
+    group = next(iter(groups.values()), None) if isinstance(groups, dict) else None
+    weights = group.get("weights") if isinstance(group, dict) else None
+    if not isinstance(weights, dict) or not {"num_bits", "strategy", "symmetric"} <= set(weights):
+        raise MalformedFileError(f"{source}: quantization_config is malformed (needs config_groups"
+                                 " whose weights give num_bits, strategy and symmetric)")
+    size = weights.get("group_size")
+    scheme = (f"compressed-tensors {quant.get('format', 'unknown')}, int{weights['num_bits']} "
+              f"{weights['strategy']}" + (f" (group size {size})" if size else "")
+              + (", symmetric" if weights["symmetric"] else ", asymmetric"))
+    return scheme, ["grok-1", "compressed-tensors", f"int{weights['num_bits']}"], True
+
+
+def invocation(argv: list[str]) -> str:
+    """The command line as `grok1 ...`, with no local path: the executable becomes `grok1` and
+    any argument naming a file or folder here keeps only its last name."""
+    def public(arg: str) -> str:
+        option, equals, value = arg.partition("=") if arg.startswith("--") else ("", "", arg)
+        local = value and (Path(value).is_absolute() or Path(value).exists())
+        return option + equals + (Path(value).name if local else value)
+    return shlex.join(["grok1", *(public(a) for a in argv[1:])])
+
+
 def model_card(folder: Path, repo: str, *, command: list[str] | None = None) -> str:
     """README.md for an output folder: YAML front matter, provenance, scheme, verification."""
     folder = Path(folder)
     config = _json(folder / "config.json")
-    quant = config.get("quantization_config")
+    scheme, tags, quantized = _scheme(config, folder / "config.json")
     source = _provenance(folder)
-    if quant:
-        group = next(iter(quant["config_groups"].values()))["weights"]
-        scheme = (f"compressed-tensors {quant['format']}, int{group['num_bits']} "
-                  f"{group['strategy']}" + (f" (group size {group['group_size']})"
-                                            if group.get("group_size") else "")
-                  + (", symmetric" if group["symmetric"] else ", asymmetric"))
-        tags = ["grok-1", "compressed-tensors", f"int{group['num_bits']}"]
-    else:
-        scheme = f"dense {config.get('torch_dtype', 'unknown')} weights"
-        tags = ["grok-1"]
     front = ["---", "base_model: xai-org/grok-1"]
-    if quant:
+    if quantized:
         front.append("base_model_relation: quantized")
     front += ["license: apache-2.0", "library_name: vllm", "tags:",
               *[f"  - {tag}" for tag in tags], "---", ""]
-    invoked = shlex.join(command or sys.argv)
     lines = [
         f"# {repo}", "",
         "Grok-1 (xai-org/grok-1, 314B mixture-of-experts) converted by grok1-toolchain.", "",
@@ -174,7 +242,7 @@ def model_card(folder: Path, repo: str, *, command: list[str] | None = None) -> 
         f"`{source.get('commit', 'unknown')}`",
         f"- Format: {scheme}",
         f"- Tool: grok1-toolchain {__version__}",
-        f"- Command: `{invoked}`", "",
+        f"- Command: `{invocation(command or sys.argv)}`", "",
     ]
     report = folder / "verification_report.md"
     if report.is_file():
@@ -186,9 +254,10 @@ def model_card(folder: Path, repo: str, *, command: list[str] | None = None) -> 
 
 def _json(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+        data = json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
         return {}
+    return data if isinstance(data, dict) else {}
 
 
 def _provenance(folder: Path) -> dict[str, str]:
@@ -196,34 +265,60 @@ def _provenance(folder: Path) -> dict[str, str]:
     for name in ("grok1-provenance.json", DOWNLOAD_RECORD):
         data = _json(folder / name)
         if data:
-            return {"repo": data.get("repo", ""), "commit": data.get("commit", "")}
+            return {"repo": str(data.get("repo", "")), "commit": str(data.get("commit", ""))}
     return {}
+
+
+_NOT_UPLOADED = (".cache", MANIFEST_NAME, "README.md")
+
+
+def upload_files(folder: Path) -> list[Path]:
+    """The files `upload` publishes: everything in the folder but caches, temporaries, the
+    manifest and an old card. A symbolic link is refused: it could publish a file from
+    outside the folder."""
+    files = []
+    for path in sorted(folder.rglob("*")):
+        relative = path.relative_to(folder)
+        if relative.parts[0] in _NOT_UPLOADED or path.name.endswith(INCOMPLETE_SUFFIX):
+            continue
+        if path.is_symlink():
+            raise UsageError(f"{path}: is a symbolic link; upload publishes only the folder's "
+                             "own files (copy the file in instead)")
+        if path.is_file():
+            files.append(relative)
+        elif not path.is_dir():
+            raise UsageError(f"{path}: not a regular file")
+    return files
 
 
 def upload(folder: Path, repo: str, *, revision: str | None = None, private: bool = False,
            create_pr: bool = False, endpoint: str | None = None,
            command: list[str] | None = None) -> dict[str, Any]:
-    """Create the repo if needed, write README.md, upload the folder (rerun to resume)."""
-    from huggingface_hub import HfApi
+    """Create the repo if needed and commit the folder with a generated model card (rerun to
+    resume: files already on the Hub are not sent again). The card is written into the folder
+    only once the upload succeeded."""
+    from huggingface_hub import CommitOperationAdd, HfApi
     from huggingface_hub.utils import disable_progress_bars
 
+    check_repo_id(repo)
     if not sys.stderr.isatty():
         disable_progress_bars()
     folder = Path(folder)
     if not folder.is_dir():
-        raise MalformedFileError(f"{folder}: not a folder")
-    with atomic_open(folder / "README.md") as f:
-        f.write(model_card(folder, repo, command=command).encode())
+        raise UsageError(f"{folder}: not a folder")
+    card = model_card(folder, repo, command=command).encode()
+    operations = [CommitOperationAdd(path.as_posix(), folder / path)
+                  for path in upload_files(folder)]
+    operations.append(CommitOperationAdd("README.md", card))
     api = HfApi(endpoint=endpoint)
     try:
         api.create_repo(repo, private=private, exist_ok=True)
-        info = api.upload_folder(repo_id=repo, folder_path=folder, revision=revision,
-                                 create_pr=create_pr, commit_message="Upload with grok1-toolchain",
-                                 ignore_patterns=[".cache/**", "*.incomplete",
-                                                  "grok1-manifest.json"])
+        info = api.create_commit(repo, operations, commit_message="Upload with grok1-toolchain",
+                                 revision=revision, create_pr=create_pr)
     except _network_errors() as exc:
         raise _hub_error(exc, repo, revision) from None
+    with atomic_open(folder / "README.md") as f:
+        f.write(card)
     return {"repo": repo, "commit": info.oid, "url": str(info.commit_url),
-            "pr_url": info.pr_url, "files": sum(1 for p in folder.rglob("*") if p.is_file()
-                                                and ".cache" not in p.parts),
+            "pr_url": info.pr_url, "files": len(operations),
             "endpoint": endpoint or os.environ.get("HF_ENDPOINT", "https://huggingface.co")}

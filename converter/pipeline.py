@@ -14,7 +14,7 @@ from typing import Any
 
 from converter import __version__
 from converter.atomic import atomic_open
-from converter.errors import UsageError, VerificationFailed
+from converter.errors import MalformedFileError, UsageError, VerificationFailed
 
 __all__ = ["STEPS", "run_pipeline"]
 
@@ -25,6 +25,21 @@ STATE_NAME = "pipeline.json"
 def _save(work: Path, state: dict[str, Any]) -> None:
     with atomic_open(work / STATE_NAME) as f:
         f.write(json.dumps(state, indent=2).encode())
+
+
+def _load_state(path: Path) -> dict[str, Any] | None:
+    """The run manifest of an earlier run, checked; None when there is none."""
+    if not path.is_file():
+        return None
+    try:
+        state = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise MalformedFileError(f"{path}: not readable ({exc}); use another --work-dir") from None
+    if not (isinstance(state, dict) and isinstance(state.get("steps"), dict)
+            and isinstance(state.get("settings"), dict)
+            and all(isinstance(s, dict) for s in state["steps"].values())):
+        raise MalformedFileError(f"{path}: not a pipeline run manifest; use another --work-dir")
+    return state
 
 
 def _profile(to: str, dtype: str) -> str:
@@ -41,12 +56,13 @@ def run_pipeline(*, to: str, repo: str, revision: str | None, work_dir: Path,
                  echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Run (or resume) the pipeline; returns the run manifest."""
     work = Path(work_dir)
+    if work.exists() and not work.is_dir():
+        raise UsageError(f"{work}: --work-dir exists and is not a folder")
     work.mkdir(parents=True, exist_ok=True)
     settings = {"to": to, "repo": repo, "revision": revision, "upload": upload_repo,
                 "dtype": dtype if to == "hf" else None, "names": names, "seq_len": seq_len,
                 "batch": batch, "seed": seed}
-    state_path = work / STATE_NAME
-    state = json.loads(state_path.read_text()) if state_path.is_file() else {
+    state = _load_state(work / STATE_NAME) or {
         "settings": settings, "steps": {}, "tool": f"grok1-toolchain {__version__}"}
     if state["settings"] != settings:
         raise UsageError(f"{work}: holds a pipeline run with other settings "

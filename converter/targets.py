@@ -39,18 +39,20 @@ _UNITS = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MI
 
 
 def parse_size(text: str) -> int:
-    """'5GB' -> 5_000_000_000."""
+    """'5GB' -> 5_000_000_000; a positive, finite number of bytes."""
     raw = text.strip().upper()
+    number, unit = raw, 1
     for suffix in sorted(_UNITS, key=len, reverse=True):
         if raw.endswith(suffix):
-            try:
-                return int(float(raw[: -len(suffix)]) * _UNITS[suffix])
-            except ValueError:
-                break
+            number, unit = raw[: -len(suffix)], _UNITS[suffix]
+            break
     try:
-        return int(raw)
+        value = float(number) * unit
     except ValueError:
-        raise UsageError(f"cannot read size {text!r}; write e.g. 5GB or 500MB") from None
+        value = float("nan")
+    if not 1 <= value < 2**63:
+        raise UsageError(f"cannot use size {text!r}; write a positive size such as 5GB or 500MB")
+    return int(value)
 
 
 DTYPE_FORMATS = {"f32": LinearFormat("dense", "F32"), "bf16": LinearFormat("dense", "BF16")}

@@ -48,12 +48,17 @@ def format_table(result: VerifyResult) -> str:
     return "\n".join(lines)
 
 
+def _cell(text: str) -> str:
+    """A Markdown table cell: a literal `|` would split the row."""
+    return str(text).replace("|", "\\|")
+
+
 def format_markdown(result: VerifyResult, *, title: str = "Verification") -> str:
     """Markdown tables, as embedded in model cards."""
     verdict = "passed" if result.passed else "failed: " + "; ".join(result.reasons)
-    lines = [f"## {title}", "", f"Result: **{verdict}**", "",
+    lines = [f"## {title}", "", f"Result: **{_cell(verdict)}**", "",
              "| metric | value |", "| --- | ---: |"]
-    lines += [f"| {label} | {value} |" for label, value in _rows(result.metrics)]
+    lines += [f"| {_cell(label)} | {_cell(value)} |" for label, value in _rows(result.metrics)]
     if result.per_layer:
         lines += ["", "| layer | attention | MoE | output |", "| --- | ---: | ---: | ---: |"]
         lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in _layer_rows(result.per_layer)]

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from converter.config import Grok1Config
 from converter.errors import ConfigMismatchError, UsageError
 from converter.layouts import CheckpointReader
 from converter.tensors import QuantizedWeight8bit
@@ -22,7 +23,8 @@ from verify.profiles import Thresholds, judge
 from verify.torch_forward import StreamedGrok1
 from verify.weights import dense
 
-__all__ = ["VerifyResult", "compare_tensors", "random_tokens", "run_verification"]
+__all__ = ["VerifyResult", "compare_tensors", "random_tokens", "run_verification",
+           "usable_tokens"]
 
 
 @dataclasses.dataclass
@@ -106,12 +108,36 @@ def checked_tokens(reference: CheckpointReader | None, candidate: CheckpointRead
                    reference_logits: ReferenceLogits | None) -> np.ndarray:
     """The tokens to run (a stored reference brings its own), once both checkpoints are known
     to be the same model."""
+    config = candidate.config
     if reference is not None:
         _check_same_shape(reference, candidate)
     if reference_logits is not None:
+        if (reference_logits.vocab, reference_logits.pad_token) != (config.vocab,
+                                                                    config.pad_token):
+            raise ConfigMismatchError(
+                f"the stored reference is of another model (vocabulary {reference_logits.vocab}"
+                f", pad {reference_logits.pad_token}; the candidate has {config.vocab}, "
+                f"{config.pad_token})")
         tokens = reference_logits.tokens
     if tokens is None:
         raise UsageError("no tokens: give --tokens, --seq-len/--batch, or --reference-logits")
+    real = usable_tokens(config, tokens) != config.pad_token
+    if not (real[:, 1:] & real[:, :-1]).any():
+        raise UsageError("no sequence has two real tokens in a row, so perplexity is undefined; "
+                         "give sequences of at least 2 tokens")
+    return tokens
+
+
+def usable_tokens(config: Grok1Config, tokens: np.ndarray) -> np.ndarray:
+    """`tokens` if the model can run them: within its context and vocabulary, not all padding."""
+    if tokens.shape[1] > config.max_seq_len:
+        raise UsageError(f"sequences of {tokens.shape[1]} tokens exceed the model's context of "
+                         f"{config.max_seq_len}")
+    if int(tokens.max()) >= config.vocab:
+        raise UsageError(f"token id {int(tokens.max())} is outside the model's "
+                         f"{config.vocab}-token vocabulary")
+    if not (tokens != config.pad_token).any():
+        raise UsageError(f"every token is padding (id {config.pad_token}): nothing to run")
     return tokens
 
 

@@ -9,6 +9,7 @@ exactly (int8 x scale in float32; rounded once to bf16 in bfloat16 mode, as the 
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any
 
 import numpy as np
@@ -56,6 +57,8 @@ class StreamedGrok1:
                  device: str = "cpu") -> None:
         if dtype not in DTYPES:
             raise UsageError(f"unknown dtype {dtype!r}; known: {', '.join(DTYPES)}")
+        if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+            raise UsageError(f"unknown device {device!r}; choose cpu, cuda or cuda:N")
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise UsageError("--device cuda asked for, but torch sees no CUDA device")
         self.reader = reader
