@@ -136,7 +136,9 @@ def make_tiny(folder: Path, preset: str, layers: int | None, seed: int, overwrit
 @main.command()
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def inspect(path: Path, as_json: bool) -> None:
+@click.option("--check-hashes", is_flag=True,
+              help="Also re-hash every file against the sha256 recorded by `grok1 download`.")
+def inspect(path: Path, as_json: bool, check_hashes: bool) -> None:
     """Describe a checkpoint: layout, config, tensors, totals and every integrity problem.
 
     Exits 2 when any problem is found.
@@ -145,10 +147,11 @@ def inspect(path: Path, as_json: bool) -> None:
     Example:
       grok1 inspect ./tiny-grok
       grok1 inspect ./tiny-grok --json | jq .problems
+      grok1 inspect ./grok-1 --check-hashes      # after `grok1 download`
     """
     from converter.inspect import format_report, inspect_checkpoint
 
-    report = inspect_checkpoint(path)
+    report = inspect_checkpoint(path, check_hashes=check_hashes)
     click.echo(json.dumps(report, indent=2) if as_json else format_report(report))
     if report["problems"]:
         sys.exit(EXIT_BAD_INPUT)

@@ -24,7 +24,8 @@ from converter.atomic import INCOMPLETE_SUFFIX, atomic_open, check_free_space
 from converter.errors import HubError, MalformedFileError, UsageError
 from converter.output import MANIFEST_NAME
 
-__all__ = ["DOWNLOAD_RECORD", "download", "model_card", "upload"]
+__all__ = ["DOWNLOAD_RECORD", "check_repo_id", "download", "invocation", "model_card",
+           "recorded_hash_problems", "upload", "upload_files"]
 
 DOWNLOAD_RECORD = "grok1-download.json"
 DEFAULT_PATTERNS = ("ckpt-0/*", "config.json")
@@ -173,6 +174,33 @@ def _git_sha1(path: Path) -> str:
         while chunk := f.read(8 << 20):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def recorded_hash_problems(folder: Path, workers: int = 4) -> list[str]:
+    """Files of a download whose bytes no longer hash to what `grok1-download.json` recorded
+    (sha256 for LFS files, the git blob id for the others); one line each."""
+    record_path = Path(folder) / DOWNLOAD_RECORD
+    try:
+        record = json.loads(record_path.read_text())
+        expected = [(p, "sha256", h) for p, h in record.get("sha256", {}).items()]
+        expected += [(p, "git_sha1", h) for p, h in record.get("git_sha1", {}).items()]
+    except FileNotFoundError:
+        return [f"{record_path}: missing (only a folder made by `grok1 download` has hashes "
+                "to check)"]
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as exc:
+        return [f"{record_path}: not a download record ({exc})"]
+
+    def problem(item: tuple[str, str, str]) -> str | None:
+        relative, kind, digest = item
+        path = Path(folder) / relative
+        if Path(relative).is_absolute() or ".." in Path(relative).parts or not path.is_file():
+            return f"{path}: missing"
+        found = _sha256(path) if kind == "sha256" else _git_sha1(path)
+        return None if found == digest else f"{path}: {kind} {found} differs from the " \
+                                                 f"recorded {digest}"
+
+    with concurrent.futures.ThreadPoolExecutor(max(workers, 1)) as pool:
+        return [p for p in pool.map(problem, sorted(expected)) if p]
 
 
 def _verify_hashes(local_dir: Path, files: list[Any], workers: int) -> None:

@@ -49,10 +49,15 @@ def _sharded(path: Path, layout: str) -> dict[str, Any]:
             "quantization": (checkpoint.hf.get("quantization_config") or {}).get("format")}
 
 
-def inspect_checkpoint(path: Path) -> dict[str, Any]:
-    """A JSON-ready description: layout, config, tensors, totals and integrity problems."""
+def inspect_checkpoint(path: Path, *, check_hashes: bool = False) -> dict[str, Any]:
+    """A JSON-ready description: layout, config, tensors, totals and integrity problems; with
+    `check_hashes`, also every file whose hash differs from the download record."""
     layout = detect_layout(path)
     found = _xai(path) if layout == "xai" else _sharded(path, layout)
+    if check_hashes:
+        from converter.hub import recorded_hash_problems
+
+        found["problems"] += recorded_hash_problems(path)
     tensors = found.pop("tensors")
     parameters = found.pop("parameters")
     return {"path": str(path), "layout": layout, **found, "tensors": tensors,

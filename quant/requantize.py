@@ -119,9 +119,11 @@ class QuantizeProducer(Producer):
 
     def __call__(self, out: OutTensor) -> np.ndarray:
         origin = out.origin
-        if origin.role not in LINEAR_ROLES:
-            return super().__call__(out)
         spec = self._specs[(origin.role, origin.layer)]
+        if origin.role not in LINEAR_ROLES:
+            array = super().__call__(out)
+            _check_finite(spec, None, array)
+            return array
         module = origin.name.rsplit(".", 1)[0]
         packed = self.quantized(spec, origin.expert, module)
         parts = {"weight_packed": packed.packed, "weight_scale": packed.scale,

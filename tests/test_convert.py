@@ -19,7 +19,7 @@ from safetensors import safe_open
 from converter.cli import main
 from converter.layouts import open_checkpoint
 from converter.tensors import round_to_bf16
-from tests.conftest import file_digests
+from tests.conftest import bad_input, file_digests
 
 GROK1 = [sys.executable, "-m", "converter"]
 
@@ -151,15 +151,14 @@ def test_workers_give_the_same_bytes(small_ckpt, tmp_path):
 
 def test_existing_output_rules(upstream, tmp_path):
     ok(upstream, tmp_path / "out", "--dtype", "f32")
-    refused = convert(upstream, tmp_path / "out", "--dtype", "f32")
-    assert refused.exit_code == 2 and "--resume" in refused.output
-    other = convert(upstream, tmp_path / "out", "--dtype", "bf16", "--resume")
-    assert other.exit_code == 2 and "other settings" in other.output
+    assert "--resume" in bad_input("convert", upstream, tmp_path / "out", "--dtype", "f32")
+    assert "other settings" in bad_input("convert", upstream, tmp_path / "out", "--dtype",
+                                         "bf16", "--resume")
     ok(upstream, tmp_path / "out", "--dtype", "bf16", "--overwrite")
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "x").write_text("mine")
-    no_manifest = convert(upstream, tmp_path / "junk", "--resume")
-    assert no_manifest.exit_code == 2 and (tmp_path / "junk" / "x").read_text() == "mine"
+    bad_input("convert", upstream, tmp_path / "junk", "--resume")
+    assert (tmp_path / "junk" / "x").read_text() == "mine"
 
 
 def test_dry_run_writes_nothing(upstream, tmp_path):
@@ -171,9 +170,7 @@ def test_dry_run_writes_nothing(upstream, tmp_path):
 def test_lossy_sources_cannot_become_int8_or_original(upstream, tmp_path):
     ok(upstream, tmp_path / "f32", "--dtype", "f32")
     for args in (("--dtype", "int8"), ("--to", "xai")):
-        result = convert(tmp_path / "f32", tmp_path / f"bad{args[1]}", *args)
-        assert result.exit_code == 2, result.output
-        assert "int8" in result.output
+        assert "int8" in bad_input("convert", tmp_path / "f32", tmp_path / f"bad{args[1]}", *args)
 
 
 def test_unmapped_and_missing_names_are_listed(upstream, tmp_path):
@@ -183,20 +180,17 @@ def test_unmapped_and_missing_names_are_listed(upstream, tmp_path):
     shard = index["weight_map"].pop("model.layers.4.moe_block.experts.2.linear_v.weight")
     index["weight_map"]["model.layers.4.moe_block.experts.9.linear_v.weight"] = shard
     index_path.write_text(json.dumps(index))
-    result = convert(tmp_path / "hf", tmp_path / "again", "--dtype", "f32")
-    assert result.exit_code == 2
-    assert "1 unmapped tensors: model.layers.4.moe_block.experts.9.linear_v.weight" in \
-        result.output
-    assert "1 missing tensors: model.layers.4.moe_block.experts.2.linear_v.weight" in \
-        result.output
+    line = bad_input("convert", tmp_path / "hf", tmp_path / "again", "--dtype", "f32")
+    assert "1 unmapped tensors: model.layers.4.moe_block.experts.9.linear_v.weight" in line
+    assert "1 missing tensors: model.layers.4.moe_block.experts.2.linear_v.weight" in line
 
 
 def test_truncated_shard_is_named(upstream, tmp_path):
     ok(upstream, tmp_path / "hf", "--dtype", "f32", "--shard-size", "2MB")
     victim = tmp_path / "hf" / "model-00002-of-00015.safetensors"
     victim.write_bytes(victim.read_bytes()[:100000])
-    result = convert(tmp_path / "hf", tmp_path / "again", "--to", "torch")
-    assert result.exit_code == 2 and "model-00002-of-00015.safetensors" in result.output
+    assert "model-00002-of-00015.safetensors" in bad_input("convert", tmp_path / "hf",
+                                                           tmp_path / "again", "--to", "torch")
 
 
 def test_preflight_refuses_a_small_disk(upstream, tmp_path, monkeypatch):
@@ -204,8 +198,7 @@ def test_preflight_refuses_a_small_disk(upstream, tmp_path, monkeypatch):
     from collections import namedtuple
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**6, 0, 10**6))
-    result = convert(upstream, tmp_path / "out")
-    assert result.exit_code == 2 and "GB free" in result.output
+    assert "GB free" in bad_input("convert", upstream, tmp_path / "out")
 
 
 def test_disk_full_mid_run_leaves_nothing_that_looks_complete(small_ckpt, tmp_path,
@@ -221,8 +214,8 @@ def test_disk_full_mid_run_leaves_nothing_that_looks_complete(small_ckpt, tmp_pa
         return original(entry, array, path)
 
     monkeypatch.setattr(containers, "_raw", failing)
-    result = convert(small_ckpt, tmp_path / "out", "--workers", "1", "--shard-size", "4MB")
-    assert result.exit_code == 2 and "disk full" in result.output
+    assert "disk full" in bad_input("convert", small_ckpt, tmp_path / "out", "--workers", "1",
+                                    "--shard-size", "4MB", "--quiet")
     out = tmp_path / "out"
     assert not list(out.rglob("*.incomplete"))
     manifest = json.loads((out / "grok1-manifest.json").read_text())
@@ -310,8 +303,8 @@ def test_tokenizer_ships_with_hf_output(upstream, tmp_path):
     assert config["model_max_length"] == 8192
     generation = json.loads((tmp_path / "hf" / "generation_config.json").read_text())
     assert (generation["bos_token_id"], generation["eos_token_id"]) == (1, 2)
-    missing = convert(upstream, tmp_path / "hf2", "--tokenizer", tmp_path / "nope.model")
-    assert missing.exit_code == 2 and "nope.model" in missing.output
+    assert "nope.model" in bad_input("convert", upstream, tmp_path / "hf2", "--tokenizer",
+                                     tmp_path / "nope.model")
 
 
 def test_hf_tensor_with_the_wrong_shape_is_named(upstream, tmp_path):
@@ -327,9 +320,8 @@ def test_hf_tensor_with_the_wrong_shape_is_named(upstream, tmp_path):
     with SafetensorsWriter(path, entries) as writer:
         for entry in entries:
             writer.write(entry.name, arrays[entry.name])
-    result = convert(tmp_path / "hf", tmp_path / "again", "--dtype", "f32")
-    assert result.exit_code == 2
-    assert f"{victim} has shape [64, 128], the config implies [128, 64]" in result.output
+    assert f"{victim} has shape [64, 128], the config implies [128, 64]" in bad_input(
+        "convert", tmp_path / "hf", tmp_path / "again", "--dtype", "f32")
 
 
 @pytest.mark.parametrize("writer", ["safetensors", "torch"])
