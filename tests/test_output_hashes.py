@@ -1,0 +1,60 @@
+"""Every output byte, pinned: the sha256 of every file that `convert` and `quantize` write for
+the upstream fixture and a generated `small`, recorded before the layouts and schemes were
+refactored into registries (tests/data/output-hashes.json). A refactor must not move a byte.
+
+To record them again (only for a deliberate change of an output format, said in the commit):
+    GROK1_RECORD_HASHES=1 python -m pytest tests/test_output_hashes.py
+"""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from converter.cli import main
+from tests.conftest import TEST_DATA, file_digests
+
+RECORD = TEST_DATA / "output-hashes.json"
+CASES = {
+    "hf-f32": ["convert", "--to", "hf", "--dtype", "f32"],
+    "hf-bf16": ["convert", "--to", "hf", "--dtype", "bf16", "--shard-size", "3MB"],
+    "hf-int8": ["convert", "--to", "hf", "--dtype", "int8"],
+    "hf-f32-sglang": ["convert", "--to", "hf", "--dtype", "f32", "--names", "sglang"],
+    "torch-bf16": ["convert", "--to", "torch", "--dtype", "bf16", "--shard-size", "3MB"],
+    "torch-int8-sglang": ["convert", "--to", "torch", "--dtype", "int8", "--names", "sglang"],
+    "quant-int8": ["quantize", "--scheme", "int8"],
+    "quant-int4": ["quantize", "--scheme", "int4"],
+    "quant-int4-asym": ["quantize", "--scheme", "int4", "--asymmetric"],
+    "quant-int4-mse": ["quantize", "--scheme", "int4", "--method", "mse"],
+}
+
+
+def outputs(source: Path, root: Path) -> dict[str, dict[str, str]]:
+    """Run every case (and int8 back to the release layout); the digests of what each wrote."""
+    found = {}
+    for name, (command, *options) in CASES.items():
+        result = CliRunner().invoke(main, [command, str(source), str(root / name), "--quiet",
+                                           "--workers", "1", *options])
+        assert result.exit_code == 0, (name, result.output)
+        found[name] = file_digests(root / name, skip=lambda p: p.name == "grok1-manifest.json")
+    result = CliRunner().invoke(main, ["convert", str(root / "hf-int8"), str(root / "xai"),
+                                       "--to", "xai", "--quiet"])
+    assert result.exit_code == 0, result.output
+    found["hf-int8-to-xai"] = file_digests(root / "xai",
+                                           skip=lambda p: p.name == "grok1-manifest.json")
+    return found
+
+
+@pytest.mark.parametrize("source", ["upstream", "small_ckpt"])
+def test_every_output_byte_is_unchanged(source, request, tmp_path):
+    found = outputs(request.getfixturevalue(source), tmp_path)
+    if os.environ.get("GROK1_RECORD_HASHES"):
+        recorded = json.loads(RECORD.read_text()) if RECORD.is_file() else {}
+        recorded[source] = found
+        RECORD.write_text(json.dumps(recorded, indent=1, sort_keys=True) + "\n")
+    expected = json.loads(RECORD.read_text())[source]
+    assert sorted(found) == sorted(expected)
+    for case in expected:
+        assert found[case] == expected[case], case
