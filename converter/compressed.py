@@ -1,4 +1,7 @@
-"""The compressed-tensors `pack-quantized` layout: packing, unpacking and packed Linears.
+"""How a Linear is stored: dense, or compressed-tensors `pack-quantized`. One module that the
+writers and the readers share: the Linear formats, the table of their parts (names, dtypes,
+shapes), packing and unpacking, packed Linears, and the config.json `quantization_config` in
+both directions.
 
 Checked against the compressed-tensors 0.20.0 package: codes are offset by 2^(bits-1) and packed
 low bits first along the input dimension into int32 words (int4: column 8j+k of word j at bits
@@ -9,14 +12,81 @@ quantization math that chooses codes and scales lives in `quant/`.
 from __future__ import annotations
 
 import dataclasses
+import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from converter.dtypes import FLOATS
+from converter.errors import MalformedFileError
+from converter.names import NameScheme
+from converter.spec import LINEAR_ROLES, TensorSpec
 from converter.tensors import bf16_bits_to_f32, dense
 
-__all__ = ["PackedLinear", "StackedExperts", "pack_codes", "quantization_config",
-           "unpack_codes"]
+__all__ = ["PARTS", "LinearFormat", "PackedLinear", "Part", "StackedExperts", "config_groups",
+           "formats_from_quantization", "ignored_modules", "linear_shape",
+           "lossless_group_size", "pack_codes", "quantization_config", "unpack_codes"]
+
+
+@dataclasses.dataclass(frozen=True)
+class LinearFormat:
+    """How Linear weights are stored: dense (F32 / BF16) or pack-quantized."""
+
+    kind: str                  # "dense" or "packed"
+    dtype: str = "BF16"        # dense dtype, or the scale dtype of packed weights (safetensors)
+    bits: int = 8
+    group_size: int | None = None  # None: one group per output channel (strategy channel)
+    symmetric: bool = True
+
+    def parts(self) -> tuple[str, ...]:
+        """Tensor name suffixes of one Linear in this format."""
+        if self.kind == "dense":
+            return ("weight",)
+        return ("weight_packed", "weight_scale", "weight_shape") + (
+            () if self.symmetric else ("weight_zero_point",))
+
+    def groups(self, in_features: int) -> int:
+        """Number of scale groups along the input dimension."""
+        return 1 if self.group_size is None else math.ceil(in_features / self.group_size)
+
+    def part(self, name: str, spec: TensorSpec) -> tuple[str, tuple[int, ...]]:
+        """(safetensors dtype, shape) of one part of one (expert's) Linear of `spec`."""
+        if name not in PARTS:
+            raise MalformedFileError(f"unknown Linear part {name!r}")
+        part = PARTS[name]
+        out, cols = linear_shape(spec)
+        return part.dtype or self.dtype, part.shape(out, cols, self)
+
+
+@dataclasses.dataclass(frozen=True)
+class Part:
+    """One stored tensor of a Linear: its dtype (None: the format's), the dtypes a reader
+    accepts, and its shape from [out, in] and the format."""
+
+    dtype: str | None
+    accepted: tuple[str, ...]
+    shape: Callable[[int, int, LinearFormat], tuple[int, ...]]
+
+
+PARTS: dict[str, Part] = {
+    "weight": Part(None, FLOATS, lambda out, cols, f: (out, cols)),
+    "weight_packed": Part("I32", ("I32",), lambda out, cols, f: (out, -(-cols * f.bits // 32))),
+    "weight_scale": Part(None, FLOATS, lambda out, cols, f: (out, f.groups(cols))),
+    "weight_shape": Part("I64", ("I64", "I32"), lambda out, cols, f: (2,)),
+    "weight_zero_point": Part("I32", ("I32",),
+                              lambda out, cols, f: (-(-out * f.bits // 32), f.groups(cols))),
+}
+
+
+def linear_shape(spec: TensorSpec) -> tuple[int, int]:
+    """[out, in] of one (expert's) matrix of a canonical [.., in, out] spec."""
+    return spec.shape[-1], spec.shape[-2]
+
+
+def lossless_group_size(spec: TensorSpec) -> int:
+    """Group size that holds the release's scales exactly: gcd(128, rows per scale block)."""
+    return math.gcd(128, spec.shape[-2] // spec.scale_groups)
 
 
 def _check_bits(bits: int) -> None:
@@ -121,6 +191,23 @@ def pack_zero_points(zero_points: np.ndarray, bits: int) -> np.ndarray:
     return pack_codes(np.ascontiguousarray(zero_points.T), bits).T.copy()
 
 
+def config_groups(scheme: NameScheme, formats: dict[str, LinearFormat]) -> list[dict[str, Any]]:
+    """compressed-tensors config groups: one per distinct format, targeting its roles."""
+    by_format: dict[LinearFormat, list[str]] = {}
+    for role in LINEAR_ROLES:
+        by_format.setdefault(formats[role], []).append(role)
+    single = len(by_format) == 1
+    return [{"targets": ["Linear"] if single else [scheme.module_pattern(r) for r in roles],
+             "num_bits": fmt.bits, "symmetric": fmt.symmetric,
+             "strategy": "group" if fmt.group_size else "channel",
+             "group_size": fmt.group_size} for fmt, roles in by_format.items()]
+
+
+def ignored_modules(scheme: NameScheme) -> list[str]:
+    """Modules that stay unquantized: router, embeddings, lm_head."""
+    return [scheme.module_pattern("router"), scheme.module("embed"), "lm_head"]
+
+
 def quantization_config(groups: list[dict[str, Any]], ignore: list[str]) -> dict[str, Any]:
     """config.json `quantization_config` for weight-only pack-quantized Linears.
 
@@ -151,3 +238,57 @@ def quantization_config(groups: list[dict[str, Any]], ignore: list[str]) -> dict
         "global_compression_ratio": None,
         "sparsity_config": {},
     }
+
+
+def _group_format(name: str, group: Any, source: str) -> tuple[list[str], LinearFormat]:
+    """The targets and Linear format of one compressed-tensors config group, checked."""
+    weights = group.get("weights") if isinstance(group, dict) else None
+    targets = group.get("targets") if isinstance(group, dict) else None
+    if not isinstance(weights, dict) or not (
+            isinstance(targets, list) and all(isinstance(x, str) for x in targets)):
+        raise MalformedFileError(f"{source}: quantization config group {name!r} needs "
+                                 "`targets` (a list of names) and `weights`")
+    bits, strategy = weights.get("num_bits"), weights.get("strategy")
+    group_size, symmetric = weights.get("group_size"), weights.get("symmetric", True)
+    problems = []
+    if bits not in (4, 8) or isinstance(bits, bool):
+        problems.append(f"num_bits {bits!r} (pack-quantized holds 4 or 8)")
+    if weights.get("type", "int") != "int":
+        problems.append(f"type {weights.get('type')!r} (expected int)")
+    if strategy not in ("channel", "group"):
+        problems.append(f"strategy {strategy!r} (expected channel or group)")
+    if strategy == "group" and (isinstance(group_size, bool) or not isinstance(group_size, int)
+                                or group_size < 1):
+        problems.append(f"group_size {group_size!r}")
+    if not isinstance(symmetric, bool):
+        problems.append(f"symmetric {symmetric!r}")
+    if problems:
+        raise MalformedFileError(f"{source}: quantization config group {name!r} has an "
+                                 f"unsupported " + ", ".join(problems))
+    return targets, LinearFormat("packed", "BF16", bits,
+                                 group_size if strategy == "group" else None, symmetric)
+
+
+def formats_from_quantization(quantization: Any, scheme: NameScheme, dense_dtype: str,
+                              source: str = "config.json") -> dict[str, LinearFormat]:
+    """Each Linear role's format, from a config.json `quantization_config` (the inverse of
+    `quantization_config(config_groups(...))`)."""
+    if not quantization:
+        return {role: LinearFormat("dense", dense_dtype) for role in LINEAR_ROLES}
+    groups = quantization.get("config_groups") if isinstance(quantization, dict) else None
+    if not isinstance(groups, dict):
+        raise MalformedFileError(f"{source}: quantization_config has no config_groups object")
+    if quantization.get("format", "pack-quantized") != "pack-quantized":
+        raise MalformedFileError(f"{source}: quantization format {quantization.get('format')!r}"
+                                 " is not supported (pack-quantized is)")
+    formats: dict[str, LinearFormat] = {}
+    for name, group in groups.items():
+        targets, fmt = _group_format(name, group, source)
+        for role in LINEAR_ROLES:
+            if targets == ["Linear"] or scheme.module_pattern(role) in targets:
+                formats[role] = fmt
+    missing = [r for r in LINEAR_ROLES if r not in formats]
+    if missing:
+        raise MalformedFileError(f"{source}: quantization_config covers no config group for "
+                                 f"{missing}")
+    return formats

@@ -16,7 +16,7 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from converter import __version__
 from converter.errors import DiskSpaceError, UsageError
@@ -28,39 +28,12 @@ from converter.executors import (
     ray_get,
     write_unit,
 )
-from converter.layouts import CheckpointReader, open_checkpoint
+from converter.layouts import CheckpointReader, layout, open_checkpoint
+from converter.layouts.base import Target, TargetOptions, Unit
 from converter.output import MANIFEST_NAME, OutputFolder, fingerprint, refuse_overlap
 from converter.progress import byte_bar
 
-__all__ = ["MANIFEST_NAME", "Target", "Unit", "run_units"]
-
-
-@dataclasses.dataclass(frozen=True)
-class Unit:
-    """One output file and what goes into it."""
-
-    path: str
-    nbytes: int
-    items: tuple[Any, ...]
-
-
-class Target(Protocol):
-    """An output layout (a dataclass with a `threads` field): plans units, writes one, and
-    writes the final files. Few units are written one after another with `threads` computing
-    tensors ahead; many units are spread over worker processes."""
-
-    threads: int
-
-    def settings(self) -> dict[str, Any]: ...
-
-    def plan(self, reader: CheckpointReader) -> list[Unit]: ...
-
-    def write(self, reader: CheckpointReader, unit: Unit, dst: Path) -> dict[str, Any]: ...
-
-    def final_files(self, units: list[Unit]) -> list[str]: ...
-
-    def finalize(self, reader: CheckpointReader, units: list[Unit], dst: Path,
-                 records: dict[str, Any]) -> None: ...
+__all__ = ["MANIFEST_NAME", "Target", "Unit", "convert", "default_workers", "run_units"]
 
 
 _WORKER: dict[str, Any] = {}
@@ -109,8 +82,8 @@ def _on_ray(ray: Any, source: Path, target: Target, todo: list[Unit], dst: Path)
         yield ray_get(ray, finished[0])
 
 
-def run_units(source: Path, dst: Path, target: Target, *, workers: int, resume: bool,
-              overwrite: bool, dry_run: bool = False, quiet: bool = False,
+def run_units(source: Path, dst: Path, target: Target, *, workers: int, resume: bool = False,
+              overwrite: bool = False, dry_run: bool = False, quiet: bool = False,
               executor: str = "local", ray_address: str | None = None) -> dict[str, Any]:
     """Convert `source` into `dst` with `target`; returns a summary."""
     if executor not in EXECUTORS:
@@ -181,6 +154,14 @@ def run_units(source: Path, dst: Path, target: Target, *, workers: int, resume: 
                     "bytes_written": written,
                     "throughput_MBps": round(written / max(seconds, 1e-9) / 1e6, 1)})
     return summary
+
+
+def convert(source: Path, dst: Path, *, to: str, options: TargetOptions,
+            workers: int | None = None, **run: Any) -> dict[str, Any]:
+    """Convert `source` (any layout) into layout `to` in `dst`; returns a summary. `run` takes
+    run_units' options (resume, overwrite, dry_run, quiet, executor, ray_address)."""
+    target = layout(to).target(open_checkpoint(source), options)
+    return run_units(source, dst, target, workers=workers or default_workers(), **run)
 
 
 def default_workers() -> int:

@@ -8,6 +8,9 @@ identical to the local executor's.
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
+import itertools
 import os
 import signal
 import threading
@@ -16,8 +19,8 @@ from typing import Any
 
 from converter.errors import Grok1Error, UsageError
 
-__all__ = ["EXECUTORS", "MAX_RETRIES", "RAY_INSTALL", "die_with_parent", "ray_connect", "ray_get",
-           "write_unit"]
+__all__ = ["EXECUTORS", "MAX_RETRIES", "RAY_INSTALL", "die_with_parent", "ordered_map",
+           "ray_connect", "ray_get", "write_unit"]
 
 EXECUTORS = ("local", "ray")
 RAY_INSTALL = "pip install 'grok1-toolchain[ray]'"
@@ -25,6 +28,25 @@ MAX_RETRIES = 3
 # Fault injection for recovery tests: the first task to start creates this file and is then
 # killed (SIGKILL) after GROK1_FAULT_DELAY seconds, mid-write.
 FAULT_MARKER = "GROK1_FAULT_KILL_ONCE"
+
+
+def ordered_map(function: Any, items: Any, threads: int) -> Any:
+    """Yield (item, function(item)) in order, computing up to `threads` items ahead."""
+    if threads <= 1:
+        for item in items:
+            yield item, function(item)
+        return
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        iterator = iter(items)
+        pending = collections.deque((item, pool.submit(function, item))
+                                    for item in itertools.islice(iterator, threads))
+        while pending:
+            item, future = pending.popleft()
+            result = future.result()
+            following = next(iterator, None)
+            if following is not None:
+                pending.append((following, pool.submit(function, following)))
+            yield item, result
 
 
 def die_with_parent(parent: int) -> None:

@@ -22,7 +22,12 @@ from typing import Any
 from converter import __version__
 from converter.atomic import INCOMPLETE_SUFFIX, atomic_open, check_free_space
 from converter.errors import HubError, MalformedFileError, UsageError
-from converter.output import MANIFEST_NAME
+from converter.output import (
+    MANIFEST_NAME,
+    MODEL_CARD,
+    PROVENANCE_NAME,
+    VERIFY_REPORT_MD,
+)
 
 __all__ = ["DOWNLOAD_RECORD", "check_repo_id", "download", "invocation", "model_card",
            "recorded_hash_problems", "upload", "upload_files"]
@@ -272,7 +277,7 @@ def model_card(folder: Path, repo: str, *, command: list[str] | None = None) -> 
         f"- Tool: grok1-toolchain {__version__}",
         f"- Command: `{invocation(command or sys.argv)}`", "",
     ]
-    report = folder / "verification_report.md"
+    report = folder / VERIFY_REPORT_MD
     if report.is_file():
         lines += [report.read_text().strip(), ""]
     else:
@@ -290,14 +295,14 @@ def _json(path: Path) -> dict[str, Any]:
 
 def _provenance(folder: Path) -> dict[str, str]:
     """Where a folder's weights came from: the pipeline or download record, if any."""
-    for name in ("grok1-provenance.json", DOWNLOAD_RECORD):
+    for name in (PROVENANCE_NAME, DOWNLOAD_RECORD):
         data = _json(folder / name)
         if data:
             return {"repo": str(data.get("repo", "")), "commit": str(data.get("commit", ""))}
     return {}
 
 
-_NOT_UPLOADED = (".cache", MANIFEST_NAME, "README.md")
+_NOT_UPLOADED = (".cache", MANIFEST_NAME, MODEL_CARD)
 
 
 def upload_files(folder: Path) -> list[Path]:
@@ -337,7 +342,7 @@ def upload(folder: Path, repo: str, *, revision: str | None = None, private: boo
     card = model_card(folder, repo, command=command).encode()
     operations = [CommitOperationAdd(path.as_posix(), folder / path)
                   for path in upload_files(folder)]
-    operations.append(CommitOperationAdd("README.md", card))
+    operations.append(CommitOperationAdd(MODEL_CARD, card))
     api = HfApi(endpoint=endpoint)
     try:
         api.create_repo(repo, private=private, exist_ok=True)
@@ -345,7 +350,7 @@ def upload(folder: Path, repo: str, *, revision: str | None = None, private: boo
                                  revision=revision, create_pr=create_pr)
     except _network_errors() as exc:
         raise _hub_error(exc, repo, revision) from None
-    with atomic_open(folder / "README.md") as f:
+    with atomic_open(folder / MODEL_CARD) as f:
         f.write(card)
     return {"repo": repo, "commit": info.oid, "url": str(info.commit_url),
             "pr_url": info.pr_url, "files": len(operations),

@@ -5,55 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from converter.errors import Grok1Error
-from converter.layouts import detect_layout
+from converter.layouts import LAYOUTS, detect_layout
 
 __all__ = ["format_report", "inspect_checkpoint"]
-
-
-def _xai(path: Path) -> dict[str, Any]:
-    from converter.layouts.xai import XaiCheckpoint
-
-    checkpoint = XaiCheckpoint.open(path)
-    tensors = [
-        {"name": s.name, "file": s.file_name, "shape": list(s.shape), "dtype": s.dtype,
-         "scales_shape": list(s.scales_shape) if s.scales_shape else None,
-         "scale_groups": s.scale_groups if s.quantized else None, "bytes": s.payload_bytes}
-        for s in checkpoint.specs
-    ]
-    return {"location": str(checkpoint.tensor_dir), "config_source": checkpoint.config_source,
-            "config": checkpoint.config.to_dict(), "tensors": tensors,
-            "parameters": sum(s.numel for s in checkpoint.specs),
-            "problems": checkpoint.problems()}
-
-
-def _sharded(path: Path, layout: str) -> dict[str, Any]:
-    from converter.layouts.hf import CONTAINERS, HfCheckpoint
-
-    checkpoint = HfCheckpoint(path, CONTAINERS[layout])
-    problems = checkpoint.problems()
-    tensors = []
-    for name, file in sorted(checkpoint.weight_map.items()):
-        try:
-            entry = checkpoint.shard(file).entries[name]
-        except (Grok1Error, KeyError):
-            continue  # already among the problems
-        entry = entry[0] if isinstance(entry, tuple) else entry
-        tensors.append({"name": name, "file": file, "shape": list(entry.shape),
-                        "dtype": entry.dtype, "scales_shape": None, "scale_groups": None,
-                        "bytes": entry.nbytes})
-    return {"location": str(path), "config_source": str(path / "config.json"),
-            "config": checkpoint.config.to_dict(), "tensors": tensors,
-            "parameters": sum(s.numel for s in checkpoint.specs), "problems": problems,
-            "names": checkpoint.scheme.name,
-            "quantization": (checkpoint.hf.get("quantization_config") or {}).get("format")}
 
 
 def inspect_checkpoint(path: Path, *, check_hashes: bool = False) -> dict[str, Any]:
     """A JSON-ready description: layout, config, tensors, totals and integrity problems; with
     `check_hashes`, also every file whose hash differs from the download record."""
     layout = detect_layout(path)
-    found = _xai(path) if layout == "xai" else _sharded(path, layout)
+    found = LAYOUTS[layout].describe(Path(path))
     if check_hashes:
         from converter.hub import recorded_hash_problems
 

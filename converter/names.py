@@ -12,12 +12,9 @@ import re
 from collections.abc import Iterator
 
 from converter.errors import UsageError
-from converter.spec import TensorSpec
+from converter.spec import ROLE, TensorSpec
 
 __all__ = ["SCHEMES", "NameScheme", "OutputName", "scheme"]
-
-LINEAR_ROLES = ("attn_q", "attn_k", "attn_v", "attn_o", "moe_gate", "moe_up", "moe_down")
-EXPERT_ROLES = ("moe_gate", "moe_up", "moe_down")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,10 +36,16 @@ class NameScheme:
     modules: dict[str, str]
     norm_suffix: str
     tied_lm_head: str | None = None  # an explicit copy of the embeddings under this name
+    presharded_moe: bool | None = None  # config.json `load_presharded_moe`, when the loader
+    # reads it (SGLang: experts are one tensor each, not pre-split per tensor-parallel rank)
 
     def module(self, role: str, layer: int | None = None, expert: int | None = None) -> str:
         """The module name of a role's tensor."""
         return self.modules[role].format(layer=layer, expert=expert)
+
+    def module_of(self, out: OutputName) -> str:
+        """The module an output tensor belongs to (a Linear's name, for its statistics)."""
+        return self.module(out.role, out.layer, out.expert)
 
     def tensor(self, role: str, layer: int | None, expert: int | None, part: str) -> str:
         """Full tensor name: module plus part (`weight`, `scale`, `weight_packed`, ...)."""
@@ -50,11 +53,11 @@ class NameScheme:
 
     def plain_part(self, role: str) -> str:
         """The suffix of an unquantized tensor of this role."""
-        return self.norm_suffix if role.endswith("norm") else "weight"
+        return self.norm_suffix if ROLE[role].kind == "norm" else "weight"
 
     def names_for(self, spec: TensorSpec, parts: tuple[str, ...]) -> Iterator[OutputName]:
         """Output names of one canonical tensor, split per expert, for the given parts."""
-        experts = range(spec.shape[0]) if spec.role in EXPERT_ROLES else [None]
+        experts = range(spec.shape[0]) if ROLE[spec.role].expert else [None]
         for expert in experts:
             for part in parts:
                 yield OutputName(self.tensor(spec.role, spec.layer, expert, part), spec.role,
@@ -111,6 +114,7 @@ SCHEMES: dict[str, NameScheme] = {
         },
         norm_suffix="weight",
         tied_lm_head="lm_head.weight",
+        presharded_moe=False,
     ),
 }
 

@@ -29,14 +29,18 @@ from typing import Any
 from converter.atomic import INCOMPLETE_SUFFIX, atomic_open, check_free_space
 from converter.errors import MalformedFileError, UsageError
 
-__all__ = ["MANIFEST_NAME", "OWN_FILES", "OutputFolder", "file_sha256", "fingerprint",
-           "refuse_overlap"]
+__all__ = ["MANIFEST_NAME", "MODEL_CARD", "OWN_FILES", "PROVENANCE_NAME", "VERIFY_REPORT_JSON",
+           "VERIFY_REPORT_MD", "OutputFolder", "file_sha256", "fingerprint", "refuse_overlap"]
 
 MANIFEST_NAME = "grok1-manifest.json"
+MODEL_CARD = "README.md"
+PROVENANCE_NAME = "grok1-provenance.json"
+VERIFY_REPORT_MD = "verification_report.md"
+VERIFY_REPORT_JSON = "verification_report.json"
 # Files this toolchain's other commands add to an output folder (reports, the model card, the
 # pipeline's provenance): ours to replace as well.
-OWN_FILES = frozenset({MANIFEST_NAME, "README.md", "grok1-provenance.json",
-                       "verification_report.md", "verification_report.json"})
+OWN_FILES = frozenset({MANIFEST_NAME, MODEL_CARD, PROVENANCE_NAME, VERIFY_REPORT_MD,
+                       VERIFY_REPORT_JSON})
 _TEMPORARY = re.compile(r"^(?P<base>.+)\.[0-9a-f]{8}" + re.escape(INCOMPLETE_SUFFIX) + "$")
 
 

@@ -15,20 +15,25 @@ from collections.abc import Callable, Iterator
 
 from converter.config import Grok1Config
 
-__all__ = ["ROLES", "ParamRole", "TensorSpec", "build_spec", "file_name"]
+__all__ = ["EXPERT_ROLES", "LINEAR_ROLES", "MATRIX_ROLES", "ROLE", "ROLES", "ParamRole",
+           "TensorSpec", "build_spec", "file_name"]
 
 Shape = tuple[int, ...]
 
 
 @dataclasses.dataclass(frozen=True)
 class ParamRole:
-    """One kind of parameter: its canonical path template and how its shape follows the config."""
+    """One kind of parameter: its canonical path template, how its shape follows the config,
+    and what it is. `kind` is `linear` (a projection; the release stores it as int8 codes and
+    bf16 scales), `router`, `norm` or `embed`. `expert`: stacked per expert on axis 0.
+    `grouped`: the release's scales come in G groups along the input axis."""
 
     role: str
     module: str
     param: str
     shape: Callable[[Grok1Config], Shape]
-    quantized: bool = False
+    kind: str
+    expert: bool = False
     grouped: bool = False
 
     @property
@@ -36,32 +41,48 @@ class ParamRole:
         """Whether this parameter exists once per decoder layer."""
         return "{layer}" in self.module
 
+    @property
+    def linear(self) -> bool:
+        """A Linear: quantized in the release, the target of every Linear format."""
+        return self.kind == "linear"
+
+    @property
+    def matrix(self) -> bool:
+        """Applied as `x @ W`: stored [in, out] canonically, [out, in] by PyTorch layouts."""
+        return self.kind in ("linear", "router")
+
 
 _LAYER = "transformer/decoder_layer_{layer}"
 
 ROLES: tuple[ParamRole, ...] = (
-    ParamRole("embed", "language_model/in_out_embed", "embeddings", lambda c: (c.vocab, c.emb)),
-    ParamRole("final_norm", "language_model/rms_norm", "scale", lambda c: (c.emb,)),
+    ParamRole("embed", "language_model/in_out_embed", "embeddings", lambda c: (c.vocab, c.emb),
+              "embed"),
+    ParamRole("final_norm", "language_model/rms_norm", "scale", lambda c: (c.emb,), "norm"),
     ParamRole("moe_gate", f"{_LAYER}/moe/linear", "w",
-              lambda c: (c.experts, c.emb, c.ffn_size), quantized=True),
+              lambda c: (c.experts, c.emb, c.ffn_size), "linear", expert=True),
     ParamRole("moe_down", f"{_LAYER}/moe/linear_1", "w",
-              lambda c: (c.experts, c.ffn_size, c.emb), quantized=True, grouped=True),
+              lambda c: (c.experts, c.ffn_size, c.emb), "linear", expert=True, grouped=True),
     ParamRole("moe_up", f"{_LAYER}/moe/linear_v", "w",
-              lambda c: (c.experts, c.emb, c.ffn_size), quantized=True),
+              lambda c: (c.experts, c.emb, c.ffn_size), "linear", expert=True),
     ParamRole("attn_k", f"{_LAYER}/multi_head_attention/key", "w",
-              lambda c: (c.emb, c.kv_dim), quantized=True),
+              lambda c: (c.emb, c.kv_dim), "linear"),
     ParamRole("attn_o", f"{_LAYER}/multi_head_attention/linear", "w",
-              lambda c: (c.q_dim, c.emb), quantized=True, grouped=True),
+              lambda c: (c.q_dim, c.emb), "linear", grouped=True),
     ParamRole("attn_q", f"{_LAYER}/multi_head_attention/query", "w",
-              lambda c: (c.emb, c.q_dim), quantized=True),
+              lambda c: (c.emb, c.q_dim), "linear"),
     ParamRole("attn_v", f"{_LAYER}/multi_head_attention/value", "w",
-              lambda c: (c.emb, c.kv_dim), quantized=True),
-    ParamRole("pre_attn_norm", f"{_LAYER}/rms_norm", "scale", lambda c: (c.emb,)),
-    ParamRole("post_attn_norm", f"{_LAYER}/rms_norm_1", "scale", lambda c: (c.emb,)),
-    ParamRole("pre_moe_norm", f"{_LAYER}/rms_norm_2", "scale", lambda c: (c.emb,)),
-    ParamRole("post_moe_norm", f"{_LAYER}/rms_norm_3", "scale", lambda c: (c.emb,)),
-    ParamRole("router", f"{_LAYER}/router", "w", lambda c: (c.emb, c.experts)),
+              lambda c: (c.emb, c.kv_dim), "linear"),
+    ParamRole("pre_attn_norm", f"{_LAYER}/rms_norm", "scale", lambda c: (c.emb,), "norm"),
+    ParamRole("post_attn_norm", f"{_LAYER}/rms_norm_1", "scale", lambda c: (c.emb,), "norm"),
+    ParamRole("pre_moe_norm", f"{_LAYER}/rms_norm_2", "scale", lambda c: (c.emb,), "norm"),
+    ParamRole("post_moe_norm", f"{_LAYER}/rms_norm_3", "scale", lambda c: (c.emb,), "norm"),
+    ParamRole("router", f"{_LAYER}/router", "w", lambda c: (c.emb, c.experts), "router"),
 )
+ROLE: dict[str, ParamRole] = {r.role: r for r in ROLES}
+# In a fixed, readable order (attention, then the experts), used wherever roles are listed.
+LINEAR_ROLES = ("attn_q", "attn_k", "attn_v", "attn_o", "moe_gate", "moe_up", "moe_down")
+EXPERT_ROLES = tuple(r for r in LINEAR_ROLES if ROLE[r].expert)
+MATRIX_ROLES = tuple(r.role for r in ROLES if r.matrix)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,7 +160,7 @@ def build_spec(config: Grok1Config) -> list[TensorSpec]:
             role=role.role,
             layer=layer,
             shape=role.shape(config),
-            quantized=role.quantized,
+            quantized=role.linear,
             scale_groups=config.scale_groups if role.grouped else 1,
             file_index=index,
         )

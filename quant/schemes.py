@@ -1,13 +1,16 @@
-"""Weight-only quantization schemes and the pack-quantized format each one produces."""
+"""The scheme registry: each quantization scheme `grok1 quantize --scheme` and `pipeline --to`
+offer, with its parameters, the pack-quantized format it produces (hence its compressed-tensors
+config group) and the verify profile its output is judged by. A new scheme is one row in
+`SCHEMES`."""
 
 from __future__ import annotations
 
 import dataclasses
 
+from converter.compressed import LinearFormat
 from converter.errors import UsageError
-from converter.layouts.hf import LinearFormat
 
-__all__ = ["METHODS", "QuantScheme", "scheme_for"]
+__all__ = ["METHODS", "SCHEMES", "QuantScheme", "SchemeEntry", "scheme_for"]
 
 METHODS = ("rtn", "mse")
 
@@ -58,10 +61,31 @@ class QuantScheme:
         return LinearFormat("packed", "BF16", self.bits, self.group_size, self.symmetric)
 
 
+@dataclasses.dataclass(frozen=True)
+class SchemeEntry:
+    """One registered scheme: its name, what it is, its defaults and its verify profile."""
+
+    name: str
+    summary: str
+    bits: int
+    default_group_size: int | None
+    profile: str
+
+    def scheme(self, *, group_size: int | None, symmetric: bool, method: str) -> QuantScheme:
+        """The scheme with the user's options over its defaults."""
+        return QuantScheme(self.bits, group_size or self.default_group_size, symmetric, method)
+
+
+SCHEMES: dict[str, SchemeEntry] = {entry.name: entry for entry in (
+    SchemeEntry("int8", "8-bit weights, one scale per output channel (vLLM W8A16)", 8, None,
+                "int8"),
+    SchemeEntry("int4", "4-bit weights, groups of 128 input columns (vLLM W4A16)", 4, 128,
+                "int4"),
+)}
+
+
 def scheme_for(name: str, *, group_size: int | None, symmetric: bool, method: str) -> QuantScheme:
-    """The scheme behind `--scheme int8|int4`: int8 channel-wise, int4 groups of 128."""
-    if name == "int8":
-        return QuantScheme(8, group_size, symmetric, method)
-    if name == "int4":
-        return QuantScheme(4, group_size or 128, symmetric, method)
-    raise UsageError(f"unknown scheme {name!r}; known: int8, int4")
+    """The scheme behind `--scheme NAME` with the user's options."""
+    if name not in SCHEMES:
+        raise UsageError(f"unknown scheme {name!r}; known: {', '.join(SCHEMES)}")
+    return SCHEMES[name].scheme(group_size=group_size, symmetric=symmetric, method=method)

@@ -60,7 +60,7 @@ def bad_input(*args: object) -> str:
     traceback anywhere. Returns that line."""
     from click.testing import CliRunner
 
-    from converter.cli import main
+    from grok1.cli import main
 
     result = CliRunner().invoke(main, [str(a) for a in args])
     shown = f"exit {result.exit_code}\n{result.output}"

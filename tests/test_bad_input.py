@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from converter.cli import main
 from converter.errors import (
     CheckpointNotFoundError,
     LayoutError,
@@ -19,6 +18,7 @@ from converter.errors import (
 )
 from converter.layouts.xai import XaiCheckpoint
 from converter.pickle_reader import load_leaf
+from grok1.cli import main
 from tests.conftest import bad_input
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from converter.cli import main
+from grok1.cli import main
 from tests.conftest import bad_input
 
 

@@ -7,10 +7,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from converter.cli import main
 from converter.containers import SafetensorsReader
 from converter.layouts import open_checkpoint
 from converter.tensors import bf16_bits_to_f32
+from grok1.cli import main
 
 compressed_tensors = pytest.importorskip("compressed_tensors")
 

@@ -16,12 +16,12 @@ import torch
 from click.testing import CliRunner
 from safetensors import safe_open
 
-from converter.cli import main
 from converter.layouts import open_checkpoint
 from converter.tensors import round_to_bf16
+from grok1.cli import main
 from tests.conftest import bad_input, file_digests
 
-GROK1 = [sys.executable, "-m", "converter"]
+GROK1 = [sys.executable, "-m", "grok1"]
 
 
 def convert(*args):

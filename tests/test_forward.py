@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from converter.cli import main
 from converter.layouts import open_checkpoint
+from grok1.cli import main
 from tests.conftest import bad_input
 from verify.reference import reference_logits
 from verify.torch_forward import torch_logits

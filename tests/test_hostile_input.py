@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from converter.cli import main
 from converter.errors import MalformedFileError, UnsafePickleError
 from converter.pickle_reader import load_leaf, parse_leaf
+from grok1.cli import main
 from tests.conftest import bad_input
 
 

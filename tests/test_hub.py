@@ -18,7 +18,7 @@ from converter.generate import generate_checkpoint
 from converter.layouts.xai import XaiCheckpoint, value_payloads, write_leaf
 from tests.conftest import file_digests
 
-GROK1 = [sys.executable, "-m", "converter"]
+GROK1 = [sys.executable, "-m", "grok1"]
 
 
 class Server:

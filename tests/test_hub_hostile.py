@@ -10,10 +10,10 @@ import threading
 import pytest
 from click.testing import CliRunner
 
-from converter.cli import main
 from converter.config import Grok1Config
 from converter.generate import generate_checkpoint
 from converter.hub_server import HubStore, make_server, parse_range
+from grok1.cli import main
 from tests.conftest import bad_input
 from tests.test_hub import Server, env_for, grok1
 
@@ -189,7 +189,7 @@ def test_upload_refuses_links_and_writes_no_card_on_failure(hub, tmp_path, upstr
     offline = {**env, "HF_ENDPOINT": "http://127.0.0.1:9"}
     import subprocess
     import sys
-    failed = subprocess.run([sys.executable, "-m", "converter", "upload", str(folder), "--repo",
+    failed = subprocess.run([sys.executable, "-m", "grok1", "upload", str(folder), "--repo",
                              "me/offline"], env=offline, capture_output=True, text=True)
     assert failed.returncode == 2 and len(failed.stderr.strip().splitlines()) == 1
     assert not (folder / "README.md").exists()
@@ -212,7 +212,8 @@ def test_card_escapes_pipes_and_records_no_local_path(hub, tmp_path, upstream):
     from converter.layouts import open_checkpoint
     from verify.profiles import PROFILES
     from verify.report import format_markdown
-    from verify.run import random_tokens, run_verification
+    from verify.run import run_verification
+    from verify.tokens import random_tokens
 
     folder = tmp_path / "card"
     CliRunner().invoke(main, ["convert", str(upstream), str(folder), "--dtype", "f32",

@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from converter.cli import main
 from converter.layouts import open_checkpoint
 from converter.layouts.xai import XaiCheckpoint, value_payloads, write_leaf
 from converter.tensors import QuantizedWeight8bit
+from grok1.cli import main
 from verify.profiles import PROFILES
-from verify.run import random_tokens, run_verification
+from verify.run import run_verification
+from verify.tokens import random_tokens
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from converter.cli import main
+from grok1.cli import main
 from tests.conftest import TEST_DATA, file_digests
 
 RECORD = TEST_DATA / "output-hashes.json"

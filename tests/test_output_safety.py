@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from converter.cli import main
 from converter.output import OutputFolder
+from grok1.cli import main
 from tests.conftest import bad_input, file_digests
 
-GROK1 = [sys.executable, "-m", "converter"]
+GROK1 = [sys.executable, "-m", "grok1"]
 
 
 def ok(*args):

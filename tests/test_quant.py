@@ -9,12 +9,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from converter.cli import main
 from converter.compressed import pack_codes, unpack_codes
 from converter.containers import SafetensorsReader, SafetensorsWriter
 from converter.errors import MalformedFileError, UsageError
-from converter.produce import dense_transposed
+from converter.linears import dense_transposed
 from converter.tensors import QuantizedWeight8bit, bf16_bits_to_f32, f32_to_bf16_bits
+from grok1.cli import main
 from quant.primitives import quantize_linear
 from quant.requantize import resolve_device
 from quant.schemes import QuantScheme, scheme_for
@@ -248,8 +248,8 @@ def test_nan_weights_are_refused_by_name(tiny_ckpt, tmp_path):
     assert result.exit_code == 2
     assert "decoder_layer_3/multi_head_attention/value/w: NaN or Inf" in result.output
     with pytest.raises(MalformedFileError):
-        from quant.requantize import _check_finite
-        _check_finite(spec, None, np.array([np.inf], np.float32))
+        from quant.requantize import check_finite
+        check_finite(spec, None, np.array([np.inf], np.float32))
 
 
 def test_quantize_workers_and_resume(small_ckpt, tmp_path, monkeypatch):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from converter.cli import main
+from grok1.cli import main
 from tests.conftest import file_digests
 
 ray = pytest.importorskip("ray")

@@ -14,17 +14,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from converter.config import Grok1Config
 from converter.errors import ConfigMismatchError, UsageError
 from converter.layouts import CheckpointReader
 from converter.tensors import QuantizedWeight8bit
 from verify.metrics import ReferenceLogits, compare_logits
 from verify.profiles import Thresholds, judge
+from verify.tokens import usable_tokens
 from verify.torch_forward import StreamedGrok1
 from verify.weights import dense
 
-__all__ = ["VerifyResult", "compare_tensors", "random_tokens", "run_verification",
-           "usable_tokens"]
+__all__ = ["VerifyResult", "compare_tensors", "run_verification"]
 
 
 @dataclasses.dataclass
@@ -49,14 +48,6 @@ class VerifyResult:
         return {"passed": self.passed, "reasons": self.reasons, "metrics": self.metrics,
                 "thresholds": dataclasses.asdict(self.thresholds), "per_layer": self.per_layer,
                 "tensor_mismatches": self.tensor_mismatches, "seconds": round(self.seconds, 3)}
-
-
-def random_tokens(vocab: int, *, batch: int, seq_len: int, seed: int) -> np.ndarray:
-    """Deterministic token ids in [3, vocab) with BOS (1) first; no padding."""
-    rng = np.random.default_rng(seed)
-    tokens = rng.integers(3, vocab, size=(batch, seq_len), dtype=np.int64)
-    tokens[:, 0] = 1
-    return tokens
 
 
 def _sq(candidate: torch.Tensor, reference: torch.Tensor, valid: torch.Tensor) -> list[float]:
@@ -125,19 +116,6 @@ def checked_tokens(reference: CheckpointReader | None, candidate: CheckpointRead
     if not (real[:, 1:] & real[:, :-1]).any():
         raise UsageError("no sequence has two real tokens in a row, so perplexity is undefined; "
                          "give sequences of at least 2 tokens")
-    return tokens
-
-
-def usable_tokens(config: Grok1Config, tokens: np.ndarray) -> np.ndarray:
-    """`tokens` if the model can run them: within its context and vocabulary, not all padding."""
-    if tokens.shape[1] > config.max_seq_len:
-        raise UsageError(f"sequences of {tokens.shape[1]} tokens exceed the model's context of "
-                         f"{config.max_seq_len}")
-    if int(tokens.max()) >= config.vocab:
-        raise UsageError(f"token id {int(tokens.max())} is outside the model's "
-                         f"{config.vocab}-token vocabulary")
-    if not (tokens != config.pad_token).any():
-        raise UsageError(f"every token is padding (id {config.pad_token}): nothing to run")
     return tokens
 
 

@@ -11,14 +11,25 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
+import shutil
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from converter.compressed import PackedLinear, StackedExperts
+from converter.atomic import atomic_open
+from converter.compressed import (
+    PARTS,
+    LinearFormat,
+    PackedLinear,
+    StackedExperts,
+    config_groups,
+    formats_from_quantization,
+    ignored_modules,
+    linear_shape,
+    quantization_config,
+)
 from converter.config import Grok1Config
 from converter.containers import (
     Entry,
@@ -27,6 +38,7 @@ from converter.containers import (
     TorchShardReader,
     TorchShardWriter,
 )
+from converter.dtypes import FLOATS, by_safetensors, by_torch
 from converter.errors import (
     Grok1Error,
     LayoutError,
@@ -35,12 +47,23 @@ from converter.errors import (
     ShapeMismatchError,
     UsageError,
 )
-from converter.names import EXPERT_ROLES, LINEAR_ROLES, SCHEMES, NameScheme, OutputName
-from converter.spec import TensorSpec, build_spec
+from converter.executors import ordered_map
+from converter.layouts.base import (
+    CheckpointReader,
+    Layout,
+    Target,
+    TargetOptions,
+    Unit,
+    require_folder,
+)
+from converter.linears import Linears, convert_linears
+from converter.names import SCHEMES, NameScheme, OutputName, scheme
+from converter.produce import Producer
+from converter.spec import EXPERT_ROLES, LINEAR_ROLES, ROLE, TensorSpec, build_spec
 from converter.tensors import QuantizedWeight8bit, bf16_bits_to_f32, transposed
 
-__all__ = ["CONTAINERS", "Container", "HfCheckpoint", "LinearFormat", "OutTensor",
-           "config_from_hf", "hf_config", "lossless_group_size", "plan_outputs"]
+__all__ = ["CONTAINERS", "SAFETENSORS", "TORCH", "Container", "HfCheckpoint", "OutTensor",
+           "ShardedTarget", "config_from_hf", "hf_config", "plan_outputs"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,33 +88,6 @@ CONTAINERS = {
 
 
 @dataclasses.dataclass(frozen=True)
-class LinearFormat:
-    """How Linear weights are stored: dense (F32 / BF16) or pack-quantized."""
-
-    kind: str                  # "dense" or "packed"
-    dtype: str = "BF16"        # dense dtype, or the scale dtype of packed weights
-    bits: int = 8
-    group_size: int | None = None  # None: one group per output channel (strategy channel)
-    symmetric: bool = True
-
-    def parts(self) -> tuple[str, ...]:
-        """Tensor name suffixes of one Linear in this format."""
-        if self.kind == "dense":
-            return ("weight",)
-        return ("weight_packed", "weight_scale", "weight_shape") + (
-            () if self.symmetric else ("weight_zero_point",))
-
-    def groups(self, in_features: int) -> int:
-        """Number of scale groups along the input dimension."""
-        return 1 if self.group_size is None else math.ceil(in_features / self.group_size)
-
-
-def lossless_group_size(spec: TensorSpec) -> int:
-    """Group size that holds the release's scales exactly: gcd(128, rows per scale block)."""
-    return math.gcd(128, spec.shape[-2] // spec.scale_groups)
-
-
-@dataclasses.dataclass(frozen=True)
 class OutTensor:
     """One tensor of the output: its name and origin, safetensors dtype and shape."""
 
@@ -105,31 +101,6 @@ class OutTensor:
         return Entry(self.origin.name, self.dtype, self.shape)
 
 
-_FLOAT_DTYPES = ("F32", "BF16", "F16")
-_PART_DTYPES = {"weight_packed": ("I32",), "weight_shape": ("I64", "I32"),
-                "weight_zero_point": ("I32",)}
-
-
-def _linear_shape(spec: TensorSpec) -> tuple[int, int]:
-    """[out, in] of one (expert's) matrix."""
-    return spec.shape[-1], spec.shape[-2]
-
-
-def _part_layout(spec: TensorSpec, part: str, fmt: LinearFormat) -> tuple[str, tuple[int, ...]]:
-    out, cols = _linear_shape(spec)
-    if part == "weight":
-        return fmt.dtype, (out, cols)
-    if part == "weight_packed":
-        return "I32", (out, math.ceil(cols * fmt.bits / 32))
-    if part == "weight_scale":
-        return fmt.dtype, (out, fmt.groups(cols))
-    if part == "weight_shape":
-        return "I64", (2,)
-    if part == "weight_zero_point":
-        return "I32", (math.ceil(out * fmt.bits / 32), fmt.groups(cols))
-    raise MappingError(f"unknown Linear part {part!r}")
-
-
 def plan_outputs(specs: list[TensorSpec], scheme: NameScheme,
                  formats: dict[str, LinearFormat]) -> list[OutTensor]:
     """Every output tensor in write order: globals, then layer by layer in numeric order."""
@@ -139,11 +110,11 @@ def plan_outputs(specs: list[TensorSpec], scheme: NameScheme,
         if spec.role in LINEAR_ROLES:
             fmt = formats[spec.role]
             for origin in scheme.names_for(spec, fmt.parts()):
-                dtype, shape = _part_layout(spec, origin.part, fmt)
+                dtype, shape = fmt.part(origin.part, spec)
                 outputs.append(OutTensor(origin, dtype, shape))
             continue
         part = scheme.plain_part(spec.role)
-        shape = spec.shape[::-1] if spec.role == "router" else spec.shape
+        shape = spec.shape[::-1] if ROLE[spec.role].matrix else spec.shape
         for origin in scheme.names_for(spec, (part,)):
             outputs.append(OutTensor(origin, "F32", shape))
         if spec.role == "embed" and scheme.tied_lm_head:
@@ -183,8 +154,8 @@ def hf_config(config: Grok1Config, scheme: NameScheme, torch_dtype: str,
         "grok1": config.to_dict(),
         "grok1_names": scheme.name,
     }
-    if scheme.name == "sglang":
-        data["load_presharded_moe"] = False
+    if scheme.presharded_moe is not None:
+        data["load_presharded_moe"] = scheme.presharded_moe
     if quantization:
         data["quantization_config"] = quantization
     return data
@@ -218,59 +189,6 @@ def config_from_hf(data: dict[str, Any], source: str) -> Grok1Config:
         raise MalformedFileError(f"{source}: {exc}") from None
 
 
-def _group_format(name: str, group: Any, source: str) -> tuple[list[str], LinearFormat]:
-    """The targets and Linear format of one compressed-tensors config group, checked."""
-    weights = group.get("weights") if isinstance(group, dict) else None
-    targets = group.get("targets") if isinstance(group, dict) else None
-    if not isinstance(weights, dict) or not (
-            isinstance(targets, list) and all(isinstance(x, str) for x in targets)):
-        raise MalformedFileError(f"{source}: quantization config group {name!r} needs "
-                                 "`targets` (a list of names) and `weights`")
-    bits, strategy = weights.get("num_bits"), weights.get("strategy")
-    group_size, symmetric = weights.get("group_size"), weights.get("symmetric", True)
-    problems = []
-    if bits not in (4, 8) or isinstance(bits, bool):
-        problems.append(f"num_bits {bits!r} (pack-quantized holds 4 or 8)")
-    if weights.get("type", "int") != "int":
-        problems.append(f"type {weights.get('type')!r} (expected int)")
-    if strategy not in ("channel", "group"):
-        problems.append(f"strategy {strategy!r} (expected channel or group)")
-    if strategy == "group" and (isinstance(group_size, bool) or not isinstance(group_size, int)
-                                or group_size < 1):
-        problems.append(f"group_size {group_size!r}")
-    if not isinstance(symmetric, bool):
-        problems.append(f"symmetric {symmetric!r}")
-    if problems:
-        raise MalformedFileError(f"{source}: quantization config group {name!r} has an "
-                                 f"unsupported " + ", ".join(problems))
-    return targets, LinearFormat("packed", "BF16", bits,
-                                 group_size if strategy == "group" else None, symmetric)
-
-
-def formats_from_quantization(quantization: Any, scheme: NameScheme, dense_dtype: str,
-                              source: str = "config.json") -> dict[str, LinearFormat]:
-    """Each Linear role's format, from a config.json `quantization_config`."""
-    if not quantization:
-        return {role: LinearFormat("dense", dense_dtype) for role in LINEAR_ROLES}
-    groups = quantization.get("config_groups") if isinstance(quantization, dict) else None
-    if not isinstance(groups, dict):
-        raise MalformedFileError(f"{source}: quantization_config has no config_groups object")
-    if quantization.get("format", "pack-quantized") != "pack-quantized":
-        raise MalformedFileError(f"{source}: quantization format {quantization.get('format')!r}"
-                                 " is not supported (pack-quantized is)")
-    formats: dict[str, LinearFormat] = {}
-    for name, group in groups.items():
-        targets, fmt = _group_format(name, group, source)
-        for role in LINEAR_ROLES:
-            if targets == ["Linear"] or scheme.module_pattern(role) in targets:
-                formats[role] = fmt
-    missing = [r for r in LINEAR_ROLES if r not in formats]
-    if missing:
-        raise MalformedFileError(f"{source}: quantization_config covers no config group for "
-                                 f"{missing}")
-    return formats
-
-
 class HfCheckpoint:
     """A Hugging Face-style checkpoint (safetensors or torch shards), read lazily."""
 
@@ -293,7 +211,8 @@ class HfCheckpoint:
         self.specs = build_spec(self.config)
         self.weight_map = self._weight_map()
         self.scheme = self._detect_scheme()
-        dense = "F32" if data.get("torch_dtype") == "float32" else "BF16"
+        stored = by_torch(str(data.get("torch_dtype")))
+        dense = stored.safetensors if stored is not None and stored.floating else "BF16"
         self.formats = formats_from_quantization(data.get("quantization_config"), self.scheme,
                                                  dense, str(config_path))
         parts = {r: (self.formats[r].parts() if r in LINEAR_ROLES else
@@ -363,10 +282,10 @@ class HfCheckpoint:
         origin = self.names[name]
         spec = self._spec_of[(origin.role, origin.layer)]
         if origin.role in LINEAR_ROLES:
-            _, shape = _part_layout(spec, origin.part, self.formats[origin.role])
-            return _PART_DTYPES.get(origin.part, _FLOAT_DTYPES), shape
-        shape = spec.shape[::-1] if origin.role == "router" else spec.shape
-        return _FLOAT_DTYPES, shape
+            _, shape = self.formats[origin.role].part(origin.part, spec)
+            return PARTS[origin.part].accepted, shape
+        shape = spec.shape[::-1] if ROLE[origin.role].matrix else spec.shape
+        return FLOATS, shape
 
     def _entry_problem(self, name: str) -> str | None:
         """What is wrong with one stored tensor's dtype or shape (None when nothing is)."""
@@ -405,7 +324,7 @@ class HfCheckpoint:
     def expected_linear_shape(self, name: str) -> tuple[int, int]:
         """[out, in] of the Linear a compressed part belongs to."""
         origin = self.names[name]
-        return _linear_shape(self._spec_of[(origin.role, origin.layer)])
+        return linear_shape(self._spec_of[(origin.role, origin.layer)])
 
     def _recorded_shape(self, name: str, expected: tuple[int, int]) -> None:
         recorded = self._tensor(name)
@@ -422,7 +341,7 @@ class HfCheckpoint:
 
     def _float(self, name: str) -> np.ndarray:
         array = self._tensor(name)
-        if self.shard(self.weight_map[name]).dtype(name) == "BF16":
+        if by_safetensors(self.shard(self.weight_map[name]).dtype(name)).name == "bf16":
             return bf16_bits_to_f32(array)
         return np.asarray(array, dtype=np.float32)
 
@@ -436,7 +355,7 @@ class HfCheckpoint:
         def name(part: str) -> str:
             return self._by_origin[(spec.role, spec.layer, expert, part)]
 
-        out, cols = _linear_shape(spec)
+        out, cols = linear_shape(spec)
         if fmt.kind == "dense":
             return np.ascontiguousarray(self._float(name("weight")).T)
         self._recorded_shape(name("weight_shape"), (out, cols))
@@ -464,7 +383,7 @@ class HfCheckpoint:
         if spec.role in LINEAR_ROLES:
             return self._linear(spec, None)
         name = self._by_origin[(spec.role, spec.layer, None, self.scheme.plain_part(spec.role))]
-        if spec.role == "router":
+        if ROLE[spec.role].matrix:
             return np.ascontiguousarray(self._float(name).T)
         return self._float(name)
 
@@ -499,3 +418,140 @@ def _as_release_int8(packed: PackedLinear, spec: TensorSpec) -> QuantizedWeight8
     if not np.array_equal(np.repeat(scales.T, per_block, axis=1), packed.scale):
         return None
     return QuantizedWeight8bit(transposed(packed.codes()), scales)
+
+
+@dataclasses.dataclass
+class ShardedTarget:
+    """HF safetensors or torch.save shards with an index, config.json and friends; its Linears
+    are made by a composed `Linears`."""
+
+    container: Container
+    names: NameScheme
+    linears: Linears
+    shard_size: int
+    tokenizer: Path | None = None
+    threads: int = 1
+
+    def settings(self) -> dict[str, Any]:
+        """What identifies this output for --resume."""
+        return {"to": self.container.name, "names": self.names.name,
+                "shard_size": self.shard_size, **self.linears.settings()}
+
+    def outputs(self, reader: CheckpointReader) -> list[OutTensor]:
+        """Every output tensor in order."""
+        return plan_outputs(reader.specs, self.names, self.linears.formats)
+
+    def plan(self, reader: CheckpointReader) -> list[Unit]:
+        """Greedy shards of at most shard_size bytes (a larger tensor gets its own)."""
+        shards: list[list[OutTensor]] = [[]]
+        size = 0
+        for out in self.outputs(reader):
+            nbytes = out.entry.nbytes
+            if shards[-1] and size + nbytes > self.shard_size:
+                shards.append([])
+                size = 0
+            shards[-1].append(out)
+            size += nbytes
+        names = ([self.container.single_name] if len(shards) == 1 else
+                 [self.container.shard_name.format(index=i + 1, count=len(shards))
+                  for i in range(len(shards))])
+        return [Unit(name, sum(o.entry.nbytes for o in shard), tuple(shard))
+                for name, shard in zip(names, shards, strict=True)]
+
+    def write(self, reader: CheckpointReader, unit: Unit, dst: Path) -> dict[str, Any]:
+        """Write one shard, tensor by tensor; returns its sha256, each tensor's, and what the
+        Linears reported."""
+        produce = Producer(reader, self.linears, self.names)
+        with self.container.writer(dst / unit.path, [o.entry for o in unit.items]) as writer:
+            for out, array in ordered_map(lambda o: produce(o.origin), unit.items,
+                                          self.threads):
+                writer.write(out.origin.name, array)
+        return {"sha256": writer.file_sha256, "tensors": writer.digests, **produce.summary()}
+
+    def final_files(self, units: list[Unit]) -> list[str]:
+        """The files `finalize` writes, known before any unit is."""
+        names = ["config.json", "generation_config.json"]
+        if self.tokenizer is not None:
+            names += ["tokenizer.model", "tokenizer_config.json"]
+        names += self.linears.report_files()
+        if len(units) > 1:
+            names.append(self.container.index_name)
+        return names
+
+    def finalize(self, reader: CheckpointReader, units: list[Unit], dst: Path,
+                 records: dict[str, Any]) -> None:
+        """config.json, generation_config.json, tokenizer, reports; the index last."""
+        formats = self.linears.formats
+        packed = any(f.kind == "packed" for f in formats.values())
+        quant = quantization_config(config_groups(self.names, formats),
+                                    ignored_modules(self.names)) if packed else None
+        dense = by_safetensors(next(iter(formats.values())).dtype)
+        _write_json(dst / "config.json", hf_config(reader.config, self.names, dense.torch,
+                                                   quant))
+        c = reader.config
+        _write_json(dst / "generation_config.json", {
+            "bos_token_id": c.bos_token, "eos_token_id": c.eos_token,
+            "pad_token_id": c.pad_token, "_from_model_config": True})
+        if self.tokenizer is not None:
+            shutil.copyfile(self.tokenizer, dst / "tokenizer.model")
+            _write_json(dst / "tokenizer_config.json", {
+                "tokenizer_class": "LlamaTokenizer", "model_max_length": c.max_seq_len,
+                "add_bos_token": False, "add_eos_token": False})
+        for name, text in self.linears.reports(records).items():
+            with atomic_open(dst / name) as f:
+                f.write(text.encode())
+        if len(units) > 1:
+            weight_map = {o.origin.name: u.path for u in units for o in u.items}
+            _write_json(dst / self.container.index_name, {
+                "metadata": {"total_size": sum(u.nbytes for u in units)},
+                "weight_map": weight_map})
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    with atomic_open(path) as f:
+        f.write((json.dumps(data, indent=2) + "\n").encode())
+
+
+def _describe(path: Path, container: Container) -> dict[str, Any]:
+    """What `inspect` reports of an HF-style checkpoint."""
+    checkpoint = HfCheckpoint(path, container)
+    problems = checkpoint.problems()
+    tensors = []
+    for name, file in sorted(checkpoint.weight_map.items()):
+        try:
+            entry = checkpoint.shard(file).entries[name]
+        except (Grok1Error, KeyError):
+            continue  # already among the problems
+        entry = entry[0] if isinstance(entry, tuple) else entry
+        tensors.append({"name": name, "file": file, "shape": list(entry.shape),
+                        "dtype": entry.dtype, "scales_shape": None, "scale_groups": None,
+                        "bytes": entry.nbytes})
+    return {"location": str(path), "config_source": str(path / "config.json"),
+            "config": checkpoint.config.to_dict(), "tensors": tensors,
+            "parameters": sum(s.numel for s in checkpoint.specs), "problems": problems,
+            "names": checkpoint.scheme.name,
+            "quantization": (checkpoint.hf.get("quantization_config") or {}).get("format")}
+
+
+def _target(container: Container) -> Any:
+    def make(reader: CheckpointReader, options: TargetOptions) -> Target:
+        linears = options.linears or convert_linears(options.dtype or "bf16", reader.specs)
+        if options.tokenizer is not None and not Path(options.tokenizer).is_file():
+            raise UsageError(f"{options.tokenizer}: no such tokenizer file")
+        return ShardedTarget(container, scheme(options.names), linears, options.shard_size,
+                             options.tokenizer)
+    return make
+
+
+def _layout(container: Container, summary: str) -> Layout:
+    def detect(path: Path) -> bool:
+        return (path / container.index_name).is_file() or (path / container.single_name).is_file()
+
+    return Layout(name=container.name, summary=summary, detect=detect,
+                  open=lambda path: HfCheckpoint(require_folder(path), container),
+                  describe=lambda path: _describe(path, container), target=_target(container),
+                  name_schemes=tuple(SCHEMES), dtypes=("bf16", "f32", "int8"))
+
+
+SAFETENSORS = _layout(CONTAINERS["hf"], "sharded safetensors + config.json (vLLM, SGLang)")
+TORCH = _layout(CONTAINERS["torch"], "sharded torch.save files + config.json")

@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -21,14 +22,23 @@ from converter.errors import (
     Grok1Error,
     LayoutError,
     ShapeMismatchError,
+    UsageError,
 )
-from converter.layouts import require_folder
+from converter.layouts.base import (
+    CheckpointReader,
+    Layout,
+    Target,
+    TargetOptions,
+    Unit,
+    require_folder,
+)
 from converter.pickle_reader import load_leaf
 from converter.pickle_writer import ArrayMeta, PayloadSlot, encode_leaf
 from converter.spec import TensorSpec, build_spec, file_name
-from converter.tensors import QuantizedWeight8bit
+from converter.tensors import QuantizedWeight8bit, dense
 
-__all__ = ["TENSOR_DIRS", "XaiCheckpoint", "find_tensor_dir", "write_leaf", "write_xai"]
+__all__ = ["LAYOUT", "TENSOR_DIRS", "XaiCheckpoint", "XaiTarget", "find_tensor_dir",
+           "write_leaf", "write_xai"]
 
 TENSOR_DIRS = ("ckpt-0", "ckpt")
 Value = np.ndarray | QuantizedWeight8bit
@@ -206,3 +216,72 @@ def write_xai(folder: Path, config: Grok1Config,
         path = tensor_dir / file_name(spec.file_index)
         check_value(path, spec, value, "the value being written")
         write_leaf(path, spec, value_payloads(value))
+
+
+@dataclasses.dataclass
+class XaiTarget:
+    """The original release layout: one pickle per leaf, byte-identical to the release."""
+
+    threads: int = 1
+
+    def settings(self) -> dict[str, Any]:
+        """What identifies this output for --resume."""
+        return {"to": "xai"}
+
+    def plan(self, reader: CheckpointReader) -> list[Unit]:
+        """One unit per release file."""
+        return [Unit(f"{TENSOR_DIRS[0]}/{s.file_name}", s.payload_bytes, (s,))
+                for s in reader.specs]
+
+    def write(self, reader: CheckpointReader, unit: Unit, dst: Path) -> dict[str, Any]:
+        """Write one release file from the canonical value; returns its sha256."""
+        (spec,) = unit.items
+        value = reader.read(spec)
+        if spec.quantized and not isinstance(value, QuantizedWeight8bit):
+            raise UsageError(f"{spec.name}: the original layout needs the release's int8 codes "
+                             f"and scales, but the source holds {type(value).__name__} "
+                             "weights (convert from an int8 checkpoint)")
+        if not spec.quantized:
+            value = dense(value)
+        path = dst / unit.path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        check_value(path, spec, value, "the source")
+        digest = write_leaf(path, spec, value_payloads(value))
+        return {"sha256": digest, "tensors": {spec.name: digest}}
+
+    def final_files(self, units: list[Unit]) -> list[str]:
+        """The config sidecar."""
+        return ["config.json"]
+
+    def finalize(self, reader: CheckpointReader, units: list[Unit], dst: Path,
+                 records: dict[str, Any]) -> None:
+        """The config sidecar, last."""
+        save_sidecar(dst, reader.config)
+
+
+def _inspect(path: Path) -> dict[str, Any]:
+    """What `inspect` reports of a release-layout checkpoint."""
+    checkpoint = XaiCheckpoint.open(path)
+    tensors = [
+        {"name": s.name, "file": s.file_name, "shape": list(s.shape), "dtype": s.dtype,
+         "scales_shape": list(s.scales_shape) if s.scales_shape else None,
+         "scale_groups": s.scale_groups if s.quantized else None, "bytes": s.payload_bytes}
+        for s in checkpoint.specs
+    ]
+    return {"location": str(checkpoint.tensor_dir), "config_source": checkpoint.config_source,
+            "config": checkpoint.config.to_dict(), "tensors": tensors,
+            "parameters": sum(s.numel for s in checkpoint.specs),
+            "problems": checkpoint.problems()}
+
+
+def _target(reader: CheckpointReader, options: TargetOptions) -> Target:
+    if options.dtype not in (None, "int8") or options.linears is not None:
+        raise UsageError("--to xai keeps the release's int8 codes and scales exactly; "
+                         "--dtype and quantization do not apply")
+    return XaiTarget()
+
+
+LAYOUT = Layout(name="xai", summary="the original release: ckpt-0/tensor*_000 pickles",
+                detect=lambda path: find_tensor_dir(path) is not None,
+                open=lambda path: XaiCheckpoint.open(path), describe=_inspect, target=_target,
+                dtypes=("int8",))

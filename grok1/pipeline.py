@@ -14,9 +14,15 @@ from typing import Any
 
 from converter import __version__
 from converter.atomic import atomic_open
+from converter.engine import convert
 from converter.errors import MalformedFileError, UsageError, VerificationFailed
+from converter.layouts.base import TargetOptions
+from converter.output import MANIFEST_NAME, PROVENANCE_NAME
+from quant.requantize import quantize_checkpoint
+from quant.schemes import SCHEMES as QUANT_SCHEMES
+from quant.schemes import scheme_for
 
-__all__ = ["STEPS", "run_pipeline"]
+__all__ = ["STEPS", "TARGETS", "run_pipeline"]
 
 STEPS = ("download", "convert", "verify", "upload")
 STATE_NAME = "pipeline.json"
@@ -43,8 +49,10 @@ def _load_state(path: Path) -> dict[str, Any] | None:
 
 
 def _profile(to: str, dtype: str) -> str:
-    if to in ("int8", "int4"):
-        return to
+    """The verify profile of a pipeline target: its scheme's, or lossless for an exact layout
+    change (bf16 rounds, so it is judged as int8 is)."""
+    if to in QUANT_SCHEMES:
+        return QUANT_SCHEMES[to].profile
     return "lossless" if dtype in ("f32", "int8") else "int8"
 
 
@@ -88,7 +96,7 @@ def run_pipeline(*, to: str, repo: str, revision: str | None, work_dir: Path,
         echo(f"[2/4] {'quantize' if to != 'hf' else 'convert'} -> {output}")
         summary = _convert(to, dtype, names, source, output, workers, quiet, executor,
                            ray_address)
-        with atomic_open(output / "grok1-provenance.json") as f:
+        with atomic_open(output / PROVENANCE_NAME) as f:
             f.write(json.dumps({"repo": repo, "revision": revision or "main", "commit": commit,
                                 "to": to, "dtype": settings["dtype"],
                                 "tool": f"grok1-toolchain {__version__}"}, indent=2).encode())
@@ -114,52 +122,30 @@ def run_pipeline(*, to: str, repo: str, revision: str | None, work_dir: Path,
     return state
 
 
+TARGETS = ("hf", *QUANT_SCHEMES)
+
+
 def _convert(to: str, dtype: str, names: str, source: Path, output: Path, workers: int,
              quiet: bool, executor: str, ray_address: str | None) -> dict[str, Any]:
-    from converter.engine import run_units
-    from converter.layouts import open_checkpoint
-    from converter.names import scheme
-    from converter.targets import ShardedTarget, convert_formats, parse_size
-
-    resume = (output / "grok1-manifest.json").is_file()
+    run = {"workers": workers, "resume": (output / MANIFEST_NAME).is_file(), "quiet": quiet,
+           "executor": executor, "ray_address": ray_address}
     if to == "hf":
-        formats = convert_formats(dtype, open_checkpoint(source).specs)
-        target: Any = ShardedTarget("hf", scheme(names), formats, parse_size("5GB"), dtype)
-    else:
-        from quant.requantize import make_target, resolve_device
-        from quant.schemes import scheme_for
-
-        quant = scheme_for(to, group_size=None, symmetric=True, method="rtn")
-        target = make_target(quant, open_checkpoint(source).specs, scheme(names),
-                             parse_size("5GB"), resolve_device("auto"))
-    return run_units(source, output, target, workers=workers, resume=resume, overwrite=False,
-                     quiet=quiet, executor=executor, ray_address=ray_address)
+        return convert(source, output, to="hf", options=TargetOptions(names=names, dtype=dtype),
+                       **run)
+    scheme = scheme_for(to, group_size=None, symmetric=True, method="rtn")
+    return quantize_checkpoint(source, output, scheme, names=names, **run)
 
 
 def _verify(source: Path, output: Path, profile_name: str, seq_len: int, batch: int, seed: int,
             echo: Callable[[str], None], executor: str, ray_address: str | None,
             workers: int) -> Any:
-    from converter.layouts import open_checkpoint
-    from verify.profiles import profile
-    from verify.report import format_markdown, format_table
-    from verify.run import random_tokens, run_verification
+    from verify.api import verify_checkpoints, write_output_reports
+    from verify.report import format_table
 
-    reference, candidate = open_checkpoint(source), open_checkpoint(output)
-    tokens = random_tokens(candidate.config.vocab, batch=batch, seq_len=seq_len, seed=seed)
-    if executor == "ray":
-        from verify.distributed import run_verification_ray
-
-        result = run_verification_ray(source, output, tokens, thresholds=profile(profile_name),
-                                      workers=workers, address=ray_address, per_layer=True,
-                                      check_tensors=profile_name == "lossless")
-    else:
-        result = run_verification(reference, candidate, tokens,
-                                  thresholds=profile(profile_name), per_layer=True,
-                                  check_tensors=profile_name == "lossless")
+    result = verify_checkpoints((source, output), profile_name=profile_name, batch=batch,
+                                seq_len=seq_len, seed=seed, per_layer=True,
+                                executor=executor, ray_address=ray_address, workers=workers)
     echo(format_table(result))
-    with atomic_open(output / "verification_report.md") as f:
-        f.write(format_markdown(result, title=f"Verification ({profile_name} profile, "
-                                               f"{batch}x{seq_len} tokens)").encode())
-    with atomic_open(output / "verification_report.json") as f:
-        f.write(json.dumps({"profile": profile_name, **result.to_dict()}, indent=2).encode())
+    write_output_reports(result, profile_name, output, title=(
+        f"Verification ({profile_name} profile, {batch}x{seq_len} tokens)"))
     return result

@@ -16,6 +16,14 @@ import click
 from converter import __version__
 from converter.config import PRESETS, Grok1Config
 from converter.errors import DiskSpaceError, Grok1Error, UsageError
+from converter.executors import EXECUTORS
+from converter.layouts import LAYOUTS
+from converter.linears import CONVERT_DTYPES
+from converter.names import SCHEMES as NAME_SCHEMES
+from grok1.pipeline import TARGETS
+from quant.schemes import METHODS
+from quant.schemes import SCHEMES as QUANT_SCHEMES
+from verify.profiles import PROFILES
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 70, 130
 
@@ -87,14 +95,14 @@ def _stack(*options: Callable[..., Any]) -> Callable[..., Any]:
 
 
 executor_options = _stack(
-    click.option("--executor", type=click.Choice(["local", "ray"]), default="local",
+    click.option("--executor", type=click.Choice(EXECUTORS), default="local",
                  show_default=True, help="Run units here, or as Ray tasks on a cluster."),
     click.option("--ray-address", help="Ray cluster to join (default: start a local one)."))
 writer_options = _stack(
     click.option("--workers", type=click.IntRange(min=1),
                  help="Parallel writers (default: cores)."),
     click.option("--resume", is_flag=True, help="Continue an interrupted run in DST."),
-    click.option("--overwrite", is_flag=True, help="Replace DST."))
+    click.option("--overwrite", is_flag=True, help="Replace DST (only a previous grok1 output)."))
 
 
 @click.group(cls=Grok1Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -109,7 +117,7 @@ def main() -> None:
               help="Model size: tiny (7.5 MB), small (46 MB), bench (2.2 GB), real.")
 @click.option("--layers", type=click.IntRange(min=1), help="Override the preset's layer count.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--overwrite", is_flag=True, help="Replace a non-empty FOLDER.")
+@click.option("--overwrite", is_flag=True, help="Replace FOLDER (an earlier make-tiny output).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 def make_tiny(folder: Path, preset: str, layers: int | None, seed: int, overwrite: bool,
@@ -157,35 +165,6 @@ def inspect(path: Path, as_json: bool, check_hashes: bool) -> None:
         sys.exit(EXIT_BAD_INPUT)
 
 
-def load_tokens(path: Path, config: Grok1Config) -> Any:
-    """A [batch, seq] integer array of token ids from a .npy file, checked against the model:
-    ids in its vocabulary, at least one real (non-pad) token, no longer than its context."""
-    import numpy as np
-
-    from converter.errors import MalformedFileError
-
-    if path.is_dir():
-        raise UsageError(f"{path}: --tokens names a folder; give a .npy file")
-    try:
-        tokens = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise UsageError(f"{path}: no such tokens file") from None
-    except (OSError, ValueError, EOFError) as exc:
-        raise MalformedFileError(f"{path}: cannot read tokens ({_one_line(str(exc)) or 'empty'}"
-                                 "); expected a .npy int array [batch, seq]") from None
-    if not isinstance(tokens, np.ndarray):
-        tokens.close()
-        raise MalformedFileError(f"{path}: an .npz archive; expected a .npy int array "
-                                 "[batch, seq]")
-    if tokens.ndim != 2 or not np.issubdtype(tokens.dtype, np.integer) or not tokens.size:
-        raise MalformedFileError(f"{path}: tokens must be a non-empty integer array "
-                                 f"[batch, seq], found {tokens.dtype}{list(tokens.shape)}")
-    if tokens.min() < 0 or tokens.max() >= config.vocab:
-        raise MalformedFileError(f"{path}: token ids must lie in [0, {config.vocab}), found "
-                                 f"[{tokens.min()}, {tokens.max()}]")
-    return tokens.astype(np.int64)
-
-
 class FiniteFloat(click.ParamType):
     """A finite, non-negative number (NaN and infinity are refused)."""
 
@@ -221,7 +200,7 @@ def output_file(path: Path | None, flag: str) -> None:
               help="Where to write float32 logits [batch, seq, vocab] as .npy.")
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16"]), default="float32",
               show_default=True)
-@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 def logits(checkpoint: Path, tokens_path: Path, out: Path, dtype: str, device: str) -> None:
     """Run the streamed forward pass and write the full logits.
 
@@ -229,20 +208,11 @@ def logits(checkpoint: Path, tokens_path: Path, out: Path, dtype: str, device: s
     Example:
       grok1 logits ./tiny-grok --tokens tokens.npy --out logits.npy
     """
-    import numpy as np
-
-    from converter.atomic import atomic_open
-    from converter.layouts import open_checkpoint
-    from verify.run import usable_tokens
-    from verify.torch_forward import torch_logits
+    from verify.api import write_logits
 
     output_file(out, "--out")
-    reader = open_checkpoint(checkpoint)
-    tokens = usable_tokens(reader.config, load_tokens(tokens_path, reader.config))
-    result = torch_logits(reader, tokens, dtype=dtype, device=device)
-    with atomic_open(out) as f:
-        np.save(f, result)
-    click.echo(f"wrote logits {list(result.shape)} to {out}", err=True)
+    shape = write_logits(checkpoint, tokens_path, out, dtype=dtype, device=device)
+    click.echo(f"wrote logits {list(shape)} to {out}", err=True)
 
 
 @main.command()
@@ -252,7 +222,7 @@ def logits(checkpoint: Path, tokens_path: Path, out: Path, dtype: str, device: s
 @click.option("--seq-len", type=click.IntRange(min=2), default=64, show_default=True)
 @click.option("--batch", type=click.IntRange(min=1), default=4, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--profile", "profile_name", type=click.Choice(["lossless", "int8", "int4"]),
+@click.option("--profile", "profile_name", type=click.Choice(list(PROFILES)),
               default="lossless", show_default=True)
 @click.option("--max-kl", type=FiniteFloat(), help="Override the profile's mean-KL limit.")
 @click.option("--min-top1", type=FiniteFloat(),
@@ -271,7 +241,7 @@ def logits(checkpoint: Path, tokens_path: Path, out: Path, dtype: str, device: s
               help="Reference log-probs kept per position by --save-reference.")
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16"]), default="float32",
               show_default=True)
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @executor_options
 @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
               help="With --executor ray: how many tasks share the sequences.")
@@ -298,74 +268,56 @@ def verify(paths: tuple[Path, ...], tokens_path: Path | None, seq_len: int, batc
       grok1 verify ./grok-1 ./grok-1-hf --save-reference ref.npz
       grok1 verify ./grok-1-int8 --reference-logits ref.npz --profile int8
     """
-    from converter.atomic import atomic_open
-    from converter.layouts import open_checkpoint
-    from verify.metrics import ReferenceLogits
-    from verify.profiles import profile
-    from verify.report import format_markdown, format_table
-    from verify.run import random_tokens, run_verification
+    from verify.api import report_dict, verify_checkpoints, write_reports
+    from verify.report import format_table
 
     for path, flag in ((json_path, "--json"), (markdown_path, "--markdown"),
                        (save_reference, "--save-reference")):
         output_file(path, flag)
-    stored = ReferenceLogits.load(reference_logits) if reference_logits else None
-    if len(paths) == 2:
-        reference, candidate = open_checkpoint(paths[0]), open_checkpoint(paths[1])
-    elif len(paths) == 1 and stored is not None and not per_layer:
-        reference, candidate = None, open_checkpoint(paths[0])
-    else:
-        raise UsageError("give REFERENCE and CANDIDATE, or CANDIDATE with --reference-logits "
-                         "(--per-layer needs REFERENCE)")
-    if stored is not None:
-        tokens = None
-    elif tokens_path is not None:
-        tokens = load_tokens(tokens_path, candidate.config)
-    else:
-        tokens = random_tokens(candidate.config.vocab, batch=batch, seq_len=seq_len, seed=seed)
-    limits = profile(profile_name).override(max_kl=max_kl, min_top1=min_top1,
-                                            max_ppl_ratio=max_ppl_ratio, max_abs_diff=max_abs_diff)
-    if check_tensors is None:
-        check_tensors = profile_name == "lossless" and reference is not None
-    if executor == "ray":
-        from verify.distributed import run_verification_ray
-
-        result = run_verification_ray(
-            paths[0] if reference is not None else None, paths[-1], tokens, thresholds=limits,
-            workers=workers, address=ray_address, reference_logits=stored,
-            per_layer=per_layer, check_tensors=check_tensors, dtype=dtype, device=device)
-    else:
-        result = run_verification(reference, candidate, tokens, thresholds=limits,
-                                  reference_logits=stored, per_layer=per_layer,
-                                  check_tensors=check_tensors, dtype=dtype, device=device)
+    result = verify_checkpoints(
+        paths, profile_name=profile_name, overrides={
+            "max_kl": max_kl, "min_top1": min_top1, "max_ppl_ratio": max_ppl_ratio,
+            "max_abs_diff": max_abs_diff}, tokens_path=tokens_path, batch=batch,
+        seq_len=seq_len, seed=seed, reference_logits=reference_logits, per_layer=per_layer,
+        check_tensors=check_tensors, dtype=dtype, device=device, executor=executor,
+        ray_address=ray_address, workers=workers)
     if save_reference:
         result.reference.truncated(top_k).save(save_reference)
-    report = result.to_dict()
-    report["profile"] = profile_name
-    if json_path is not None:
-        if str(json_path) == "-":
-            echo_json(report)
-        else:
-            with atomic_open(json_path) as f:
-                f.write(json.dumps(report, indent=2).encode())
-    if markdown_path is not None:
-        with atomic_open(markdown_path) as f:
-            f.write(format_markdown(result).encode())
-    if str(json_path) != "-":
-        click.echo(format_table(result))
+    to_stdout = str(json_path) == "-"
+    write_reports(result, profile_name, json_path=None if to_stdout else json_path,
+                  markdown_path=markdown_path)
+    click.echo(json.dumps(report_dict(result, profile_name), indent=2) if to_stdout
+               else format_table(result))
     sys.exit(EXIT_OK if result.passed else EXIT_FAILED)
+
+
+def _print_run(summary: dict[str, Any], dst: Path, as_json: bool) -> None:
+    if as_json:
+        echo_json(summary)
+    elif "files" in summary:
+        from converter.atomic import free_bytes
+
+        for item in summary["files"]:
+            click.echo(f"{item['bytes']:>16,}  {item['path']}")
+        click.echo(f"{summary['units']} files, {summary['bytes']:,} bytes "
+                   f"(free: {free_bytes(dst):,})")
+    else:
+        click.echo(f"converted {summary['tensors']} tensors into {summary['units']} files "
+                   f"({summary['bytes']:,} bytes) in {summary['seconds']:.1f}s -> {dst}")
 
 
 @main.command()
 @click.argument("src", type=click.Path(path_type=Path))
 @click.argument("dst", type=click.Path(path_type=Path))
-@click.option("--to", "to", type=click.Choice(["hf", "torch", "xai"]), default="hf",
-              show_default=True, help="Output layout (the source layout is detected).")
-@click.option("--names", type=click.Choice(["hpcai", "sglang"]), default="hpcai",
+@click.option("--to", "to", type=click.Choice(list(LAYOUTS)), default="hf", show_default=True,
+              help="Output layout: " + "; ".join(f"{e.name}: {e.summary}"
+                                                 for e in LAYOUTS.values()) + ".")
+@click.option("--names", type=click.Choice(list(NAME_SCHEMES)), default="hpcai",
               show_default=True, help="Tensor names for hf/torch output.")
-@click.option("--dtype", type=click.Choice(["bf16", "f32", "int8"]), default="bf16",
-              show_default=True,
-              help="Linear weights: bf16 (rounded as the release ran), f32 (exact), or int8 "
-                   "(the release's codes and scales as compressed-tensors, lossless).")
+@click.option("--dtype", type=click.Choice(CONVERT_DTYPES),
+              help="Linear weights: bf16 (rounded as the release ran; the default), f32 "
+                   "(exact), or int8 (the release's codes and scales as compressed-tensors, "
+                   "lossless).")
 @click.option("--shard-size", default="5GB", show_default=True)
 @click.option("--tokenizer", type=click.Path(path_type=Path, dir_okay=False),
               help="A tokenizer.model to ship with hf/torch output.")
@@ -374,7 +326,7 @@ def verify(paths: tuple[Path, ...], tokens_path: Path | None, seq_len: int, batc
 @executor_options
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary at the end.")
-def convert(src: Path, dst: Path, to: str, names: str, dtype: str, shard_size: str,
+def convert(src: Path, dst: Path, to: str, names: str, dtype: str | None, shard_size: str,
             tokenizer: Path | None, workers: int | None, resume: bool, overwrite: bool,
             dry_run: bool, executor: str, ray_address: str | None, quiet: bool,
             as_json: bool) -> None:
@@ -387,50 +339,31 @@ def convert(src: Path, dst: Path, to: str, names: str, dtype: str, shard_size: s
       grok1 convert ./grok-1-int8 ./grok-1-again --to xai      # byte-identical to the release
       grok1 convert ./grok-1 ./out --to hf --resume            # after an interruption
     """
-    from converter.atomic import free_bytes
-    from converter.engine import default_workers, run_units
-    from converter.layouts import open_checkpoint
-    from converter.names import scheme
-    from converter.targets import ShardedTarget, XaiTarget, convert_formats
-    from converter.targets import parse_size as parse
+    from converter.engine import convert as run
+    from converter.layouts.base import TargetOptions
+    from converter.sizes import parse_size
 
-    if tokenizer is not None and not tokenizer.is_file():
-        raise UsageError(f"{tokenizer}: no such tokenizer file")
-    if to == "xai":
-        target: Any = XaiTarget()
-    else:
-        formats = convert_formats(dtype, open_checkpoint(src).specs)
-        target = ShardedTarget(to, scheme(names), formats, parse(shard_size), dtype,
-                               tokenizer=tokenizer)
-    summary = run_units(src, dst, target, workers=workers or default_workers(), resume=resume,
-                        overwrite=overwrite, dry_run=dry_run, quiet=quiet, executor=executor,
-                        ray_address=ray_address)
-    if as_json:
-        echo_json(summary)
-    elif dry_run:
-        for item in summary["files"]:
-            click.echo(f"{item['bytes']:>16,}  {item['path']}")
-        click.echo(f"{summary['units']} files, {summary['bytes']:,} bytes "
-                   f"(free: {free_bytes(dst):,})")
-    else:
-        click.echo(f"converted {summary['tensors']} tensors into {summary['units']} files "
-                   f"({summary['bytes']:,} bytes) in {summary['seconds']:.1f}s -> {dst}")
-
+    options = TargetOptions(names=names, dtype=dtype, shard_size=parse_size(shard_size),
+                            tokenizer=tokenizer)
+    summary = run(src, dst, to=to, options=options, workers=workers, resume=resume,
+                  overwrite=overwrite, dry_run=dry_run, quiet=quiet, executor=executor,
+                  ray_address=ray_address)
+    _print_run(summary, dst, as_json)
 
 
 @main.command()
 @click.argument("src", type=click.Path(path_type=Path))
 @click.argument("dst", type=click.Path(path_type=Path))
-@click.option("--scheme", "scheme_name", type=click.Choice(["int8", "int4"]), required=True,
-              help="int8: channel-wise; int4: groups of --group-size (default 128).")
+@click.option("--scheme", "scheme_name", type=click.Choice(list(QUANT_SCHEMES)), required=True,
+              help="; ".join(f"{e.name}: {e.summary}" for e in QUANT_SCHEMES.values()) + ".")
 @click.option("--group-size", type=click.IntRange(min=1),
-              help="Input columns per scale (int4 default 128; int8 default channel-wise).")
+              help="Input columns per scale (default: the scheme's).")
 @click.option("--symmetric/--asymmetric", default=True, show_default=True)
-@click.option("--method", type=click.Choice(["rtn", "mse"]), default="rtn", show_default=True,
+@click.option("--method", type=click.Choice(METHODS), default="rtn", show_default=True,
               help="rtn: min/max; mse: per group, the clipping range with least error.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
               show_default=True, help="auto picks the Triton kernel when a GPU is present.")
-@click.option("--names", type=click.Choice(["hpcai", "sglang"]), default="hpcai",
+@click.option("--names", type=click.Choice(list(NAME_SCHEMES)), default="hpcai",
               show_default=True)
 @click.option("--shard-size", default="5GB", show_default=True)
 @writer_options
@@ -450,29 +383,23 @@ def quantize(src: Path, dst: Path, scheme_name: str, group_size: int | None, sym
       grok1 quantize ./grok-1 ./grok-1-w4a16 --scheme int4 --group-size 128
       grok1 quantize ./grok-1 ./grok-1-w8a16 --scheme int8 --method mse --device cpu
     """
-    from converter.engine import default_workers, run_units
-    from converter.layouts import open_checkpoint
-    from converter.names import scheme as name_scheme
-    from converter.targets import parse_size
-    from quant.requantize import REPORT_NAME, make_target, resolve_device
+    from converter.sizes import parse_size
+    from quant.requantize import quantize_checkpoint
     from quant.schemes import scheme_for
 
     scheme = scheme_for(scheme_name, group_size=group_size, symmetric=symmetric, method=method)
-    target = make_target(scheme, open_checkpoint(src).specs, name_scheme(names),
-                         parse_size(shard_size), resolve_device(device))
-    summary = run_units(src, dst, target, workers=workers or default_workers(), resume=resume,
-                        overwrite=overwrite, quiet=quiet, executor=executor,
-                        ray_address=ray_address)
-    report = json.loads((dst / REPORT_NAME).read_text())
-    summary["report"] = report["summary"]
-    summary["device"] = target.device
+    summary = quantize_checkpoint(src, dst, scheme, names=names,
+                                  shard_size=parse_size(shard_size), device=device,
+                                  workers=workers, resume=resume, overwrite=overwrite,
+                                  quiet=quiet, executor=executor, ray_address=ray_address)
+    rows = summary.pop("rows")
     if as_json:
         echo_json(summary)
         return
-    click.echo(f"{scheme.label} on {target.device}: {summary['tensors']} tensors into "
+    click.echo(f"{scheme.label} on {summary['device']}: {summary['tensors']} tensors into "
                f"{summary['units']} files in {summary['seconds']:.1f}s -> {dst}")
     click.echo(f"{'tensor':<60} {'rel RMS':>9} {'max err':>10} {'clipped':>8}")
-    for row in report["tensors"][:10]:
+    for row in rows[:10]:
         click.echo(f"{row['tensor']:<60} {row['rel_rms']:>9.4f} {row['max_abs_err']:>10.3g} "
                    f"{row['clipped_pct']:>7.2f}%")
 
@@ -588,15 +515,16 @@ def upload(folder: Path, repo: str, revision: str | None, private: bool, create_
 
 
 @main.command()
-@click.option("--to", "to", type=click.Choice(["hf", "int8", "int4"]), required=True)
+@click.option("--to", "to", type=click.Choice(TARGETS), required=True,
+              help="hf (a layout change, --dtype) or a quantization scheme.")
 @click.option("--repo", default="xai-org/grok-1", show_default=True, help="Source repo.")
 @click.option("--revision")
 @click.option("--work-dir", type=click.Path(path_type=Path, file_okay=False),
               default=Path("grok1-work"), show_default=True)
 @click.option("--upload", "upload_repo", help="Repo to publish the verified result to.")
-@click.option("--dtype", type=click.Choice(["bf16", "f32", "int8"]), default="bf16",
+@click.option("--dtype", type=click.Choice(CONVERT_DTYPES), default="bf16",
               show_default=True, help="For --to hf.")
-@click.option("--names", type=click.Choice(["hpcai", "sglang"]), default="hpcai",
+@click.option("--names", type=click.Choice(list(NAME_SCHEMES)), default="hpcai",
               show_default=True)
 @click.option("--endpoint", help="Hub URL (default: HF_ENDPOINT or huggingface.co).")
 @click.option("--workers", type=click.IntRange(min=1), help="Default: cores.")
@@ -619,7 +547,7 @@ def pipeline(to: str, repo: str, revision: str | None, work_dir: Path, upload_re
       grok1 pipeline --to int4 --work-dir ./work --upload me/grok-1-w4a16
     """
     from converter.engine import default_workers
-    from converter.pipeline import run_pipeline
+    from grok1.pipeline import run_pipeline
 
     state = run_pipeline(to=to, repo=repo, revision=revision, work_dir=work_dir,
                          upload_repo=upload_repo, endpoint=endpoint, dtype=dtype, names=names,

@@ -1,0 +1,99 @@
+"""What a layout is: a reader over the canonical stream, a target that writes units of work, and
+the registry entry that ties them to a name, detection and `inspect`.
+
+Every reader exposes `config`, `specs` (the canonical parameter tree in file order) and
+`read(spec)`, which returns a float32 numpy array or an object with `.dequantize()` giving the
+canonical float32 matrix `[..., in, out]`. Every target plans units (one output file each),
+writes one unit, names the files it writes after them, and writes those last.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+from converter.config import Grok1Config
+from converter.errors import CheckpointNotFoundError, LayoutError
+from converter.spec import TensorSpec
+
+__all__ = ["CheckpointReader", "Layout", "Target", "TargetOptions", "Unit", "require_folder"]
+
+
+class CheckpointReader(Protocol):
+    """What every layout's reader offers."""
+
+    layout: str
+    config: Grok1Config
+    specs: list[TensorSpec]
+
+    def read(self, spec: TensorSpec) -> Any: ...
+
+    def read_expert(self, spec: TensorSpec, expert: int) -> Any: ...
+
+    def source_files(self) -> list[Path]: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class Unit:
+    """One output file and what goes into it."""
+
+    path: str
+    nbytes: int
+    items: tuple[Any, ...]
+
+
+class Target(Protocol):
+    """An output layout (a dataclass with a `threads` field): plans units, writes one, and
+    writes the final files. Few units are written one after another with `threads` computing
+    tensors ahead; many units are spread over worker processes."""
+
+    threads: int
+
+    def settings(self) -> dict[str, Any]: ...
+
+    def plan(self, reader: CheckpointReader) -> list[Unit]: ...
+
+    def write(self, reader: CheckpointReader, unit: Unit, dst: Path) -> dict[str, Any]: ...
+
+    def final_files(self, units: list[Unit]) -> list[str]: ...
+
+    def finalize(self, reader: CheckpointReader, units: list[Unit], dst: Path,
+                 records: dict[str, Any]) -> None: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class TargetOptions:
+    """What a user chose for an output: tensor names, the dtype of Linears (or a maker of
+    Linears from `quant`), shard size and tokenizer. Each layout takes what applies to it."""
+
+    names: str = "hpcai"
+    dtype: str | None = None
+    linears: Any = None
+    shard_size: int = 5 * 10**9
+    tokenizer: Path | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """One registered layout: how to recognise it, read it, describe it and write it."""
+
+    name: str
+    summary: str
+    detect: Callable[[Path], bool]
+    open: Callable[[Path], CheckpointReader]
+    describe: Callable[[Path], dict[str, Any]]
+    target: Callable[[CheckpointReader, TargetOptions], Target]
+    name_schemes: tuple[str, ...] = ()
+    dtypes: tuple[str, ...] = ()
+
+
+def require_folder(path: Path) -> Path:
+    """`path` as a Path, if it is an existing folder; a one-line error otherwise."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointNotFoundError(f"{path}: no such file or directory")
+    if not path.is_dir():
+        raise LayoutError(f"{path}: not a checkpoint folder")
+    return path

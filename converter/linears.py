@@ -1,0 +1,166 @@
+"""How an output's Linears are made: a `Linears` is composed into a writer, never subclassed.
+
+A `Linears` gives each Linear role's stored format and makes all the parts of one (expert's)
+Linear from its canonical value at once. The core has two: dense f32/bf16 (dequantized exactly,
+transposed to [out, in]; bf16 rounds once, to nearest even, as the release's bf16 run did) and
+the release's own int8 (its codes re-packed and each scale repeated over the groups it covers:
+lossless). `quant/` adds re-quantized ones. A `Linears` may also report statistics per Linear and
+write report files beside the output.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Protocol
+
+import numpy as np
+
+from converter.compressed import LinearFormat, PackedLinear, lossless_group_size, pack_codes
+from converter.dtypes import DTYPES
+from converter.errors import UsageError
+from converter.spec import LINEAR_ROLES, TensorSpec
+from converter.tensors import (
+    QuantizedWeight8bit,
+    bf16_bits_to_f32,
+    dense,
+    f32_to_bf16_bits,
+    transposed,
+)
+
+__all__ = ["CONVERT_DTYPES", "DenseLinears", "Linears", "ReleaseInt8Linears", "convert_linears",
+           "dense_transposed"]
+
+Parts = dict[str, np.ndarray]
+_ROWS = 128
+
+
+class Linears(Protocol):
+    """Makes the stored parts of Linears."""
+
+    label: str
+    formats: dict[str, LinearFormat]
+
+    def settings(self) -> dict[str, Any]: ...
+
+    def make(self, spec: TensorSpec, expert: int | None, value: Any
+             ) -> tuple[Parts, dict[str, Any] | None]: ...
+
+    def check_kept(self, spec: TensorSpec, array: np.ndarray) -> None: ...
+
+    def report_files(self) -> list[str]: ...
+
+    def reports(self, records: dict[str, Any]) -> dict[str, str]: ...
+
+
+def dense_transposed(value: Any) -> np.ndarray:
+    """float32 [out, in] of a canonical [in, out] matrix, dequantized without extra copies."""
+    if isinstance(value, QuantizedWeight8bit):
+        k, n = value.weight.shape
+        groups = value.scale_groups
+        block = k // groups
+        scales = bf16_bits_to_f32(value.scales)
+        out = np.empty((n, k), np.float32)
+        for g in range(groups):
+            rows = slice(g * block, (g + 1) * block)
+            np.multiply(value.weight[rows].T, scales[g][:, None], out=out[:, rows],
+                        dtype=np.float32)
+        return out
+    return np.ascontiguousarray(dense(value).T)
+
+
+def _to_bf16(values: np.ndarray) -> np.ndarray:
+    out = np.empty(values.shape, np.uint16)
+    for start in range(0, values.shape[0], _ROWS):
+        out[start:start + _ROWS] = f32_to_bf16_bits(values[start:start + _ROWS])
+    return out
+
+
+class _NoReports:
+    """Linears that write no report files and take the other tensors as they are."""
+
+    def check_kept(self, spec: TensorSpec, array: np.ndarray) -> None:
+        """Nothing to check: a layout change keeps every value, NaN included."""
+
+    def report_files(self) -> list[str]:
+        """None."""
+        return []
+
+    def reports(self, records: dict[str, Any]) -> dict[str, str]:
+        """None."""
+        return {}
+
+
+@dataclasses.dataclass(frozen=True)
+class DenseLinears(_NoReports):
+    """Dense Linears in f32 (exact) or bf16 (rounded once)."""
+
+    label: str
+
+    @property
+    def formats(self) -> dict[str, LinearFormat]:
+        """The same dense format for every role."""
+        return dict.fromkeys(LINEAR_ROLES, LinearFormat("dense", DTYPES[self.label].safetensors))
+
+    def settings(self) -> dict[str, Any]:
+        """What identifies this output for --resume."""
+        return {"dtype": self.label}
+
+    def make(self, spec: TensorSpec, expert: int | None, value: Any
+             ) -> tuple[Parts, dict[str, Any] | None]:
+        """`weight` [out, in]."""
+        matrix = dense_transposed(value)
+        return {"weight": _to_bf16(matrix) if self.label == "bf16" else matrix}, None
+
+
+@dataclasses.dataclass(frozen=True)
+class ReleaseInt8Linears(_NoReports):
+    """The release's int8 codes and scales as compressed-tensors 8-bit groups: lossless."""
+
+    formats: dict[str, LinearFormat]
+    label: str = "int8"
+
+    @classmethod
+    def for_specs(cls, specs: list[TensorSpec]) -> ReleaseInt8Linears:
+        """Per role, the group size gcd(128, rows per scale block) that holds every scale."""
+        sizes: dict[str, set[int]] = {}
+        for spec in specs:
+            if spec.role in LINEAR_ROLES:
+                sizes.setdefault(spec.role, set()).add(lossless_group_size(spec))
+        return cls({role: LinearFormat("packed", "BF16", 8, min(found))
+                    for role, found in sizes.items()})
+
+    def settings(self) -> dict[str, Any]:
+        """What identifies this output for --resume."""
+        return {"dtype": self.label}
+
+    def make(self, spec: TensorSpec, expert: int | None, value: Any
+             ) -> tuple[Parts, dict[str, Any] | None]:
+        """weight_packed, weight_scale, weight_shape, from the release's codes and scales (or
+        from an identical packing already in the source)."""
+        fmt = self.formats[spec.role]
+        if isinstance(value, PackedLinear) and (value.bits, value.group_size) == (
+                fmt.bits, fmt.group_size or value.shape[1]) and value.zero_point is None:
+            return {"weight_packed": value.packed, "weight_scale": value.scale,
+                    "weight_shape": np.array(value.shape, np.int64)}, None
+        if not isinstance(value, QuantizedWeight8bit):
+            raise UsageError(f"{spec.name}: int8 output keeps the release's codes and scales, "
+                             f"but the source holds {type(value).__name__} weights; use "
+                             "`grok1 quantize` to re-quantize")
+        k, n = value.weight.shape
+        per_block = (k // value.scale_groups) // (fmt.group_size or k)
+        return {"weight_packed": pack_codes(transposed(value.weight), 8),
+                "weight_scale": np.ascontiguousarray(np.repeat(value.scales.T, per_block,
+                                                               axis=1)),
+                "weight_shape": np.array([n, k], np.int64)}, None
+
+
+CONVERT_DTYPES = ("bf16", "f32", "int8")
+
+
+def convert_linears(dtype: str, specs: list[TensorSpec]) -> Linears:
+    """The Linears of `grok1 convert --dtype`: dense bf16 / f32, or the release's int8."""
+    if dtype == "int8":
+        return ReleaseInt8Linears.for_specs(specs)
+    if dtype not in CONVERT_DTYPES:
+        raise UsageError(f"unknown dtype {dtype!r}; known: {', '.join(CONVERT_DTYPES)}")
+    return DenseLinears(dtype)

@@ -1,0 +1,95 @@
+"""One entry point for a verification, as `grok1 verify` and the pipeline run it: open the
+checkpoints, choose the tokens, set the thresholds, run locally or on Ray, write the reports."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from converter.atomic import atomic_open
+from converter.errors import UsageError
+from converter.layouts import open_checkpoint
+from converter.output import VERIFY_REPORT_JSON, VERIFY_REPORT_MD
+from verify.metrics import ReferenceLogits
+from verify.profiles import profile
+from verify.report import format_markdown
+from verify.run import VerifyResult, run_verification
+from verify.tokens import load_tokens, random_tokens
+
+__all__ = ["verify_checkpoints", "write_reports"]
+
+
+def verify_checkpoints(paths: tuple[Path, ...], *, profile_name: str = "lossless",
+                       overrides: dict[str, float | None] | None = None,
+                       tokens_path: Path | None = None, batch: int = 4, seq_len: int = 64,
+                       seed: int = 0, reference_logits: Path | None = None,
+                       per_layer: bool = False, check_tensors: bool | None = None,
+                       dtype: str = "float32", device: str = "cpu", executor: str = "local",
+                       ray_address: str | None = None, workers: int = 2) -> VerifyResult:
+    """Check a candidate against a reference (`paths` = (REFERENCE, CANDIDATE)), or against a
+    stored reference run (`paths` = (CANDIDATE,) with `reference_logits`)."""
+    stored = ReferenceLogits.load(reference_logits) if reference_logits else None
+    if len(paths) == 2:
+        reference, candidate = open_checkpoint(paths[0]), open_checkpoint(paths[1])
+    elif len(paths) == 1 and stored is not None and not per_layer:
+        reference, candidate = None, open_checkpoint(paths[0])
+    else:
+        raise UsageError("give REFERENCE and CANDIDATE, or CANDIDATE with --reference-logits "
+                         "(--per-layer needs REFERENCE)")
+    tokens: np.ndarray | None = None
+    if stored is None:
+        tokens = (load_tokens(tokens_path, candidate.config) if tokens_path is not None else
+                  random_tokens(candidate.config.vocab, batch=batch, seq_len=seq_len, seed=seed))
+    limits = profile(profile_name).override(**(overrides or {}))
+    if check_tensors is None:
+        check_tensors = profile_name == "lossless" and reference is not None
+    if executor == "ray":
+        from verify.distributed import run_verification_ray
+
+        return run_verification_ray(
+            paths[0] if reference is not None else None, paths[-1], tokens, thresholds=limits,
+            workers=workers, address=ray_address, reference_logits=stored,
+            per_layer=per_layer, check_tensors=check_tensors, dtype=dtype, device=device)
+    return run_verification(reference, candidate, tokens, thresholds=limits,
+                            reference_logits=stored, per_layer=per_layer,
+                            check_tensors=check_tensors, dtype=dtype, device=device)
+
+
+def report_dict(result: VerifyResult, profile_name: str) -> dict[str, Any]:
+    """The JSON report."""
+    return {"profile": profile_name, **result.to_dict()}
+
+
+def write_reports(result: VerifyResult, profile_name: str, *, json_path: Path | None = None,
+                  markdown_path: Path | None = None, title: str = "Verification") -> None:
+    """Write the JSON and Markdown reports (atomically) where asked."""
+    if json_path is not None:
+        with atomic_open(json_path) as f:
+            f.write(json.dumps(report_dict(result, profile_name), indent=2).encode())
+    if markdown_path is not None:
+        with atomic_open(markdown_path) as f:
+            f.write(format_markdown(result, title=title).encode())
+
+
+def write_output_reports(result: VerifyResult, profile_name: str, folder: Path,
+                         title: str) -> None:
+    """The reports a verified output folder carries (and its model card embeds)."""
+    write_reports(result, profile_name, json_path=Path(folder) / VERIFY_REPORT_JSON,
+                  markdown_path=Path(folder) / VERIFY_REPORT_MD, title=title)
+
+
+def write_logits(checkpoint: Path, tokens_path: Path, out: Path, *, dtype: str = "float32",
+                 device: str = "cpu") -> tuple[int, ...]:
+    """Run the streamed forward on the tokens of a .npy file; write float32 logits [batch,
+    seq, vocab] to `out` (atomically). Returns their shape."""
+    from verify.torch_forward import torch_logits
+
+    reader = open_checkpoint(checkpoint)
+    result = torch_logits(reader, load_tokens(tokens_path, reader.config), dtype=dtype,
+                          device=device)
+    with atomic_open(out) as f:
+        np.save(f, result)
+    return result.shape
