@@ -22,19 +22,25 @@ from typing import Any
 import numpy as np
 
 from converter.atomic import atomic_open
+from converter.dtypes import DTYPES, DType, by_safetensors, by_torch
 from converter.errors import MalformedFileError, ShapeMismatchError, UsageError
 
-__all__ = ["DTYPES", "Entry", "SafetensorsReader", "SafetensorsWriter", "TorchShardReader",
+__all__ = ["Entry", "SafetensorsReader", "SafetensorsWriter", "TorchShardReader",
            "TorchShardWriter", "as_numpy"]
 
-# safetensors dtype name -> numpy dtype carrying the raw values (bf16 as uint16 bits)
-DTYPES: dict[str, np.dtype] = {
-    "F32": np.dtype("<f4"), "BF16": np.dtype("<u2"), "F16": np.dtype("<f2"),
-    "I64": np.dtype("<i8"), "I32": np.dtype("<i4"), "I8": np.dtype("i1"), "U8": np.dtype("u1"),
-}
-_TORCH_DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16", "I64": "int64",
-                 "I32": "int32", "I8": "int8", "U8": "uint8"}
 _MAX_HEADER = 100 << 20
+
+
+def _dtype(name: str) -> DType:
+    """A dtype by its safetensors name (the spelling of shard entries)."""
+    found = by_safetensors(name)
+    if found is None:
+        raise UsageError(f"unknown safetensors dtype {name!r}")
+    return found
+
+
+def _numpy(name: str) -> np.dtype:
+    return _dtype(name).numpy
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,12 +54,12 @@ class Entry:
     @property
     def nbytes(self) -> int:
         """Size of its data."""
-        return math.prod(self.shape) * DTYPES[self.dtype].itemsize
+        return math.prod(self.shape) * _numpy(self.dtype).itemsize
 
 
 def _raw(entry: Entry, array: np.ndarray, path: Path) -> memoryview:
     array = np.asarray(array)
-    if array.shape != entry.shape or array.dtype != DTYPES[entry.dtype]:
+    if array.shape != entry.shape or array.dtype != _numpy(entry.dtype):
         raise ShapeMismatchError(f"{path}: {entry.name} is {array.dtype}{list(array.shape)}, "
                                  f"the plan says {entry.dtype}{list(entry.shape)}")
     return memoryview(np.ascontiguousarray(array).reshape(-1).view(np.uint8))
@@ -153,7 +159,7 @@ def _checked_entries(path: Path, header: dict[str, Any], data_size: int
         if not isinstance(info, dict):
             raise MalformedFileError(f"{path}: malformed header entry {name}")
         dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
-        if not isinstance(dtype, str) or dtype not in DTYPES:
+        if not isinstance(dtype, str) or by_safetensors(dtype) is None:
             raise MalformedFileError(f"{path}: {name} has unsupported dtype {dtype!r}")
         if not isinstance(shape, list) or not all(_is_count(d) for d in shape) or len(shape) > 8:
             raise MalformedFileError(f"{path}: {name} has an invalid shape {shape!r}")
@@ -227,7 +233,7 @@ class SafetensorsReader:
     def get(self, name: str) -> np.ndarray:
         """One tensor (bf16 as uint16 bits), read into its own buffer."""
         entry, begin = self.entries[name]
-        out = np.empty(entry.shape, DTYPES[entry.dtype])
+        out = np.empty(entry.shape, _numpy(entry.dtype))
         view = memoryview(out.reshape(-1).view(np.uint8))
         done = 0
         while done < entry.nbytes:
@@ -273,7 +279,7 @@ class TorchShardWriter(_PhasedWriter):
         self._context = atomic_open(self.path)
         self._file = self._context.__enter__()
         with FakeTensorMode():
-            skeleton = {e.name: torch.empty(e.shape, dtype=getattr(torch, _TORCH_DTYPES[e.dtype]))
+            skeleton = {e.name: torch.empty(e.shape, dtype=getattr(torch, _dtype(e.dtype).torch))
                         for e in self.entries}
         with torch.serialization.skip_data(materialize_fake_tensors=True):
             torch.save(skeleton, self._file)
@@ -355,15 +361,14 @@ class TorchShardReader:
         if not isinstance(self._tensors, dict):
             raise MalformedFileError(f"{self.path}: holds a {type(self._tensors).__name__}, "
                                      "expected a state dict")
-        reverse = {v: k for k, v in _TORCH_DTYPES.items()}
         self.entries = {}
         for name, tensor in self._tensors.items():
-            dtype = str(getattr(tensor, "dtype", "")).removeprefix("torch.")
-            if not isinstance(tensor, torch.Tensor) or dtype not in reverse:
-                what = dtype if isinstance(tensor, torch.Tensor) else type(tensor).__name__
+            dtype = by_torch(str(getattr(tensor, "dtype", "")).removeprefix("torch."))
+            if not isinstance(tensor, torch.Tensor) or dtype is None:
+                what = tensor.dtype if isinstance(tensor, torch.Tensor) else type(tensor).__name__
                 raise MalformedFileError(f"{self.path}: {name!r} holds {what}, expected a tensor "
-                                         f"of {', '.join(sorted(reverse))}")
-            self.entries[name] = Entry(str(name), reverse[dtype], tuple(tensor.shape))
+                                         f"of {', '.join(d.torch for d in DTYPES.values())}")
+            self.entries[name] = Entry(str(name), dtype.safetensors, tuple(tensor.shape))
 
     def get(self, name: str) -> np.ndarray:
         """One tensor as numpy (bf16 as uint16 bits)."""

@@ -28,14 +28,9 @@ class Producer:
 
     def __init__(self, reader: CheckpointReader, linears: Linears, names: NameScheme) -> None:
         self.reader, self.linears, self.names = reader, linears, names
-        self._specs = {(s.role, s.layer): s for s in reader.specs}
         self.stats: dict[str, dict[str, Any]] = {}
         self._pending: dict[tuple[str, int | None], tuple[concurrent.futures.Future, set]] = {}
         self._lock = threading.Lock()
-
-    def spec_of(self, origin: OutputName) -> TensorSpec:
-        """The canonical spec an output tensor comes from."""
-        return self._specs[(origin.role, origin.layer)]
 
     def source(self, spec: TensorSpec, expert: int | None) -> Any:
         """The canonical value (or one expert's slice) of `spec`."""
@@ -47,9 +42,8 @@ class Producer:
         """What to record in the manifest beside the tensors' hashes."""
         return {"stats": dict(self.stats)} if self.stats else {}
 
-    def __call__(self, origin: OutputName) -> np.ndarray:
-        """The array of one output tensor."""
-        spec = self.spec_of(origin)
+    def __call__(self, spec: TensorSpec, origin: OutputName) -> np.ndarray:
+        """The array of the output tensor `origin`, made from the canonical tensor `spec`."""
         role = ROLE[origin.role]
         if role.linear:
             return self._linear_part(spec, origin)

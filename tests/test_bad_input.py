@@ -85,7 +85,7 @@ def test_hostile_pickle_never_runs(ckpt, tmp_path, payload):
     elif payload == "eval":
         victim.write_bytes(b"\x80\x04cbuiltins\neval\n(V__import__('os').system('touch "
                            + str(marker).encode() + b"')\ntR.")
-    else:  # an allowed global followed by a REDUCE on a forbidden one
+    else:  # a forbidden global pushed by STACK_GLOBAL: refused at the allow-list, before REDUCE
         victim.write_bytes(b"\x80\x04\x8c\x05posix\x94\x8c\x06system\x94\x93\x94\x8c\x04true"
                            b"\x94\x85\x94R\x94.")
     with pytest.raises(UnsafePickleError, match=r"tensor00000_000: refuses pickle global"):

@@ -17,6 +17,9 @@ from click.testing import CliRunner
 from safetensors import safe_open
 
 from converter.layouts import open_checkpoint
+from converter.layouts.hf import plan_outputs
+from converter.linears import ReleaseInt8Linears
+from converter.names import SCHEMES
 from converter.tensors import round_to_bf16
 from grok1.cli import main
 from tests.conftest import bad_input, file_digests
@@ -284,9 +287,11 @@ def test_inspect_reads_hf_and_torch_layouts(upstream, tmp_path):
         assert result.exit_code == 0, result.output
         report = json.loads(result.output)
         assert (report["layout"], report["names"], report["problems"]) == (layout, names, [])
-        assert report["totals"]["parameters"] == 6_956_096
+        specs = open_checkpoint(upstream).specs
+        assert report["totals"]["parameters"] == sum(s.numel for s in specs)
+    planned = plan_outputs(specs, SCHEMES["hpcai"], ReleaseInt8Linears.for_specs(specs).formats)
     assert json.loads(CliRunner().invoke(main, ["inspect", str(tmp_path / "hf"), "--json"])
-                      .output)["totals"]["tensors"] == 1070
+                      .output)["totals"]["tensors"] == len(planned)
     victim = tmp_path / "hf" / "model-00003-of-00006.safetensors"
     victim.write_bytes(victim.read_bytes()[:5000])
     result = CliRunner().invoke(main, ["inspect", str(tmp_path / "hf")])

@@ -36,11 +36,19 @@ def test_torch_forward_matches_upstream_f32_logits(upstream, oracle):
 
 
 def test_bfloat16_forward_is_close_but_not_exact(upstream, oracle):
+    """Twelve random layers amplify bf16 rounding (measured: mean |d| 0.21, max 2.0, correlation
+    0.85 with the f32 logits, whose own spread is 0.59). Zero or unrelated logits, or a RoPE
+    base off by 50x (mean |d| 0.45, correlation 0.46), fail these bounds; a subtler error such as
+    a missing soft cap (mean |d| 0.22) hides in bf16 noise here, which is why the float32
+    forward, tested to 2e-4 above, is the faithful path."""
     tokens = oracle["tokens"]
     logits = torch_logits(open_checkpoint(upstream), tokens, dtype="bfloat16")
-    diff = np.abs(logits - oracle["logits_f32"])[tokens != 0]
+    valid = tokens != 0
+    reference = oracle["logits_f32"][valid]
+    diff = np.abs(logits[valid] - reference)
     assert np.isfinite(logits).all()
-    assert 1e-3 < diff.max() < 5.0
+    assert 1e-3 < diff.mean() < 0.3 and diff.max() < 2.5
+    assert np.corrcoef(logits[valid].ravel(), reference.ravel())[0, 1] > 0.8
 
 
 def test_logits_command(upstream, oracle, tmp_path):

@@ -89,11 +89,13 @@ CONTAINERS = {
 
 @dataclasses.dataclass(frozen=True)
 class OutTensor:
-    """One tensor of the output: its name and origin, safetensors dtype and shape."""
+    """One tensor of the output: its name and origin, safetensors dtype and shape, and the
+    canonical spec it is made from."""
 
     origin: OutputName
     dtype: str
     shape: tuple[int, ...]
+    spec: TensorSpec
 
     @property
     def entry(self) -> Entry:
@@ -111,15 +113,15 @@ def plan_outputs(specs: list[TensorSpec], scheme: NameScheme,
             fmt = formats[spec.role]
             for origin in scheme.names_for(spec, fmt.parts()):
                 dtype, shape = fmt.part(origin.part, spec)
-                outputs.append(OutTensor(origin, dtype, shape))
+                outputs.append(OutTensor(origin, dtype, shape, spec))
             continue
         part = scheme.plain_part(spec.role)
         shape = spec.shape[::-1] if ROLE[spec.role].matrix else spec.shape
         for origin in scheme.names_for(spec, (part,)):
-            outputs.append(OutTensor(origin, "F32", shape))
+            outputs.append(OutTensor(origin, "F32", shape, spec))
         if spec.role == "embed" and scheme.tied_lm_head:
             origin = OutputName(scheme.tied_lm_head, "embed", None, None, "lm_head")
-            outputs.append(OutTensor(origin, "F32", spec.shape))
+            outputs.append(OutTensor(origin, "F32", spec.shape, spec))
     return outputs
 
 
@@ -463,7 +465,7 @@ class ShardedTarget:
         Linears reported."""
         produce = Producer(reader, self.linears, self.names)
         with self.container.writer(dst / unit.path, [o.entry for o in unit.items]) as writer:
-            for out, array in ordered_map(lambda o: produce(o.origin), unit.items,
+            for out, array in ordered_map(lambda o: produce(o.spec, o.origin), unit.items,
                                           self.threads):
                 writer.write(out.origin.name, array)
         return {"sha256": writer.file_sha256, "tensors": writer.digests, **produce.summary()}

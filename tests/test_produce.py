@@ -1,0 +1,117 @@
+"""The Producer: output arrays from canonical values, each Linear made once and dropped once
+handed out; the core Linears (dense, release int8) against the release's values."""
+
+import threading
+
+import numpy as np
+import pytest
+
+from converter.compressed import unpack_codes
+from converter.errors import UsageError
+from converter.layouts import open_checkpoint
+from converter.linears import DenseLinears, ReleaseInt8Linears, convert_linears
+from converter.names import SCHEMES, OutputName
+from converter.produce import Producer
+from converter.tensors import round_to_bf16
+
+
+@pytest.fixture(scope="module")
+def reader(tiny_ckpt):
+    return open_checkpoint(tiny_ckpt)
+
+
+def find(reader, role, layer):
+    return next(s for s in reader.specs if s.role == role and s.layer == layer)
+
+
+def origin(role, layer, expert, part, names="hpcai"):
+    return OutputName(SCHEMES[names].tensor(role, layer, expert, part), role, layer, expert, part)
+
+
+def test_plain_tensors(reader):
+    produce = Producer(reader, DenseLinears("f32"), SCHEMES["sglang"])
+    router = find(reader, "router", 4)
+    got = produce(router, origin("router", 4, None, "weight"))
+    np.testing.assert_array_equal(got, np.asarray(reader.read(router)).T)
+    norm = find(reader, "post_moe_norm", 7)
+    np.testing.assert_array_equal(produce(norm, origin("post_moe_norm", 7, None, "scale")),
+                                  reader.read(norm))
+    embed = find(reader, "embed", None)
+    lm_head = OutputName("lm_head.weight", "embed", None, None, "lm_head")
+    np.testing.assert_array_equal(produce(embed, lm_head), reader.read(embed))
+
+
+def test_dense_bf16_rounds_the_exact_product_once(reader):
+    produce = Producer(reader, DenseLinears("bf16"), SCHEMES["hpcai"])
+    down = find(reader, "moe_down", 2)
+    bits = produce(down, origin("moe_down", 2, 5, "weight"))
+    expected = round_to_bf16(reader.read(down).dequantize()[5].T.copy())
+    np.testing.assert_array_equal((bits.astype(np.uint32) << 16).view(np.float32), expected)
+
+
+def test_release_int8_keeps_codes_and_scales(reader):
+    linears = ReleaseInt8Linears.for_specs(reader.specs)
+    produce = Producer(reader, linears, SCHEMES["hpcai"])
+    out = find(reader, "attn_o", 3)  # G = 8 scale groups along the input
+    value = reader.read(out)
+    packed = produce(out, origin("attn_o", 3, None, "weight_packed"))
+    scale = produce(out, origin("attn_o", 3, None, "weight_scale"))
+    k, n = value.weight.shape
+    np.testing.assert_array_equal(unpack_codes(packed, 8, k), np.asarray(value.weight).T)
+    group = linears.formats["attn_o"].group_size
+    np.testing.assert_array_equal(scale[:, (np.arange(k) // group)],
+                                  np.asarray(value.scales)[np.arange(k) // (k // 8)].T)
+    assert produce._pending  # one part still to hand out: the Linear is kept
+    assert produce(out, origin("attn_o", 3, None, "weight_shape")).tolist() == [n, k]
+    assert produce._pending == {}  # all three parts handed out: nothing kept
+
+
+class Counting:
+    """A Linears that counts how often it is asked to make a Linear."""
+
+    def __init__(self, inner, fail=False):
+        self.inner, self.fail, self.calls = inner, fail, 0
+        self.formats, self.label = inner.formats, inner.label
+        self.lock = threading.Lock()
+
+    def make(self, spec, expert, value):
+        with self.lock:
+            self.calls += 1
+        if self.fail:
+            raise UsageError("boom")
+        parts, _ = self.inner.make(spec, expert, value)
+        return parts, {"rel_rms": 0.0}
+
+    def check_kept(self, spec, array):
+        return None
+
+
+def test_each_linear_is_made_once_by_concurrent_threads(reader):
+    linears = Counting(ReleaseInt8Linears.for_specs(reader.specs))
+    produce = Producer(reader, linears, SCHEMES["hpcai"])
+    gate = find(reader, "moe_gate", 1)
+    parts = ("weight_packed", "weight_scale", "weight_shape") * 4
+    barrier = threading.Barrier(len(parts))
+
+    def ask(part):
+        barrier.wait()
+        return produce(gate, origin("moe_gate", 1, 6, part))
+
+    threads = [threading.Thread(target=ask, args=(p,)) for p in parts]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert linears.calls == 1
+    assert produce.summary() == {"stats": {"model.layers.1.moe_block.experts.6.linear":
+                                           {"rel_rms": 0.0}}}
+
+
+def test_a_failed_linear_fails_every_part_and_is_not_kept(reader):
+    produce = Producer(reader, Counting(convert_linears("int8", reader.specs), fail=True),
+                       SCHEMES["hpcai"])
+    query = find(reader, "attn_q", 0)
+    for part in ("weight_packed", "weight_scale"):
+        with pytest.raises(UsageError, match="boom"):
+            produce(query, origin("attn_q", 0, None, part))
+    assert produce._pending == {}
