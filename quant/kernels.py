@@ -3,7 +3,8 @@
 One program owns BLOCK_N output channels of one quantization group. Pass 1 reads the group's
 source weights (the release's int8 codes times their bf16 group scales, exact in float32, or
 plain float32) and reduces absmax / min / max; pass 2 reads them again, quantizes and packs the
-codes into int32 words along the input dimension. It mirrors `quant.primitives` operation for
+codes into int32 words along the input dimension, summing each group's squared error, squared
+weights, largest error and clipped codes on the way. It mirrors `quant.primitives` operation for
 operation (IEEE division via div_rn, round half to even, bf16 scale rounding), so its output is
 bit-identical to the CPU reference; with TRITON_INTERPRET=1 it runs on CPU tensors.
 """
@@ -48,7 +49,7 @@ def _bf16_bits(x):
 
 
 @triton.jit
-def _requant_kernel(w_ptr, ws_ptr, packed_ptr, scale_ptr, zero_ptr,
+def _requant_kernel(w_ptr, ws_ptr, packed_ptr, scale_ptr, zero_ptr, stats_ptr, clip_ptr,
                     K, N, ROWS_PER_SCALE, GROUP, WORDS, GROUPS,
                     BITS: tl.constexpr, SYMMETRIC: tl.constexpr, SOURCE_INT8: tl.constexpr,
                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
@@ -87,15 +88,25 @@ def _requant_kernel(w_ptr, ws_ptr, packed_ptr, scale_ptr, zero_ptr,
     tl.store(zero_ptr + n * GROUPS + group, zero.to(tl.int8), mask=nmask)
 
     shifts = (tl.arange(0, PER) * BITS).to(tl.uint32)
+    sq_err = tl.zeros((BLOCK_N,), tl.float32)
+    sq_x = tl.zeros((BLOCK_N,), tl.float32)
+    max_err = tl.zeros((BLOCK_N,), tl.float32)
+    clipped = tl.zeros((BLOCK_N,), tl.int32)
     for kk in range(k_start, k_end, BLOCK_K):
         k = kk + tl.arange(0, BLOCK_K)
         kmask = k < k_end
+        valid = kmask[:, None] & nmask[None, :]
         x = _load_group_tile(w_ptr, ws_ptr, k, n, kmask, nmask, N, ROWS_PER_SCALE,
                              SOURCE_INT8)
         ratio = tl.math.div_rn(x, scale[None, :])
         ratio = tl.minimum(tl.maximum(ratio, QMIN - 256.0), QMAX + 256.0)
         q = ((ratio + _MAGIC) - _MAGIC) + zero[None, :]
+        clipped += tl.sum(tl.where(valid & ((q < QMIN) | (q > QMAX)), 1, 0), axis=0)
         q = tl.minimum(tl.maximum(q, QMIN), QMAX)
+        err = tl.where(valid, (q - zero[None, :]) * scale[None, :] - x, 0.0)
+        sq_err += tl.sum(err * err, axis=0)
+        sq_x += tl.sum(x * x, axis=0)
+        max_err = tl.maximum(max_err, tl.max(tl.abs(err), axis=0))
         offset = (q.to(tl.int32) + (1 << (BITS - 1))).to(tl.uint32)
         offset = tl.where(kmask[:, None], offset, 0)
         tiles = tl.reshape(offset, (BLOCK_K // PER, PER, BLOCK_N))
@@ -104,15 +115,22 @@ def _requant_kernel(w_ptr, ws_ptr, packed_ptr, scale_ptr, zero_ptr,
         wmask = (w < (k_end + PER - 1) // PER)[:, None] & nmask[None, :]
         tl.store(packed_ptr + n[None, :] * WORDS + w[:, None], words.to(tl.int32, bitcast=True),
                  mask=wmask)
+    at = (n * GROUPS + group) * 3
+    tl.store(stats_ptr + at, sq_err, mask=nmask)
+    tl.store(stats_ptr + at + 1, sq_x, mask=nmask)
+    tl.store(stats_ptr + at + 2, max_err, mask=nmask)
+    tl.store(clip_ptr + n * GROUPS + group, clipped, mask=nmask)
 
 
 def requantize_triton(source: torch.Tensor, source_scales: torch.Tensor | None,
                       scheme: QuantScheme, *, block_n: int = 32,
-                      block_k: int = 128) -> PackedLinear:
+                      block_k: int = 128) -> tuple[PackedLinear, dict[str, float]]:
     """Re-quantize one matrix given in the release orientation [in, out].
 
     source: int8 codes [K, N] with `source_scales` bf16 bits as int16/uint16 [G0, N], or
-    float32 [K, N] with source_scales None. Returns the pack-quantized Linear ([out, in]).
+    float32 [K, N] with source_scales None. Returns the pack-quantized Linear ([out, in]) and
+    its error statistics, computed on the device in the same pass (relative RMS error, max
+    |error|, % of codes clipped): only the packed result and a few numbers per group come back.
     """
     if scheme.method != "rtn":
         raise ValueError("the Triton kernel implements RTN; --method mse runs the CPU reference")
@@ -124,6 +142,8 @@ def requantize_triton(source: torch.Tensor, source_scales: torch.Tensor | None,
     packed = torch.empty((n_cols, words), dtype=torch.int32, device=device)
     scales = torch.empty((n_cols, groups), dtype=torch.int16, device=device)
     zeros = torch.empty((n_cols, groups), dtype=torch.int8, device=device)
+    stats = torch.empty((n_cols, groups, 3), dtype=torch.float32, device=device)
+    clips = torch.empty((n_cols, groups), dtype=torch.int32, device=device)
     int8_source = source.dtype == torch.int8
     if int8_source:
         if source_scales is None:
@@ -134,12 +154,18 @@ def requantize_triton(source: torch.Tensor, source_scales: torch.Tensor | None,
         rows_per_scale, source_scales = 1, source
     block_k = min(block_k, max(32 // scheme.bits, triton.next_power_of_2(group)))
     grid = (triton.cdiv(n_cols, block_n), groups)
-    _requant_kernel[grid](source.contiguous(), source_scales, packed, scales, zeros,
+    _requant_kernel[grid](source.contiguous(), source_scales, packed, scales, zeros, stats, clips,
                           k_rows, n_cols, rows_per_scale, group, words, groups,
                           BITS=scheme.bits, SYMMETRIC=scheme.symmetric, SOURCE_INT8=int8_source,
                           BLOCK_N=block_n, BLOCK_K=block_k)
     scale_bits = scales.cpu().numpy().view(np.uint16)
     zero_point = None if scheme.symmetric else pack_zero_points(zeros.cpu().numpy(),
                                                                 scheme.bits)
-    return PackedLinear(packed=packed.cpu().numpy(), scale=scale_bits, shape=(n_cols, k_rows),
-                        bits=scheme.bits, group_size=group, zero_point=zero_point)
+    result = PackedLinear(packed=packed.cpu().numpy(), scale=scale_bits, shape=(n_cols, k_rows),
+                          bits=scheme.bits, group_size=group, zero_point=zero_point)
+    sums = stats.double().sum(dim=(0, 1))
+    numel = k_rows * n_cols
+    return result, {
+        "rel_rms": float(torch.sqrt(sums[0] / sums[1])) if float(sums[1]) else 0.0,
+        "max_abs_err": float(stats[..., 2].max()) if numel else 0.0,
+        "clipped_pct": 100.0 * float(clips.sum()) / max(numel, 1), "numel": numel}

@@ -2,8 +2,9 @@
 
 The source is read through the canonical stream; the release's int8 weights are dequantized
 exactly in float32 first. On a GPU the Triton kernel does dequantize -> quantize -> pack in one
-pass (RTN); on the CPU, and for --method mse everywhere, the numpy reference does. Both give the
-same bits. Router, embeddings and norms stay float32 (and must be finite). Each Linear's error
+pass (RTN) and computes the error statistics in the same pass, so nothing but the packed result
+and a few numbers per group comes back to the CPU; on the CPU, and for --method mse everywhere,
+the numpy reference does it all. Both give the same bits. Router, embeddings and norms stay float32 (and must be finite). Each Linear's error
 statistics go to the manifest and, at the end, to quantization_report.json.
 """
 
@@ -25,7 +26,7 @@ from converter.layouts.base import TargetOptions
 from converter.linears import dense_transposed
 from converter.spec import LINEAR_ROLES, TensorSpec
 from converter.tensors import QuantizedWeight8bit, dense
-from quant.primitives import error_stats, quantize, quantize_linear
+from quant.primitives import quantize_linear
 from quant.schemes import QuantScheme
 
 __all__ = ["REPORT_NAME", "QuantizedLinears", "build_report", "check_finite",
@@ -58,9 +59,13 @@ def resolve_device(device: str) -> str:
 def check_finite(spec: TensorSpec, expert: int | None, array: np.ndarray) -> None:
     """Refuse NaN or Inf in a tensor that is about to be quantized (or kept beside it)."""
     if not np.isfinite(array).all():
-        where = f" (expert {expert})" if expert is not None else ""
-        raise MalformedFileError(f"{spec.name}{where}: NaN or Inf in the weights; refusing to "
-                                 "quantize")
+        raise _not_finite(spec, expert)
+
+
+def _not_finite(spec: TensorSpec, expert: int | None) -> MalformedFileError:
+    where = f" (expert {expert})" if expert is not None else ""
+    return MalformedFileError(f"{spec.name}{where}: NaN or Inf in the weights; refusing to "
+                              "quantize")
 
 
 def role_schemes(specs: list[TensorSpec], scheme: QuantScheme) -> dict[str, QuantScheme]:
@@ -113,13 +118,11 @@ class QuantizedLinears:
              ) -> tuple[dict[str, np.ndarray], dict[str, Any] | None]:
         """All parts of one re-quantized Linear, and its error statistics."""
         scheme = self.schemes[spec.role]
-        matrix = dense_transposed(value)
-        check_finite(spec, expert, matrix)
         if self.device == "cuda" and scheme.method == "rtn":
-            packed = _on_gpu(value, scheme)
-            stats = error_stats(matrix, quantize(matrix, packed.scale, packed.zero_points(),
-                                                 scheme))
+            packed, stats = _on_gpu(spec, expert, value, scheme)
         else:
+            matrix = dense_transposed(value)
+            check_finite(spec, expert, matrix)
             packed, stats = quantize_linear(matrix, scheme)
         stats["group_size"] = scheme.group_size
         parts = {"weight_packed": packed.packed, "weight_scale": packed.scale,
@@ -144,7 +147,10 @@ class QuantizedLinears:
         return {REPORT_NAME: json.dumps(report, indent=2) + "\n"}
 
 
-def _on_gpu(value: Any, scheme: QuantScheme) -> PackedLinear:
+def _on_gpu(spec: TensorSpec, expert: int | None, value: Any, scheme: QuantScheme
+            ) -> tuple[PackedLinear, dict[str, Any]]:
+    """The Triton kernel on the device; the statistics come back with the result, and
+    finiteness is checked on the device too (of the scales, for the release's int8)."""
     import torch
 
     from quant.kernels import requantize_triton
@@ -152,9 +158,14 @@ def _on_gpu(value: Any, scheme: QuantScheme) -> PackedLinear:
     if isinstance(value, QuantizedWeight8bit):
         codes = torch.from_numpy(np.ascontiguousarray(value.weight)).cuda()
         scales = torch.from_numpy(np.ascontiguousarray(value.scales).view(np.int16)).cuda()
-        return requantize_triton(codes, scales, scheme)
-    canonical = np.ascontiguousarray(dense(value))
-    return requantize_triton(torch.from_numpy(canonical).cuda(), None, scheme)
+        finite = torch.isfinite(scales.view(torch.bfloat16)).all()
+        source, source_scales = codes, scales
+    else:
+        source = torch.from_numpy(np.ascontiguousarray(dense(value))).cuda()
+        finite, source_scales = torch.isfinite(source).all(), None
+    if not bool(finite):
+        raise _not_finite(spec, expert)
+    return requantize_triton(source, source_scales, scheme)
 
 
 def build_report(stats: dict[str, dict[str, float]], scheme: QuantScheme,

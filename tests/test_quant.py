@@ -60,12 +60,15 @@ def test_kernel_is_bit_identical_to_the_cpu_reference(scheme):
     for name, value in adversarial(rng):
         if value.weight.shape[0] < (scheme.group_size or 0) and name == "odd shape":
             continue
-        expected, _ = quantize_linear(dense_transposed(value), scheme)
+        expected, reference_stats = quantize_linear(dense_transposed(value), scheme)
         for source, scales in (
                 (torch.from_numpy(value.weight), torch.from_numpy(value.scales.view(np.int16))),
                 (torch.from_numpy(np.ascontiguousarray(dense_transposed(value).T)), None)):
-            got = requantize_triton(source, scales, scheme)
+            got, stats = requantize_triton(source, scales, scheme)
             assert np.array_equal(got.packed, expected.packed), name
+            for key in ("max_abs_err", "clipped_pct", "numel"):
+                assert stats[key] == reference_stats[key], (name, key)
+            assert stats["rel_rms"] == pytest.approx(reference_stats["rel_rms"], rel=1e-5), name
             assert np.array_equal(got.scale, expected.scale), name
             if not scheme.symmetric:
                 assert np.array_equal(got.zero_point, expected.zero_point), name
