@@ -27,6 +27,7 @@ from converter.output import (
     MODEL_CARD,
     PROVENANCE_NAME,
     VERIFY_REPORT_MD,
+    file_sha256,
 )
 
 __all__ = ["DOWNLOAD_RECORD", "check_repo_id", "download", "invocation", "model_card",
@@ -90,14 +91,6 @@ def _network_errors() -> tuple[type[Exception], ...]:
         except ImportError:
             continue
     return tuple(transport)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(8 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _remote_files(api: Any, repo: str, sha: str, patterns: tuple[str, ...]) -> list[Any]:
@@ -200,7 +193,7 @@ def recorded_hash_problems(folder: Path, workers: int = 4) -> list[str]:
         path = Path(folder) / relative
         if Path(relative).is_absolute() or ".." in Path(relative).parts or not path.is_file():
             return f"{path}: missing"
-        found = _sha256(path) if kind == "sha256" else _git_sha1(path)
+        found = file_sha256(path) if kind == "sha256" else _git_sha1(path)
         return None if found == digest else f"{path}: {kind} {found} differs from the " \
                                                  f"recorded {digest}"
 
@@ -214,7 +207,7 @@ def _verify_hashes(local_dir: Path, files: list[Any], workers: int) -> None:
     def matches(f: Any) -> bool:
         path = local_dir / f.path
         if f.lfs is not None:
-            return _sha256(path) == f.lfs.sha256
+            return file_sha256(path) == f.lfs.sha256
         return _git_sha1(path) == f.blob_id
 
     with concurrent.futures.ThreadPoolExecutor(max(workers, 1)) as pool:
