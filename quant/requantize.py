@@ -4,8 +4,9 @@ The source is read through the canonical stream; the release's int8 weights are 
 exactly in float32 first. On a GPU the Triton kernel does dequantize -> quantize -> pack in one
 pass (RTN) and computes the error statistics in the same pass, so nothing but the packed result
 and a few numbers per group comes back to the CPU; on the CPU, and for --method mse everywhere,
-the numpy reference does it all. Both give the same bits. Router, embeddings and norms stay float32 (and must be finite). Each Linear's error
-statistics go to the manifest and, at the end, to quantization_report.json.
+the numpy reference does it all. Both give the same bits. Router, embeddings and norms stay
+float32 (and must be finite). Each Linear's error statistics go to the manifest and, at the end,
+to quantization_report.json.
 """
 
 from __future__ import annotations
