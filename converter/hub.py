@@ -267,6 +267,7 @@ def model_card(folder: Path, repo: str, *, command: list[str] | None = None) -> 
         f"- Source: `{source.get('repo', 'unknown')}` at commit "
         f"`{source.get('commit', 'unknown')}`",
         f"- Format: {scheme}",
+        f"- Tokenizer: {_tokenizer_line(folder)}",
         f"- Tool: grok1-toolchain {__version__}",
         f"- Command: `{invocation(command or sys.argv)}`", "",
     ]
@@ -276,6 +277,18 @@ def model_card(folder: Path, repo: str, *, command: list[str] | None = None) -> 
     else:
         lines += ["No verification report was found in the uploaded folder.", ""]
     return "\n".join(front + lines)
+
+
+def _tokenizer_line(folder: Path) -> str:
+    """What the card says of the folder's tokenizer files."""
+    from converter.tokenizer import GROK1_MODEL, TOKENIZER_FILES
+
+    if not all((folder / name).is_file() for name in TOKENIZER_FILES):
+        return "none included (load one separately)"
+    same = file_sha256(folder / "tokenizer.model") == file_sha256(GROK1_MODEL)
+    which = "Grok-1's SentencePiece tokenizer" if same else "a SentencePiece tokenizer"
+    return (f"{which} (`tokenizer.model`) with Hugging Face files (`tokenizer.json`) that give "
+            "its exact ids; no BOS is added, as the original runners encode")
 
 
 def _json(path: Path) -> dict[str, Any]:

@@ -194,32 +194,50 @@ def output_file(path: Path | None, flag: str) -> None:
 
 @main.command()
 @click.argument("checkpoint", type=click.Path(path_type=Path))
-@click.option("--tokens", "tokens_path", type=click.Path(path_type=Path), required=True,
+@click.option("--tokens", "tokens_path", type=click.Path(path_type=Path),
               help="int array [batch, seq] as .npy; id 0 is padding.")
+@click.option("--text-file", "text_files", multiple=True,
+              type=click.Path(path_type=Path, dir_okay=False),
+              help="UTF-8 text; each paragraph (blank-line separated) is one document, "
+                   "tokenized with Grok-1's tokenizer (no BOS) and padded with id 0. Repeatable.")
+@click.option("--text", "texts", multiple=True, help="A document given inline. Repeatable.")
+@click.option("--seq-len", type=click.IntRange(min=1), default=8192, show_default=True,
+              help="With text: tokens kept per document.")
 @click.option("--out", type=click.Path(path_type=Path), required=True,
-              help="Where to write float32 logits [batch, seq, vocab] as .npy.")
+              help="Where to write float32 logits [batch, seq, vocab] as .npy (with text, the "
+                   "token ids go to OUT.tokens.npy).")
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16"]), default="float32",
               show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
-def logits(checkpoint: Path, tokens_path: Path, out: Path, dtype: str, device: str) -> None:
+def logits(checkpoint: Path, tokens_path: Path | None, text_files: tuple[Path, ...],
+           texts: tuple[str, ...], seq_len: int, out: Path, dtype: str, device: str) -> None:
     """Run the streamed forward pass and write the full logits.
 
     \b
-    Example:
+    Examples:
       grok1 logits ./tiny-grok --tokens tokens.npy --out logits.npy
+      grok1 logits ./grok-1 --text "The answer to life" --out logits.npy
     """
     from verify.api import write_logits
 
     output_file(out, "--out")
-    shape = write_logits(checkpoint, tokens_path, out, dtype=dtype, device=device)
-    click.echo(f"wrote logits {list(shape)} to {out}", err=True)
+    shape, source = write_logits(checkpoint, out, tokens_path=tokens_path,
+                                 text_files=text_files, texts=texts, seq_len=seq_len,
+                                 dtype=dtype, device=device)
+    click.echo(f"wrote logits {list(shape)} to {out} ({source})", err=True)
 
 
 @main.command()
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--tokens", "tokens_path", type=click.Path(path_type=Path),
               help="int array [batch, seq] as .npy; id 0 is padding.")
-@click.option("--seq-len", type=click.IntRange(min=2), default=64, show_default=True)
+@click.option("--text-file", "text_files", multiple=True,
+              type=click.Path(path_type=Path, dir_okay=False),
+              help="UTF-8 text; each paragraph (blank-line separated) is one document, "
+                   "tokenized with Grok-1's tokenizer (no BOS) and padded with id 0. Repeatable.")
+@click.option("--text", "texts", multiple=True, help="A document given inline. Repeatable.")
+@click.option("--seq-len", type=click.IntRange(min=2), default=64, show_default=True,
+              help="Tokens per sequence (random ids), or kept per document (text).")
 @click.option("--batch", type=click.IntRange(min=1), default=4, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--profile", "profile_name", type=click.Choice(list(PROFILES)),
@@ -249,7 +267,8 @@ def logits(checkpoint: Path, tokens_path: Path, out: Path, dtype: str, device: s
               help="Write the report as JSON here ('-' for stdout).")
 @click.option("--markdown", "markdown_path", type=click.Path(path_type=Path),
               help="Write the report as Markdown here.")
-def verify(paths: tuple[Path, ...], tokens_path: Path | None, seq_len: int, batch: int,
+def verify(paths: tuple[Path, ...], tokens_path: Path | None, text_files: tuple[Path, ...],
+           texts: tuple[str, ...], seq_len: int, batch: int,
            seed: int, profile_name: str, max_kl: float | None, min_top1: float | None,
            max_ppl_ratio: float | None, max_abs_diff: float | None, per_layer: bool,
            check_tensors: bool | None, save_reference: Path | None,
@@ -258,8 +277,10 @@ def verify(paths: tuple[Path, ...], tokens_path: Path | None, seq_len: int, batc
            markdown_path: Path | None) -> None:
     """Check CANDIDATE against REFERENCE: usage `grok1 verify [REFERENCE] CANDIDATE`.
 
-    Runs both forwards layer-major and compares logits at non-pad positions. Exits 0 on pass,
-    1 on fail, 2 on bad input.
+    Runs both forwards layer-major and compares logits at non-pad positions. Without --tokens
+    or text, a model with Grok-1's vocabulary is checked on the natural-text set this package
+    ships (--seq-len tokens of each of its documents), a toy vocabulary on random ids
+    (--batch x --seq-len). Exits 0 on pass, 1 on fail, 2 on bad input.
 
     \b
     Examples:
@@ -267,6 +288,7 @@ def verify(paths: tuple[Path, ...], tokens_path: Path | None, seq_len: int, batc
       grok1 verify ./grok-1 ./grok-1-int4 --profile int4 --json report.json
       grok1 verify ./grok-1 ./grok-1-hf --save-reference ref.npz
       grok1 verify ./grok-1-int8 --reference-logits ref.npz --profile int8
+      grok1 verify ./grok-1 ./grok-1-int8 --profile int8 --text-file essay.txt
     """
     from verify.api import report_dict, verify_checkpoints, write_reports
     from verify.report import format_table
@@ -277,7 +299,8 @@ def verify(paths: tuple[Path, ...], tokens_path: Path | None, seq_len: int, batc
     result = verify_checkpoints(
         paths, profile_name=profile_name, overrides={
             "max_kl": max_kl, "min_top1": min_top1, "max_ppl_ratio": max_ppl_ratio,
-            "max_abs_diff": max_abs_diff}, tokens_path=tokens_path, batch=batch,
+            "max_abs_diff": max_abs_diff}, tokens_path=tokens_path, text_files=text_files,
+        texts=texts, batch=batch,
         seq_len=seq_len, seed=seed, reference_logits=reference_logits, per_layer=per_layer,
         check_tensors=check_tensors, dtype=dtype, device=device, executor=executor,
         ray_address=ray_address, workers=workers)
@@ -319,15 +342,16 @@ def _print_run(summary: dict[str, Any], dst: Path, as_json: bool) -> None:
                    "(exact), or int8 (the release's codes and scales as compressed-tensors, "
                    "lossless).")
 @click.option("--shard-size", default="5GB", show_default=True)
-@click.option("--tokenizer", type=click.Path(path_type=Path, dir_okay=False),
-              help="A tokenizer.model to ship with hf/torch output.")
+@click.option("--tokenizer", metavar="PATH|none",
+              help="Tokenizer files to ship: by default Grok-1's when the model's vocabulary "
+                   "is Grok-1's (131072); a SentencePiece .model; or none.")
 @writer_options
 @click.option("--dry-run", is_flag=True, help="Print the plan; write nothing.")
 @executor_options
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary at the end.")
 def convert(src: Path, dst: Path, to: str, names: str, dtype: str | None, shard_size: str,
-            tokenizer: Path | None, workers: int | None, resume: bool, overwrite: bool,
+            tokenizer: str | None, workers: int | None, resume: bool, overwrite: bool,
             dry_run: bool, executor: str, ray_address: str | None, quiet: bool,
             as_json: bool) -> None:
     """Convert SRC to another layout in DST, streaming one tensor at a time.
@@ -366,12 +390,16 @@ def convert(src: Path, dst: Path, to: str, names: str, dtype: str | None, shard_
 @click.option("--names", type=click.Choice(list(NAME_SCHEMES)), default="hpcai",
               show_default=True)
 @click.option("--shard-size", default="5GB", show_default=True)
+@click.option("--tokenizer", metavar="PATH|none",
+              help="Tokenizer files to ship: by default Grok-1's when the model's vocabulary "
+                   "is Grok-1's (131072); a SentencePiece .model; or none.")
 @writer_options
 @executor_options
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary at the end.")
 def quantize(src: Path, dst: Path, scheme_name: str, group_size: int | None, symmetric: bool,
-             method: str, device: str, names: str, shard_size: str, workers: int | None,
+             method: str, device: str, names: str, shard_size: str, tokenizer: str | None,
+             workers: int | None,
              resume: bool, overwrite: bool, executor: str, ray_address: str | None,
              quiet: bool, as_json: bool) -> None:
     """Re-quantize SRC (any layout) into compressed-tensors pack-quantized in DST.
@@ -389,7 +417,8 @@ def quantize(src: Path, dst: Path, scheme_name: str, group_size: int | None, sym
 
     scheme = scheme_for(scheme_name, group_size=group_size, symmetric=symmetric, method=method)
     summary = quantize_checkpoint(src, dst, scheme, names=names,
-                                  shard_size=parse_size(shard_size), device=device,
+                                  shard_size=parse_size(shard_size), tokenizer=tokenizer,
+                                  device=device,
                                   workers=workers, resume=resume, overwrite=overwrite,
                                   quiet=quiet, executor=executor, ray_address=ray_address)
     rows = summary.pop("rows")
@@ -402,6 +431,36 @@ def quantize(src: Path, dst: Path, scheme_name: str, group_size: int | None, sym
     for row in rows[:10]:
         click.echo(f"{row['tensor']:<60} {row['rel_rms']:>9.4f} {row['max_abs_err']:>10.3g} "
                    f"{row['clipped_pct']:>7.2f}%")
+
+
+@main.command()
+@click.argument("dst", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--model", "model", type=click.Path(path_type=Path, dir_okay=False),
+              help="A SentencePiece BPE model (default: Grok-1's, shipped with this package).")
+@click.option("--overwrite", is_flag=True, help="Replace tokenizer files already in DST.")
+def tokenizer(dst: Path, model: Path | None, overwrite: bool) -> None:
+    """Write Grok-1's tokenizer as Hugging Face files into DST.
+
+    tokenizer.json, tokenizer_config.json, special_tokens_map.json and the original
+    tokenizer.model: AutoTokenizer.from_pretrained(DST) and tokenizers.Tokenizer give exactly
+    SentencePiece's ids, with no BOS added (as the original runners encode).
+
+    \b
+    Example:
+      grok1 tokenizer ./grok-1-tokenizer
+      # then: AutoTokenizer.from_pretrained("./grok-1-tokenizer")("Hello").input_ids
+    """
+    from converter.tokenizer import GROK1_MODEL, TOKENIZER_FILES, write_tokenizer
+
+    if dst.exists() and not dst.is_dir():
+        raise UsageError(f"{dst}: exists and is not a folder")
+    present = [name for name in TOKENIZER_FILES if (dst / name).exists()]
+    if present and not overwrite:
+        raise UsageError(f"{dst}: already holds {present[0]}; pass --overwrite to replace the "
+                         "tokenizer files")
+    dst.mkdir(parents=True, exist_ok=True)
+    written = write_tokenizer(dst, model or GROK1_MODEL)
+    click.echo(f"wrote {', '.join(written)} to {dst}")
 
 
 @main.command()
@@ -526,6 +585,8 @@ def upload(folder: Path, repo: str, revision: str | None, private: bool, create_
               show_default=True, help="For --to hf.")
 @click.option("--names", type=click.Choice(list(NAME_SCHEMES)), default="hpcai",
               show_default=True)
+@click.option("--tokenizer", metavar="PATH|none",
+              help="Tokenizer files to ship (default: Grok-1's for a 131072-token vocabulary).")
 @click.option("--endpoint", help="Hub URL (default: HF_ENDPOINT or huggingface.co).")
 @click.option("--workers", type=click.IntRange(min=1), help="Default: cores.")
 @click.option("--seq-len", type=click.IntRange(min=2), default=64, show_default=True)
@@ -535,9 +596,9 @@ def upload(folder: Path, repo: str, revision: str | None, private: bool, create_
 @click.option("--quiet", is_flag=True)
 @click.option("--json", "as_json", is_flag=True)
 def pipeline(to: str, repo: str, revision: str | None, work_dir: Path, upload_repo: str | None,
-             dtype: str, names: str, endpoint: str | None, workers: int | None, seq_len: int,
-             batch: int, seed: int, executor: str, ray_address: str | None, quiet: bool,
-             as_json: bool) -> None:
+             dtype: str, names: str, tokenizer: str | None, endpoint: str | None,
+             workers: int | None, seq_len: int, batch: int, seed: int, executor: str,
+             ray_address: str | None, quiet: bool, as_json: bool) -> None:
     """Download -> convert or quantize -> verify -> upload; a rerun resumes.
 
     Exits 1 (uploading nothing) when verification fails.
@@ -551,7 +612,8 @@ def pipeline(to: str, repo: str, revision: str | None, work_dir: Path, upload_re
 
     state = run_pipeline(to=to, repo=repo, revision=revision, work_dir=work_dir,
                          upload_repo=upload_repo, endpoint=endpoint, dtype=dtype, names=names,
-                         workers=workers or default_workers(), seq_len=seq_len, batch=batch,
+                         tokenizer=tokenizer, workers=workers or default_workers(),
+                         seq_len=seq_len, batch=batch,
                          seed=seed, quiet=quiet, executor=executor, ray_address=ray_address,
                          echo=(lambda _: None) if as_json else click.echo)
     if as_json:

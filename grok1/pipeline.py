@@ -58,7 +58,8 @@ def _profile(to: str, dtype: str) -> str:
 
 def run_pipeline(*, to: str, repo: str, revision: str | None, work_dir: Path,
                  upload_repo: str | None, endpoint: str | None, dtype: str = "bf16",
-                 names: str = "hpcai", workers: int = 1, seq_len: int = 64, batch: int = 4,
+                 names: str = "hpcai", tokenizer: str | None = None, workers: int = 1,
+                 seq_len: int = 64, batch: int = 4,
                  seed: int = 0, quiet: bool = False, executor: str = "local",
                  ray_address: str | None = None,
                  echo: Callable[[str], None] = print) -> dict[str, Any]:
@@ -68,7 +69,8 @@ def run_pipeline(*, to: str, repo: str, revision: str | None, work_dir: Path,
         raise UsageError(f"{work}: --work-dir exists and is not a folder")
     work.mkdir(parents=True, exist_ok=True)
     settings = {"to": to, "repo": repo, "revision": revision, "upload": upload_repo,
-                "dtype": dtype if to == "hf" else None, "names": names, "seq_len": seq_len,
+                "dtype": dtype if to == "hf" else None, "names": names, "tokenizer": tokenizer,
+                "seq_len": seq_len,
                 "batch": batch, "seed": seed}
     state = _load_state(work / STATE_NAME) or {
         "settings": settings, "steps": {}, "tool": f"grok1-toolchain {__version__}"}
@@ -94,8 +96,8 @@ def run_pipeline(*, to: str, repo: str, revision: str | None, work_dir: Path,
 
     if not steps.get("convert", {}).get("done"):
         echo(f"[2/4] {'quantize' if to != 'hf' else 'convert'} -> {output}")
-        summary = _convert(to, dtype, names, source, output, workers, quiet, executor,
-                           ray_address)
+        summary = _convert(to, dtype, names, tokenizer, source, output, workers, quiet,
+                           executor, ray_address)
         with atomic_open(output / PROVENANCE_NAME) as f:
             f.write(json.dumps({"repo": repo, "revision": revision or "main", "commit": commit,
                                 "to": to, "dtype": settings["dtype"],
@@ -125,15 +127,16 @@ def run_pipeline(*, to: str, repo: str, revision: str | None, work_dir: Path,
 TARGETS = ("hf", *QUANT_SCHEMES)
 
 
-def _convert(to: str, dtype: str, names: str, source: Path, output: Path, workers: int,
-             quiet: bool, executor: str, ray_address: str | None) -> dict[str, Any]:
+def _convert(to: str, dtype: str, names: str, tokenizer: str | None, source: Path,
+             output: Path, workers: int, quiet: bool, executor: str, ray_address: str | None
+             ) -> dict[str, Any]:
     run = {"workers": workers, "resume": (output / MANIFEST_NAME).is_file(), "quiet": quiet,
            "executor": executor, "ray_address": ray_address}
     if to == "hf":
-        return convert(source, output, to="hf", options=TargetOptions(names=names, dtype=dtype),
-                       **run)
+        return convert(source, output, to="hf", options=TargetOptions(
+            names=names, dtype=dtype, tokenizer=tokenizer), **run)
     scheme = scheme_for(to, group_size=None, symmetric=True, method="rtn")
-    return quantize_checkpoint(source, output, scheme, names=names, **run)
+    return quantize_checkpoint(source, output, scheme, names=names, tokenizer=tokenizer, **run)
 
 
 def _verify(source: Path, output: Path, profile_name: str, seq_len: int, batch: int, seed: int,

@@ -190,14 +190,14 @@ def build_report(stats: dict[str, dict[str, float]], scheme: QuantScheme,
 
 
 def quantize_checkpoint(source: Path, dst: Path, scheme: QuantScheme, *, names: str = "hpcai",
-                        shard_size: int = 5 * 10**9, device: str = "auto", to: str = "hf",
-                        **run: Any) -> dict[str, Any]:
+                        shard_size: int = 5 * 10**9, tokenizer: str | None = None,
+                        device: str = "auto", to: str = "hf", **run: Any) -> dict[str, Any]:
     """Re-quantize `source` (any layout) into compressed-tensors in `dst`; returns the run's
     summary with the device used and the report's summary and rows."""
     linears = QuantizedLinears.for_specs(scheme, open_checkpoint(source).specs,
                                          resolve_device(device))
     summary = convert(source, dst, to=to, options=TargetOptions(
-        names=names, linears=linears, shard_size=shard_size), **run)
+        names=names, linears=linears, shard_size=shard_size, tokenizer=tokenizer), **run)
     summary["device"] = linears.device
     if not run.get("dry_run"):
         report = json.loads((Path(dst) / REPORT_NAME).read_text())

@@ -70,3 +70,12 @@ def bad_input(*args: object) -> str:
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), shown
     return lines[0]
+
+
+@pytest.fixture(scope="session")
+def real_vocab_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A generated 2-layer checkpoint with Grok-1's 131072-token vocabulary (about 35 MB)."""
+    folder = tmp_path_factory.mktemp("real-vocab") / "ckpt"
+    generate_checkpoint(folder, Grok1Config.preset("tiny", layers=2, vocab=131072), seed=3,
+                        quiet=True)
+    return folder

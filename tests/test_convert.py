@@ -299,17 +299,16 @@ def test_inspect_reads_hf_and_torch_layouts(upstream, tmp_path):
     assert "model-00003-of-00006.safetensors" in result.output and "truncated" in result.output
 
 
-def test_tokenizer_ships_with_hf_output(upstream, tmp_path):
-    tokenizer = tmp_path / "tokenizer.model"
-    tokenizer.write_bytes(b"\x0a\x05[PAD]sentencepiece-model-bytes")
-    ok(upstream, tmp_path / "hf", "--dtype", "f32", "--tokenizer", tokenizer)
-    assert (tmp_path / "hf" / "tokenizer.model").read_bytes() == tokenizer.read_bytes()
-    config = json.loads((tmp_path / "hf" / "tokenizer_config.json").read_text())
-    assert config["model_max_length"] == 8192
+def test_generation_config_and_tokenizer_choices(upstream, tmp_path):
+    ok(upstream, tmp_path / "hf", "--dtype", "f32")
     generation = json.loads((tmp_path / "hf" / "generation_config.json").read_text())
     assert (generation["bos_token_id"], generation["eos_token_id"]) == (1, 2)
     assert "nope.model" in bad_input("convert", upstream, tmp_path / "hf2", "--tokenizer",
                                      tmp_path / "nope.model")
+    fake = tmp_path / "tokenizer.model"
+    fake.write_bytes(b"\x0a\x05[PAD]sentencepiece-model-bytes")
+    assert "not a SentencePiece model" in bad_input("convert", upstream, tmp_path / "hf3",
+                                                    "--tokenizer", fake)
 
 
 def test_hf_tensor_with_the_wrong_shape_is_named(upstream, tmp_path):

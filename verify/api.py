@@ -17,14 +17,15 @@ from verify.metrics import ReferenceLogits
 from verify.profiles import profile
 from verify.report import format_markdown
 from verify.run import VerifyResult, run_verification
-from verify.tokens import load_tokens, random_tokens
+from verify.tokens import choose_tokens
 
 __all__ = ["verify_checkpoints", "write_reports"]
 
 
 def verify_checkpoints(paths: tuple[Path, ...], *, profile_name: str = "lossless",
                        overrides: dict[str, float | None] | None = None,
-                       tokens_path: Path | None = None, batch: int = 4, seq_len: int = 64,
+                       tokens_path: Path | None = None, text_files: tuple[Path, ...] = (),
+                       texts: tuple[str, ...] = (), batch: int = 4, seq_len: int = 64,
                        seed: int = 0, reference_logits: Path | None = None,
                        per_layer: bool = False, check_tensors: bool | None = None,
                        dtype: str = "float32", device: str = "cpu", executor: str = "local",
@@ -40,22 +41,27 @@ def verify_checkpoints(paths: tuple[Path, ...], *, profile_name: str = "lossless
         raise UsageError("give REFERENCE and CANDIDATE, or CANDIDATE with --reference-logits "
                          "(--per-layer needs REFERENCE)")
     tokens: np.ndarray | None = None
+    source = f"the stored reference's tokens ({Path(reference_logits or '').name})"
     if stored is None:
-        tokens = (load_tokens(tokens_path, candidate.config) if tokens_path is not None else
-                  random_tokens(candidate.config.vocab, batch=batch, seq_len=seq_len, seed=seed))
+        tokens, source = choose_tokens(candidate.config, tokens_path=tokens_path,
+                                       text_files=text_files, texts=texts, batch=batch,
+                                       seq_len=seq_len, seed=seed)
     limits = profile(profile_name).override(**(overrides or {}))
     if check_tensors is None:
         check_tensors = profile_name == "lossless" and reference is not None
     if executor == "ray":
         from verify.distributed import run_verification_ray
 
-        return run_verification_ray(
+        result = run_verification_ray(
             paths[0] if reference is not None else None, paths[-1], tokens, thresholds=limits,
             workers=workers, address=ray_address, reference_logits=stored,
             per_layer=per_layer, check_tensors=check_tensors, dtype=dtype, device=device)
-    return run_verification(reference, candidate, tokens, thresholds=limits,
-                            reference_logits=stored, per_layer=per_layer,
-                            check_tensors=check_tensors, dtype=dtype, device=device)
+    else:
+        result = run_verification(reference, candidate, tokens, thresholds=limits,
+                                  reference_logits=stored, per_layer=per_layer,
+                                  check_tensors=check_tensors, dtype=dtype, device=device)
+    result.tokens = source
+    return result
 
 
 def report_dict(result: VerifyResult, profile_name: str) -> dict[str, Any]:
@@ -81,15 +87,25 @@ def write_output_reports(result: VerifyResult, profile_name: str, folder: Path,
                   markdown_path=Path(folder) / VERIFY_REPORT_MD, title=title)
 
 
-def write_logits(checkpoint: Path, tokens_path: Path, out: Path, *, dtype: str = "float32",
-                 device: str = "cpu") -> tuple[int, ...]:
-    """Run the streamed forward on the tokens of a .npy file; write float32 logits [batch,
-    seq, vocab] to `out` (atomically). Returns their shape."""
+def write_logits(checkpoint: Path, out: Path, *, tokens_path: Path | None = None,
+                 text_files: tuple[Path, ...] = (), texts: tuple[str, ...] = (),
+                 seq_len: int = 8192, dtype: str = "float32", device: str = "cpu"
+                 ) -> tuple[tuple[int, ...], str]:
+    """Run the streamed forward on token ids (.npy) or text; write float32 logits [batch, seq,
+    vocab] to `out` (atomically), and the token ids beside it (`<out>.tokens.npy`) when they
+    came from text. Returns the logits' shape and where the tokens came from."""
     from verify.torch_forward import torch_logits
 
     reader = open_checkpoint(checkpoint)
-    result = torch_logits(reader, load_tokens(tokens_path, reader.config), dtype=dtype,
-                          device=device)
+    if tokens_path is None and not text_files and not texts:
+        raise UsageError("give --tokens, --text-file or --text")
+    tokens, source = choose_tokens(reader.config, tokens_path=tokens_path,
+                                   text_files=text_files, texts=texts,
+                                   seq_len=min(seq_len, reader.config.max_seq_len))
+    result = torch_logits(reader, tokens, dtype=dtype, device=device)
     with atomic_open(out) as f:
         np.save(f, result)
-    return result.shape
+    if tokens_path is None:
+        with atomic_open(Path(f"{out}.tokens.npy")) as f:
+            np.save(f, tokens)
+    return result.shape, source

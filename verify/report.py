@@ -37,7 +37,8 @@ def _layer_rows(per_layer: list[dict[str, Any]]) -> list[tuple[str, str, str, st
 
 def format_table(result: VerifyResult) -> str:
     """A plain-text table for the terminal."""
-    lines = [f"{label:<24} {value:>14}" for label, value in _rows(result.metrics)]
+    lines = [f"tokens: {result.tokens}"] if result.tokens else []
+    lines += [f"{label:<24} {value:>14}" for label, value in _rows(result.metrics)]
     if result.per_layer:
         lines += ["", f"{'layer':<8} {'attention':>12} {'moe':>12} {'output':>12}"]
         lines += [f"{a:<8} {b:>12} {c:>12} {d:>12}" for a, b, c, d in _layer_rows(
@@ -56,8 +57,10 @@ def _cell(text: str) -> str:
 def format_markdown(result: VerifyResult, *, title: str = "Verification") -> str:
     """Markdown tables, as embedded in model cards."""
     verdict = "passed" if result.passed else "failed: " + "; ".join(result.reasons)
-    lines = [f"## {title}", "", f"Result: **{_cell(verdict)}**", "",
-             "| metric | value |", "| --- | ---: |"]
+    lines = [f"## {title}", "", f"Result: **{_cell(verdict)}**", ""]
+    if result.tokens:
+        lines += [f"Evaluated on {result.tokens}.", ""]
+    lines += ["| metric | value |", "| --- | ---: |"]
     lines += [f"| {_cell(label)} | {_cell(value)} |" for label, value in _rows(result.metrics)]
     if result.per_layer:
         lines += ["", "| layer | attention | MoE | output |", "| --- | ---: | ---: | ---: |"]

@@ -37,6 +37,7 @@ class VerifyResult:
     thresholds: Thresholds
     seconds: float
     reference: ReferenceLogits
+    tokens: str = ""
 
     @property
     def passed(self) -> bool:
@@ -45,7 +46,8 @@ class VerifyResult:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready."""
-        return {"passed": self.passed, "reasons": self.reasons, "metrics": self.metrics,
+        return {"passed": self.passed, "reasons": self.reasons, "tokens": self.tokens,
+                "metrics": self.metrics,
                 "thresholds": dataclasses.asdict(self.thresholds), "per_layer": self.per_layer,
                 "tensor_mismatches": self.tensor_mismatches, "seconds": round(self.seconds, 3)}
 

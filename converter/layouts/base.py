@@ -66,13 +66,14 @@ class Target(Protocol):
 @dataclasses.dataclass(frozen=True)
 class TargetOptions:
     """What a user chose for an output: tensor names, the dtype of Linears (or a maker of
-    Linears from `quant`), shard size and tokenizer. Each layout takes what applies to it."""
+    Linears from `quant`), shard size and tokenizer (None: Grok-1's when the vocabulary is
+    Grok-1's; `none`; or a SentencePiece model). Each layout takes what applies to it."""
 
     names: str = "hpcai"
     dtype: str | None = None
     linears: Any = None
     shard_size: int = 5 * 10**9
-    tokenizer: Path | None = None
+    tokenizer: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)

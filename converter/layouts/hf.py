@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -61,6 +60,7 @@ from converter.names import SCHEMES, NameScheme, OutputName, scheme
 from converter.produce import Producer
 from converter.spec import EXPERT_ROLES, LINEAR_ROLES, ROLE, TensorSpec, build_spec
 from converter.tensors import QuantizedWeight8bit, bf16_bits_to_f32, transposed
+from converter.tokenizer import TOKENIZER_FILES, resolve_tokenizer, write_tokenizer
 
 __all__ = ["CONTAINERS", "SAFETENSORS", "TORCH", "Container", "HfCheckpoint", "OutTensor",
            "ShardedTarget", "config_from_hf", "hf_config", "plan_outputs"]
@@ -474,7 +474,7 @@ class ShardedTarget:
         """The files `finalize` writes, known before any unit is."""
         names = ["config.json", "generation_config.json"]
         if self.tokenizer is not None:
-            names += ["tokenizer.model", "tokenizer_config.json"]
+            names += list(TOKENIZER_FILES)
         names += self.linears.report_files()
         if len(units) > 1:
             names.append(self.container.index_name)
@@ -495,10 +495,7 @@ class ShardedTarget:
             "bos_token_id": c.bos_token, "eos_token_id": c.eos_token,
             "pad_token_id": c.pad_token, "_from_model_config": True})
         if self.tokenizer is not None:
-            shutil.copyfile(self.tokenizer, dst / "tokenizer.model")
-            _write_json(dst / "tokenizer_config.json", {
-                "tokenizer_class": "LlamaTokenizer", "model_max_length": c.max_seq_len,
-                "add_bos_token": False, "add_eos_token": False})
+            write_tokenizer(dst, self.tokenizer, max_length=c.max_seq_len)
         for name, text in self.linears.reports(records).items():
             with atomic_open(dst / name) as f:
                 f.write(text.encode())
@@ -538,10 +535,8 @@ def _describe(path: Path, container: Container) -> dict[str, Any]:
 def _target(container: Container) -> Any:
     def make(reader: CheckpointReader, options: TargetOptions) -> Target:
         linears = options.linears or convert_linears(options.dtype or "bf16", reader.specs)
-        if options.tokenizer is not None and not Path(options.tokenizer).is_file():
-            raise UsageError(f"{options.tokenizer}: no such tokenizer file")
         return ShardedTarget(container, scheme(options.names), linears, options.shard_size,
-                             options.tokenizer)
+                             resolve_tokenizer(options.tokenizer, reader.config.vocab))
     return make
 
 
