@@ -17,6 +17,7 @@ from converter import __version__
 from converter.config import PRESETS, Grok1Config
 from converter.errors import DiskSpaceError, Grok1Error, UsageError
 from converter.executors import EXECUTORS
+from converter.layouts import DTYPES as LAYOUT_DTYPES
 from converter.layouts import LAYOUTS
 from converter.linears import CONVERT_DTYPES
 from converter.names import SCHEMES as NAME_SCHEMES
@@ -337,10 +338,11 @@ def _print_run(summary: dict[str, Any], dst: Path, as_json: bool) -> None:
                                                  for e in LAYOUTS.values()) + ".")
 @click.option("--names", type=click.Choice(list(NAME_SCHEMES)), default="hpcai",
               show_default=True, help="Tensor names for hf/torch output.")
-@click.option("--dtype", type=click.Choice(CONVERT_DTYPES),
-              help="Linear weights: bf16 (rounded as the release ran; the default), f32 "
-                   "(exact), or int8 (the release's codes and scales as compressed-tensors, "
-                   "lossless).")
+@click.option("--dtype", type=click.Choice(LAYOUT_DTYPES),
+              help="Linear weights. hf/torch: bf16 (rounded as the release ran; the default), "
+                   "f32 (exact), or int8 (the release's codes and scales as compressed-tensors, "
+                   "lossless). gguf: q8_0 (the release's codes, exact; the default), f32, f16, "
+                   "bf16, q4_0.")
 @click.option("--shard-size", default="5GB", show_default=True)
 @click.option("--tokenizer", metavar="PATH|none",
               help="Tokenizer files to ship: by default Grok-1's when the model's vocabulary "
@@ -362,6 +364,7 @@ def convert(src: Path, dst: Path, to: str, names: str, dtype: str | None, shard_
       grok1 convert ./grok-1 ./grok-1-int8 --to hf --dtype int8 --names sglang
       grok1 convert ./grok-1-int8 ./grok-1-again --to xai      # byte-identical to the release
       grok1 convert ./grok-1 ./out --to hf --resume            # after an interruption
+      grok1 convert ./grok-1 ./grok-1-gguf --to gguf --dtype q8_0 --shard-size 45GB
     """
     from converter.engine import convert as run
     from converter.layouts.base import TargetOptions

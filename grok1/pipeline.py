@@ -17,6 +17,7 @@ from converter.atomic import atomic_open
 from converter.engine import convert
 from converter.errors import MalformedFileError, UsageError, VerificationFailed
 from converter.layouts.base import TargetOptions
+from converter.layouts.gguf import DTYPES as GGUF_DTYPES
 from converter.output import MANIFEST_NAME, PROVENANCE_NAME
 from quant.requantize import quantize_checkpoint
 from quant.schemes import SCHEMES as QUANT_SCHEMES
@@ -53,6 +54,9 @@ def _profile(to: str, dtype: str) -> str:
     change (bf16 rounds, so it is judged as int8 is)."""
     if to in QUANT_SCHEMES:
         return QUANT_SCHEMES[to].profile
+    if to in GGUF_TARGETS:
+        return {"f32": "lossless", "q8_0": "lossless", "q4_0": "int4"}.get(
+            GGUF_TARGETS[to], "int8")
     return "lossless" if dtype in ("f32", "int8") else "int8"
 
 
@@ -95,7 +99,7 @@ def run_pipeline(*, to: str, repo: str, revision: str | None, work_dir: Path,
     commit = steps["download"]["commit"]
 
     if not steps.get("convert", {}).get("done"):
-        echo(f"[2/4] {'quantize' if to != 'hf' else 'convert'} -> {output}")
+        echo(f"[2/4] {'quantize' if to in QUANT_SCHEMES else 'convert'} -> {output}")
         summary = _convert(to, dtype, names, tokenizer, source, output, workers, quiet,
                            executor, ray_address)
         with atomic_open(output / PROVENANCE_NAME) as f:
@@ -124,7 +128,8 @@ def run_pipeline(*, to: str, repo: str, revision: str | None, work_dir: Path,
     return state
 
 
-TARGETS = ("hf", *QUANT_SCHEMES)
+GGUF_TARGETS = {f"gguf-{dtype}": dtype for dtype in GGUF_DTYPES}
+TARGETS = ("hf", *QUANT_SCHEMES, *GGUF_TARGETS)
 
 
 def _convert(to: str, dtype: str, names: str, tokenizer: str | None, source: Path,
@@ -135,6 +140,9 @@ def _convert(to: str, dtype: str, names: str, tokenizer: str | None, source: Pat
     if to == "hf":
         return convert(source, output, to="hf", options=TargetOptions(
             names=names, dtype=dtype, tokenizer=tokenizer), **run)
+    if to in GGUF_TARGETS:
+        return convert(source, output, to="gguf", options=TargetOptions(
+            dtype=GGUF_TARGETS[to], tokenizer=tokenizer, shard_size=45 * 10**9), **run)
     scheme = scheme_for(to, group_size=None, symmetric=True, method="rtn")
     return quantize_checkpoint(source, output, scheme, names=names, tokenizer=tokenizer, **run)
 

@@ -11,17 +11,22 @@ from __future__ import annotations
 from pathlib import Path
 
 from converter.errors import LayoutError, UsageError
-from converter.layouts import hf, xai
+from converter.layouts import gguf, hf, xai
 from converter.layouts.base import CheckpointReader, Layout, require_folder
 
-__all__ = ["LAYOUTS", "CheckpointReader", "Layout", "detect_layout", "layout",
+__all__ = ["DTYPES", "LAYOUTS", "CheckpointReader", "Layout", "detect_layout", "layout",
            "open_checkpoint", "require_folder"]
 
 LAYOUTS: dict[str, Layout] = {entry.name: entry for entry in (
     xai.LAYOUT,
     hf.SAFETENSORS,
     hf.TORCH,
+    gguf.LAYOUT,
 )}
+
+
+# every --dtype some layout takes, in a stable order
+DTYPES: tuple[str, ...] = tuple(dict.fromkeys(d for e in LAYOUTS.values() for d in e.dtypes))
 
 
 def layout(name: str) -> Layout:

@@ -1,0 +1,368 @@
+"""The GGUF container (version 3, as llama.cpp reads it) and its block types, written and read
+here without gguf-py: a header, typed key-values, tensor infos, then each tensor's data at a
+32-byte aligned offset. Writing streams one tensor (one expert of a stacked tensor) at a time
+into a file whose header was planned up front; reading memory-maps the data.
+
+Block types are pure functions over numpy arrays, each checked against gguf-py's reference
+implementation in the tests: Q8_0 (32 int8 codes and one f16 scale per block), Q4_0 (32 4-bit
+codes, offset 8, and one f16 scale), F16, BF16 and F32. `q8_0_from_release` builds Q8_0 blocks
+from the release's own int8 codes and bf16 scales, exactly, where each block lies in one scale
+group and each scale is an exact f16.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import mmap
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from converter.atomic import atomic_open
+from converter.errors import MalformedFileError, UsageError
+from converter.tensors import bf16_bits_to_f32, f32_to_bf16_bits
+
+__all__ = ["GGML_TYPES", "GGUFReader", "GGUFWriter", "GgmlType", "TensorInfo", "decode",
+           "encode", "q8_0_from_release"]
+
+MAGIC = b"GGUF"
+VERSION = 3
+ALIGNMENT = 32
+QK = 32  # elements per block of the block types here
+
+
+@dataclasses.dataclass(frozen=True)
+class GgmlType:
+    """A ggml tensor type: its id in the file, block size (elements) and bytes per block."""
+
+    name: str
+    id: int
+    block: int
+    block_bytes: int
+
+    def nbytes(self, count: int) -> int:
+        """Bytes of `count` elements (a whole number of blocks)."""
+        return count // self.block * self.block_bytes
+
+
+GGML_TYPES: dict[str, GgmlType] = {t.name: t for t in (
+    GgmlType("F32", 0, 1, 4), GgmlType("F16", 1, 1, 2), GgmlType("Q4_0", 2, QK, 18),
+    GgmlType("Q8_0", 8, QK, 34), GgmlType("BF16", 30, 1, 2),
+)}
+_BY_ID = {t.id: t for t in GGML_TYPES.values()}
+
+# GGUF value types
+_UINT8, _INT8, _UINT16, _INT16, _UINT32, _INT32, _FLOAT32, _BOOL, _STRING, _ARRAY = range(10)
+_UINT64, _INT64, _FLOAT64 = 10, 11, 12
+_SCALARS = {_UINT8: "<B", _INT8: "<b", _UINT16: "<H", _INT16: "<h", _UINT32: "<I",
+            _INT32: "<i", _FLOAT32: "<f", _BOOL: "<?", _UINT64: "<Q", _INT64: "<q",
+            _FLOAT64: "<d"}
+_NUMPY = {_UINT8: "<u1", _INT8: "<i1", _UINT16: "<u2", _INT16: "<i2", _UINT32: "<u4",
+          _INT32: "<i4", _FLOAT32: "<f4", _BOOL: "<u1", _UINT64: "<u8", _INT64: "<i8",
+          _FLOAT64: "<f8"}
+
+
+# ---- block types -------------------------------------------------------------------------
+
+def _f16(values: np.ndarray) -> np.ndarray:
+    return np.asarray(values, np.float32).astype(np.float16)
+
+
+def encode(values: np.ndarray, kind: str) -> np.ndarray:
+    """float32 rows [..., n] (n a multiple of the block) -> the raw bytes of type `kind`, as
+    ggml's reference quantizers make them (round half away from zero, f16 scales)."""
+    x = np.ascontiguousarray(values, np.float32)
+    if kind == "F32":
+        return x.view(np.uint8).reshape(-1)
+    if kind == "F16":
+        return _f16(x).view(np.uint8).reshape(-1)
+    if kind == "BF16":
+        return f32_to_bf16_bits(x).view(np.uint8).reshape(-1)
+    blocks = x.reshape(-1, QK)
+    if kind == "Q8_0":
+        amax = np.abs(blocks).max(axis=1, keepdims=True)
+        d = amax / np.float32(127)
+        inverse = np.divide(np.float32(1), d, out=np.zeros_like(d), where=d != 0)
+        codes = _round_away(blocks * inverse).astype(np.int8)
+        return _pack_blocks(_f16(d), codes.view(np.uint8))
+    if kind == "Q4_0":
+        index = np.abs(blocks).argmax(axis=1)[:, None]
+        peak = np.take_along_axis(blocks, index, axis=1)
+        d = peak / np.float32(-8)
+        inverse = np.divide(np.float32(1), d, out=np.zeros_like(d), where=d != 0)
+        q = np.minimum(np.float32(15), np.trunc(blocks * inverse + np.float32(8.5))).astype(
+            np.uint8)
+        return _pack_blocks(_f16(d), q[:, :16] | (q[:, 16:] << 4))
+    raise UsageError(f"cannot encode GGUF type {kind}")
+
+
+def _round_away(x: np.ndarray) -> np.ndarray:
+    return np.trunc(x + np.copysign(np.float32(0.5), x))
+
+
+def _pack_blocks(scales: np.ndarray, payload: np.ndarray) -> np.ndarray:
+    out = np.empty((payload.shape[0], 2 + payload.shape[1]), np.uint8)
+    out[:, :2] = scales.reshape(-1, 1).view(np.uint8)
+    out[:, 2:] = payload
+    return out.reshape(-1)
+
+
+def decode(raw: np.ndarray, kind: str, shape: tuple[int, ...]) -> np.ndarray:
+    """The raw bytes of one tensor of type `kind` -> float32 of `shape` (rows innermost)."""
+    raw = np.asarray(raw, np.uint8)
+    if kind == "F32":
+        return raw.view(np.float32).reshape(shape).copy()
+    if kind == "F16":
+        return raw.view(np.float16).astype(np.float32).reshape(shape)
+    if kind == "BF16":
+        return bf16_bits_to_f32(raw.view(np.uint16)).reshape(shape)
+    block = GGML_TYPES[kind].block_bytes
+    blocks = raw.reshape(-1, block)
+    d = blocks[:, :2].copy().view(np.float16).astype(np.float32)
+    if kind == "Q8_0":
+        codes = blocks[:, 2:].view(np.int8).astype(np.float32)
+    elif kind == "Q4_0":
+        q = blocks[:, 2:]
+        codes = np.concatenate([q & 0x0F, q >> 4], axis=1).astype(np.float32) - 8
+    else:
+        raise MalformedFileError(f"cannot decode GGUF type {kind}")
+    return (codes * d).reshape(shape)
+
+
+def q8_0_from_release(codes: np.ndarray, scales_bits: np.ndarray) -> np.ndarray | None:
+    """Q8_0 bytes of one matrix [out, in] from the release's codes [out, in] (int8) and bf16
+    scale bits [out, G]: each 32-code block keeps its codes and takes its group's scale, when
+    every block lies inside one scale group and every scale is an exact f16 (else None)."""
+    cols = codes.shape[1]
+    groups = scales_bits.shape[1]
+    if cols % QK or cols % groups or (cols // groups) % QK:
+        return None
+    scales = bf16_bits_to_f32(scales_bits)
+    as_f16 = scales.astype(np.float16)
+    if not np.array_equal(as_f16.astype(np.float32), scales):
+        return None
+    per_group = cols // groups // QK
+    block_scales = np.repeat(as_f16, per_group, axis=1).reshape(-1)
+    return _pack_blocks(block_scales, np.ascontiguousarray(codes).view(np.uint8).reshape(-1, QK))
+
+
+# ---- the container -----------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class TensorInfo:
+    """One tensor of a GGUF file: name, numpy-order shape (outermost first), ggml type."""
+
+    name: str
+    shape: tuple[int, ...]
+    kind: str
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of its data."""
+        return GGML_TYPES[self.kind].nbytes(math.prod(self.shape))
+
+
+def _string(text: str) -> bytes:
+    raw = text.encode("utf-8")
+    return struct.pack("<Q", len(raw)) + raw
+
+
+def _value(value: Any) -> tuple[int, bytes]:
+    if isinstance(value, bool):
+        return _BOOL, struct.pack("<?", value)
+    if isinstance(value, int):
+        return (_UINT32, struct.pack("<I", value)) if 0 <= value < 2**32 else (
+            _INT64, struct.pack("<q", value))
+    if isinstance(value, float):
+        return _FLOAT32, struct.pack("<f", value)
+    if isinstance(value, str):
+        return _STRING, _string(value)
+    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], int):
+        kind, scalar = value  # an explicitly typed scalar
+        return kind, struct.pack(_SCALARS[kind], scalar)
+    if isinstance(value, np.ndarray):
+        kind = {np.dtype("<f4"): _FLOAT32, np.dtype("<i4"): _INT32}[value.dtype]
+        return _ARRAY, struct.pack("<IQ", kind, value.size) + value.tobytes()
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return _ARRAY, struct.pack("<IQ", _STRING, len(value)) + b"".join(map(_string, value))
+    raise UsageError(f"cannot store {type(value).__name__} in GGUF metadata")
+
+
+class GGUFWriter:
+    """Writes one GGUF file: the header is planned from the metadata and tensor infos, then each
+    tensor's bytes are streamed in plan order (a tensor may come in several pieces)."""
+
+    def __init__(self, path: Path, metadata: dict[str, Any], tensors: list[TensorInfo]) -> None:
+        self.path, self.tensors = Path(path), tensors
+        head = [MAGIC, struct.pack("<IQQ", VERSION, len(tensors), len(metadata))]
+        for key, value in metadata.items():
+            kind, raw = _value(value)
+            head += [_string(key), struct.pack("<I", kind), raw]
+        offset = 0
+        for info in tensors:
+            dims = info.shape[::-1]
+            head += [_string(info.name), struct.pack("<I", len(dims)),
+                     struct.pack(f"<{len(dims)}Q", *dims),
+                     struct.pack("<IQ", GGML_TYPES[info.kind].id, offset)]
+            offset += info.nbytes + (-info.nbytes % ALIGNMENT)
+        header = b"".join(head)
+        self._header = header + b"\0" * (-len(header) % ALIGNMENT)
+        self._index, self._left = 0, tensors[0].nbytes if tensors else 0
+        self.digests: dict[str, str] = {}
+
+    def __enter__(self) -> GGUFWriter:
+        self._context = atomic_open(self.path)
+        self._file = self._context.__enter__()
+        self._file.write(self._header)
+        self._hash = hashlib.sha256(self._header)
+        self._tensor_hash = hashlib.sha256()
+        return self
+
+    def write(self, name: str, raw: np.ndarray) -> None:
+        """The next bytes of tensor `name` (all of it, or the next piece)."""
+        info = self.tensors[self._index] if self._index < len(self.tensors) else None
+        data = memoryview(np.ascontiguousarray(raw).reshape(-1).view(np.uint8))
+        if info is None or info.name != name or data.nbytes > self._left:
+            raise UsageError(f"{self.path}: wrote {data.nbytes} bytes of {name}, the plan "
+                             f"expects {info.name if info else 'nothing'} "
+                             f"({self._left} bytes left)")
+        self._file.write(data)
+        self._hash.update(data)
+        self._tensor_hash.update(data)
+        self._left -= data.nbytes
+        if self._left == 0:
+            pad = b"\0" * (-info.nbytes % ALIGNMENT)
+            self._file.write(pad)
+            self._hash.update(pad)
+            self.digests[name] = self._tensor_hash.hexdigest()
+            self._tensor_hash = hashlib.sha256()
+            self._index += 1
+            self._left = self.tensors[self._index].nbytes if self._index < len(
+                self.tensors) else 0
+
+    @property
+    def file_sha256(self) -> str:
+        """The sha256 of the whole file (valid once every tensor is written)."""
+        return self._hash.hexdigest()
+
+    def __exit__(self, *exc: Any) -> None:
+        if exc[0] is None and self._index != len(self.tensors):
+            error = UsageError(f"{self.path}: finished after {self._index} of "
+                               f"{len(self.tensors)} tensors")
+            self._context.__exit__(UsageError, error, None)
+            raise error
+        self._context.__exit__(*exc)
+
+
+class GGUFReader:
+    """One GGUF file, parsed with bounds checks; tensor data memory-mapped."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            from converter.errors import CheckpointNotFoundError
+            raise CheckpointNotFoundError(f"{self.path}: missing or not a regular file")
+        with open(self.path, "rb") as f:
+            size = f.seek(0, 2)
+            if size < 24:
+                raise MalformedFileError(f"{self.path}: truncated ({size} bytes)")
+            self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        self._pos = 0
+        try:
+            self._parse()
+        except (struct.error, UnicodeDecodeError, ValueError, KeyError, OverflowError) as exc:
+            raise MalformedFileError(f"{self.path}: malformed GGUF near byte {self._pos} "
+                                     f"({type(exc).__name__})") from None
+
+    def _take(self, n: int) -> bytes:
+        if n < 0 or self._pos + n > len(self._map):
+            raise MalformedFileError(f"{self.path}: truncated GGUF (needs byte "
+                                     f"{self._pos + n}, file has {len(self._map)})")
+        chunk = self._map[self._pos:self._pos + n]
+        self._pos += n
+        return chunk
+
+    def _unpack(self, fmt: str) -> Any:
+        return struct.unpack(fmt, self._take(struct.calcsize(fmt)))[0]
+
+    def _read_string(self) -> str:
+        return self._take(self._unpack("<Q")).decode("utf-8")
+
+    def _read_value(self, kind: int) -> Any:
+        if kind in _SCALARS:
+            return self._unpack(_SCALARS[kind])
+        if kind == _STRING:
+            return self._read_string()
+        if kind == _ARRAY:
+            item, count = self._unpack("<I"), self._unpack("<Q")
+            if count > len(self._map):
+                raise MalformedFileError(f"{self.path}: an array of {count} items")
+            if item in _NUMPY:
+                width = np.dtype(_NUMPY[item]).itemsize
+                return np.frombuffer(self._take(count * width), _NUMPY[item]).copy()
+            return [self._read_value(item) for _ in range(count)]
+        raise MalformedFileError(f"{self.path}: unknown GGUF value type {kind}")
+
+    def _parse(self) -> None:
+        if self._take(4) != MAGIC:
+            raise MalformedFileError(f"{self.path}: not a GGUF file (bad magic)")
+        version = self._unpack("<I")
+        if version not in (2, 3):
+            raise MalformedFileError(f"{self.path}: GGUF version {version} (reads 2 and 3)")
+        n_tensors, n_kv = self._unpack("<Q"), self._unpack("<Q")
+        if n_tensors > 1 << 24 or n_kv > 1 << 24:
+            raise MalformedFileError(f"{self.path}: {n_tensors} tensors, {n_kv} keys")
+        self.metadata: dict[str, Any] = {}
+        for _ in range(n_kv):
+            key = self._read_string()
+            self.metadata[key] = self._read_value(self._unpack("<I"))
+        alignment = int(self.metadata.get("general.alignment", ALIGNMENT))
+        if alignment <= 0 or alignment & (alignment - 1):
+            raise MalformedFileError(f"{self.path}: alignment {alignment}")
+        infos = []
+        for _ in range(n_tensors):
+            name = self._read_string()
+            n_dims = self._unpack("<I")
+            if n_dims > 4:
+                raise MalformedFileError(f"{self.path}: {name} has {n_dims} dimensions")
+            dims = struct.unpack(f"<{n_dims}Q", self._take(8 * n_dims))
+            kind, offset = self._unpack("<I"), self._unpack("<Q")
+            if kind not in _BY_ID:
+                raise MalformedFileError(f"{self.path}: {name} has ggml type {kind}, which this "
+                                         f"tool does not read ({', '.join(GGML_TYPES)})")
+            infos.append((TensorInfo(name, tuple(int(d) for d in dims[::-1]),
+                                     _BY_ID[kind].name), offset))
+        data = self._pos + (-self._pos % alignment)
+        self.tensors: dict[str, tuple[TensorInfo, int]] = {}
+        for info, offset in infos:
+            ggml = GGML_TYPES[info.kind]
+            if math.prod(info.shape) % ggml.block or data + offset + info.nbytes > len(
+                    self._map):
+                raise MalformedFileError(f"{self.path}: {info.name} ({info.kind} "
+                                         f"{list(info.shape)}) does not fit the file")
+            if info.name in self.tensors:
+                raise MalformedFileError(f"{self.path}: tensor {info.name} appears twice")
+            self.tensors[info.name] = (info, data + offset)
+
+    def raw(self, name: str) -> np.ndarray:
+        """The bytes of one tensor (a view of the memory map)."""
+        info, start = self.tensors[name]
+        return np.frombuffer(self._map, np.uint8, info.nbytes, start)
+
+    def read(self, name: str) -> np.ndarray:
+        """One tensor as float32 of its numpy-order shape."""
+        info, _ = self.tensors[name]
+        return decode(self.raw(name), info.kind, info.shape)
+
+    def chunks(self, name: str, rows: int) -> Iterator[np.ndarray]:
+        """A tensor's raw bytes in pieces of `rows` outermost slices."""
+        info, _ = self.tensors[name]
+        raw = self.raw(name)
+        step = info.nbytes // info.shape[0] * rows
+        for start in range(0, raw.size, step):
+            yield raw[start:start + step]

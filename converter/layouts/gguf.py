@@ -1,0 +1,423 @@
+"""GGUF for llama.cpp (arch `grok`): llama.cpp's split files, written and read here.
+
+A checkpoint is a folder holding `grok-1-DTYPE.gguf`, or llama.cpp's split files
+`grok-1-DTYPE-0000K-of-0000N.gguf` (each with `split.no`, `split.count`, `split.tensors.count`;
+llama.cpp loads the first and finds the rest). Tensors follow llama.cpp's grok names; experts
+are stacked into one tensor per projection and streamed into it one expert at a time. Matrices
+are stored as ggml does, rows of the input dimension ([out, in] in numpy order). Metadata
+carries every Grok-1 constant from the config (llama.cpp has Grok-1 defaults, test models do
+not share them), the exact config as JSON, and the tokenizer as llama.cpp's SentencePiece
+("llama") vocabulary.
+
+`--dtype q8_0` keeps the release's int8 codes and uses each code's bf16 scale as the Q8_0 block
+scale (exact: every block lies in one scale group, every scale is an exact f16), so the file
+dequantizes to exactly the release's weights; a Linear where that cannot hold is stored F32 (by
+shape) or quantized from floats (a scale outside f16), and `gguf_report.json` says which.
+Norms and the router stay F32; embeddings are F32 for f32 and q8_0 (exact), F16 / BF16 for
+those types, Q8_0 for q4_0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from converter.atomic import atomic_open
+from converter.config import Grok1Config
+from converter.errors import (
+    ConfigMismatchError,
+    LayoutError,
+    MalformedFileError,
+    MappingError,
+    ShapeMismatchError,
+    UsageError,
+)
+from converter.gguf import (
+    GGML_TYPES,
+    QK,
+    GGUFReader,
+    GGUFWriter,
+    TensorInfo,
+    encode,
+    q8_0_from_release,
+)
+from converter.layouts.base import (
+    CheckpointReader,
+    Layout,
+    Target,
+    TargetOptions,
+    Unit,
+    require_folder,
+)
+from converter.linears import dense_transposed
+from converter.spec import ROLE, TensorSpec, build_spec
+from converter.tensors import QuantizedWeight8bit, dense, transposed
+from converter.tokenizer import read_pieces, resolve_tokenizer
+
+__all__ = ["DTYPES", "LAYOUT", "NAMES", "GgufCheckpoint", "GgufTarget"]
+
+ARCH = "grok"
+REPORT_NAME = "gguf_report.json"
+DTYPES = {"f32": "F32", "f16": "F16", "bf16": "BF16", "q8_0": "Q8_0", "q4_0": "Q4_0"}
+_EMBED = {"F32": "F32", "F16": "F16", "BF16": "BF16", "Q8_0": "F32", "Q4_0": "Q8_0"}
+# canonical role -> llama.cpp's tensor name (blk.{layer}. prefixed per layer)
+NAMES = {"embed": "token_embd", "final_norm": "output_norm", "pre_attn_norm": "attn_norm",
+         "attn_q": "attn_q", "attn_k": "attn_k", "attn_v": "attn_v", "attn_o": "attn_output",
+         "post_attn_norm": "attn_output_norm", "pre_moe_norm": "ffn_norm",
+         "router": "ffn_gate_inp", "moe_gate": "ffn_gate_exps", "moe_up": "ffn_up_exps",
+         "moe_down": "ffn_down_exps", "post_moe_norm": "layer_output_norm"}
+_SPLIT = re.compile(r"^(?P<prefix>.+)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
+_TOKEN_TYPES = {1: 1, 2: 2, 3: 3, 5: 5, 6: 6}  # SentencePiece piece type -> llama.cpp type
+
+
+def tensor_name(spec: TensorSpec) -> str:
+    """llama.cpp's name of a canonical tensor."""
+    base = NAMES[spec.role]
+    return f"{base}.weight" if spec.layer is None else f"blk.{spec.layer}.{base}.weight"
+
+
+def gguf_shape(spec: TensorSpec) -> tuple[int, ...]:
+    """The tensor's shape in numpy order as stored: matrices [.., out, in]."""
+    if ROLE[spec.role].matrix:
+        return (*spec.shape[:-2], spec.shape[-1], spec.shape[-2])
+    return spec.shape
+
+
+def check_representable(config: Grok1Config) -> None:
+    """llama.cpp's grok creates attn_q and attn_output as n_embd x n_embd."""
+    if config.q_heads * config.key_size != config.emb:
+        raise UsageError(f"llama.cpp's grok needs q_heads x head size == embedding size, here "
+                         f"{config.q_heads} x {config.key_size} = {config.q_dim} != "
+                         f"{config.emb}: this model cannot be written as GGUF")
+
+
+@dataclasses.dataclass(frozen=True)
+class GgufTensor:
+    """One planned tensor: the spec it comes from, its ggml type and why that type."""
+
+    spec: TensorSpec
+    kind: str
+    note: str
+
+    @property
+    def info(self) -> TensorInfo:
+        """Its GGUF tensor info."""
+        return TensorInfo(tensor_name(self.spec), gguf_shape(self.spec), self.kind)
+
+
+def _plan_kind(spec: TensorSpec, linear_kind: str) -> tuple[str, str]:
+    role = ROLE[spec.role]
+    if role.kind in ("norm", "router"):
+        return "F32", "kept F32 (as llama.cpp keeps it)"
+    kind = _EMBED[linear_kind] if role.kind == "embed" else linear_kind
+    rows = spec.shape[-1] if role.kind == "embed" else spec.shape[-2]
+    if GGML_TYPES[kind].block > 1 and rows % QK:
+        return "F32", f"F32 fallback: rows of {rows} are not a multiple of {QK}"
+    if kind == "Q8_0" and role.linear and (rows // spec.scale_groups) % QK:
+        return "F32", (f"F32 fallback: 32-blocks would straddle the release's scale groups of "
+                       f"{rows // spec.scale_groups} rows")
+    return kind, "release int8 codes and scales" if kind == "Q8_0" and role.linear else kind
+
+
+def _vocabulary(config: Grok1Config, model: Path | None) -> dict[str, Any]:
+    """llama.cpp's SentencePiece vocabulary: from a tokenizer model, or a placeholder for toy
+    vocabularies so that llama.cpp loads the file."""
+    if model is not None:
+        pieces = read_pieces(model)
+        tokens = [p.text for p in pieces]
+        scores = np.array([p.score for p in pieces], np.float32)
+        # user-defined pieces: only the <|...|> markers stay USER_DEFINED (llama.cpp would
+        # otherwise match newline, tab, digit and space runs literally, as SentencePiece does not)
+        types = np.array([4 if p.kind == 4 and p.text.startswith("<|") else
+                          _TOKEN_TYPES.get(p.kind, 1) for p in pieces], np.int32)
+    else:
+        special = ["[PAD]", "[BOS]", "[EOS]", "[UNK]"]
+        count = config.vocab - len(special)
+        byte_tokens = [f"<0x{b:02X}>" for b in range(256)] if count >= 256 else []
+        rest = [f"\u2581t{i}" for i in range(count - len(byte_tokens))]
+        tokens = special + byte_tokens + rest
+        scores = np.array([0.0] * (len(special) + len(byte_tokens)) + [-float(i) for i in range(
+            len(rest))], np.float32)
+        types = np.array([3, 3, 3, 2] + [6] * len(byte_tokens) + [1] * len(rest), np.int32)
+    return {"tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": tokens,
+            "tokenizer.ggml.scores": scores, "tokenizer.ggml.token_type": types,
+            "tokenizer.ggml.bos_token_id": config.bos_token,
+            "tokenizer.ggml.eos_token_id": config.eos_token,
+            "tokenizer.ggml.unknown_token_id": 3 if config.vocab > 3 else config.pad_token,
+            "tokenizer.ggml.padding_token_id": config.pad_token,
+            "tokenizer.ggml.add_bos_token": False, "tokenizer.ggml.add_eos_token": False}
+
+
+def metadata(config: Grok1Config, dtype: str, tokenizer: Path | None) -> dict[str, Any]:
+    """Every key llama.cpp's grok reads, from the config (none left to its defaults)."""
+    p = f"{ARCH}."
+    return {
+        "general.architecture": ARCH, "general.name": "Grok-1",
+        "general.file_type": {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 7, "bf16": 32}[dtype],
+        p + "context_length": config.max_seq_len, p + "embedding_length": config.emb,
+        p + "block_count": config.layers, p + "feed_forward_length": config.ffn_size,
+        p + "expert_feed_forward_length": config.ffn_size,
+        p + "attention.head_count": config.q_heads,
+        p + "attention.head_count_kv": config.kv_heads,
+        p + "attention.key_length": config.key_size,
+        p + "attention.value_length": config.key_size,
+        p + "rope.dimension_count": config.key_size, p + "rope.freq_base": config.rope_base,
+        p + "attention.layer_norm_rms_epsilon": config.rms_norm_eps,
+        p + "expert_count": config.experts, p + "expert_used_count": config.topk,
+        p + "embedding_scale": config.emb_mult, p + "logit_scale": config.out_mult,
+        p + "attention.output_scale": config.attn_mult,
+        p + "attn_logit_softcapping": config.attn_softcap,
+        "grok1.config": json.dumps(config.to_dict(), sort_keys=True),
+        **_vocabulary(config, tokenizer),
+    }
+
+
+@dataclasses.dataclass
+class GgufTarget:
+    """Writes llama.cpp GGUF split files of at most shard_size bytes each."""
+
+    dtype: str
+    shard_size: int
+    tokenizer: Path | None
+    threads: int = 1
+
+    def settings(self) -> dict[str, Any]:
+        """What identifies this output for --resume."""
+        return {"to": "gguf", "dtype": self.dtype, "shard_size": self.shard_size,
+                "tokenizer": str(self.tokenizer)}
+
+    def tensors(self, reader: CheckpointReader) -> list[GgufTensor]:
+        """Every tensor in write order: globals, then layer by layer."""
+        ordered = sorted(reader.specs, key=lambda s: (-1 if s.layer is None else s.layer,
+                                                      tensor_name(s)))
+        return [GgufTensor(s, *_plan_kind(s, DTYPES[self.dtype])) for s in ordered]
+
+    def plan(self, reader: CheckpointReader) -> list[Unit]:
+        """Split files of at most shard_size bytes (a larger tensor gets its own)."""
+        splits: list[list[GgufTensor]] = [[]]
+        size = 0
+        for tensor in self.tensors(reader):
+            if splits[-1] and size + tensor.info.nbytes > self.shard_size:
+                splits.append([])
+                size = 0
+            splits[-1].append(tensor)
+            size += tensor.info.nbytes
+        stem = f"grok-1-{self.dtype}"
+        names = ([f"{stem}.gguf"] if len(splits) == 1 else
+                 [f"{stem}-{i + 1:05d}-of-{len(splits):05d}.gguf" for i in range(len(splits))])
+        return [Unit(name, sum(t.info.nbytes for t in split), tuple(split))
+                for name, split in zip(names, splits, strict=True)]
+
+    def write(self, reader: CheckpointReader, unit: Unit, dst: Path) -> dict[str, Any]:
+        """Write one GGUF file, one tensor (one expert) at a time."""
+        units = self.plan(reader)
+        number = next(i for i, u in enumerate(units) if u.path == unit.path)
+        keys = metadata(reader.config, self.dtype, self.tokenizer) if number == 0 else {}
+        if len(units) > 1:
+            keys |= {"split.no": (2, number), "split.count": (2, len(units)),
+                     "split.tensors.count": (5, sum(len(u.items) for u in units))}
+        made: dict[str, str] = {}
+        with GGUFWriter(dst / unit.path, keys, [t.info for t in unit.items]) as writer:
+            for tensor in unit.items:
+                for raw, how in _pieces(reader, tensor):
+                    writer.write(tensor.info.name, raw)
+                    made[tensor.info.name] = how
+        return {"sha256": writer.file_sha256, "tensors": writer.digests, "gguf": {
+            name: {"type": t.kind, "made": made[name]} for t in unit.items
+            for name in [t.info.name]}}
+
+    def final_files(self, units: list[Unit]) -> list[str]:
+        """The per-tensor report."""
+        return [REPORT_NAME]
+
+    def finalize(self, reader: CheckpointReader, units: list[Unit], dst: Path,
+                 records: dict[str, Any]) -> None:
+        """gguf_report.json: each tensor's type and how it was made."""
+        tensors = {name: entry for record in records.values()
+                   for name, entry in record.get("gguf", {}).items()}
+        report = {"dtype": self.dtype, "files": [u.path for u in units],
+                  "fallbacks": sorted(n for n, e in tensors.items() if e["made"] not in (
+                      "release int8 codes and scales", "kept F32 (as llama.cpp keeps it)",
+                      e["type"])), "tensors": tensors}
+        with atomic_open(dst / REPORT_NAME) as f:
+            f.write((json.dumps(report, indent=2) + "\n").encode())
+
+
+def _pieces(reader: CheckpointReader, tensor: GgufTensor) -> Any:
+    """(raw bytes, how they were made) of a planned tensor, one expert at a time."""
+    spec, kind = tensor.spec, tensor.kind
+    role = ROLE[spec.role]
+    if not role.linear:
+        value = dense(reader.read(spec))
+        yield encode(value.T if role.matrix else value, kind), tensor.note
+        return
+    experts = range(spec.shape[0]) if role.expert else [None]
+    for expert in experts:
+        value = reader.read_expert(spec, expert) if expert is not None else reader.read(spec)
+        if kind == "Q8_0" and isinstance(value, QuantizedWeight8bit):
+            raw = q8_0_from_release(transposed(np.asarray(value.weight)),
+                                    np.ascontiguousarray(np.asarray(value.scales).T))
+            if raw is not None:
+                yield raw, "release int8 codes and scales"
+                continue
+            yield encode(dense_transposed(value), kind), "quantized from floats (a scale is " \
+                                                         "not an exact f16)"
+            continue
+        yield encode(dense_transposed(value), kind), (
+            tensor.note if kind in ("F32", "F16", "BF16") or tensor.note.startswith("F32")
+            else "quantized from floats")
+
+
+class GgufCheckpoint:
+    """A GGUF model (one file or llama.cpp's split files), read one tensor at a time."""
+
+    layout = "gguf"
+
+    def __init__(self, root: Path) -> None:
+        self.root = require_folder(root)
+        self.files = _model_files(self.root)
+        self.readers = [GGUFReader(f) for f in self.files]
+        self.metadata = self.readers[0].metadata
+        if self.metadata.get("general.architecture") != ARCH:
+            raise LayoutError(f"{self.files[0]}: architecture "
+                              f"{self.metadata.get('general.architecture')!r}, not {ARCH}")
+        self.config = _config(self.metadata, str(self.files[0]))
+        self.specs = build_spec(self.config)
+        self.where = {name: reader for reader in self.readers for name in reader.tensors}
+        names = {tensor_name(s) for s in self.specs}
+        unmapped, missing = sorted(set(self.where) - names), sorted(names - set(self.where))
+        if unmapped or missing:
+            raise MappingError(f"{self.root}: " + "; ".join(
+                f"{len(items)} {what} tensors: {', '.join(items[:8])}"
+                for what, items in (("unmapped", unmapped), ("missing", missing)) if items))
+
+    def source_files(self) -> list[Path]:
+        """The GGUF files."""
+        return list(self.files)
+
+    def _info(self, spec: TensorSpec) -> tuple[GGUFReader, TensorInfo]:
+        reader = self.where[tensor_name(spec)]
+        info, _ = reader.tensors[tensor_name(spec)]
+        if info.shape != gguf_shape(spec):
+            raise ShapeMismatchError(f"{reader.path}: {info.name} has shape {list(info.shape)},"
+                                     f" the config implies {list(gguf_shape(spec))}")
+        return reader, info
+
+    def read(self, spec: TensorSpec) -> np.ndarray:
+        """The canonical float32 value of one spec ([.., in, out] matrices)."""
+        reader, info = self._info(spec)
+        value = reader.read(info.name)
+        if not ROLE[spec.role].matrix:
+            return value
+        return np.ascontiguousarray(np.swapaxes(value, -1, -2))
+
+    def read_expert(self, spec: TensorSpec, expert: int) -> np.ndarray:
+        """One expert's canonical [in, out] matrix, decoding only its bytes."""
+        from converter.gguf import decode
+
+        reader, info = self._info(spec)
+        per_expert = info.nbytes // info.shape[0]
+        raw = reader.raw(info.name)[expert * per_expert:(expert + 1) * per_expert]
+        return np.ascontiguousarray(decode(raw, info.kind, info.shape[1:]).T)
+
+    def problems(self) -> list[str]:
+        """Tensors whose shape disagrees with the config."""
+        found = []
+        for spec in self.specs:
+            try:
+                self._info(spec)
+            except ShapeMismatchError as exc:
+                found.append(str(exc))
+        return found
+
+
+def _model_files(root: Path) -> list[Path]:
+    """The GGUF files of a folder: one model file, or a complete set of split files."""
+    files = sorted(p for p in root.glob("*.gguf") if p.is_file())
+    if not files:
+        raise LayoutError(f"{root}: no .gguf file")
+    splits = [(m, p) for p in files if (m := _SPLIT.match(p.name))]
+    if not splits:
+        if len(files) > 1:
+            raise LayoutError(f"{root}: {len(files)} .gguf files that are not one split set")
+        return files
+    prefixes = {m.group("prefix") for m, _ in splits}
+    counts = {int(m.group("count")) for m, _ in splits}
+    if len(prefixes) > 1 or len(counts) > 1 or len(splits) != len(files):
+        raise LayoutError(f"{root}: .gguf files of more than one model")
+    (count,) = counts
+    numbers = sorted(int(m.group("no")) for m, _ in splits)
+    if numbers != list(range(1, count + 1)):
+        missing = sorted(set(range(1, count + 1)) - set(numbers))
+        raise LayoutError(f"{root}: split set of {count} files lacks part(s) {missing}")
+    return [p for _, p in sorted(splits, key=lambda mp: mp[0].group("no"))]
+
+
+def _config(meta: dict[str, Any], source: str) -> Grok1Config:
+    """The Grok-1 config: exact from `grok1.config`, else from llama.cpp's grok keys."""
+    if isinstance(meta.get("grok1.config"), str):
+        try:
+            data = json.loads(meta["grok1.config"])
+        except json.JSONDecodeError:
+            raise MalformedFileError(f"{source}: grok1.config is not JSON") from None
+        if not isinstance(data, dict):
+            raise MalformedFileError(f"{source}: grok1.config is not a JSON object")
+        return Grok1Config.from_dict(data, source=source)
+    p = f"{ARCH}."
+    try:
+        return Grok1Config(
+            layers=int(meta[p + "block_count"]), emb=int(meta[p + "embedding_length"]),
+            q_heads=int(meta[p + "attention.head_count"]),
+            kv_heads=int(meta[p + "attention.head_count_kv"]),
+            key_size=int(meta.get(p + "attention.key_length", meta[p + "embedding_length"]
+                                  // meta[p + "attention.head_count"])),
+            vocab=len(meta["tokenizer.ggml.tokens"]), experts=int(meta[p + "expert_count"]),
+            topk=int(meta[p + "expert_used_count"]),
+            ffn_size=int(meta.get(p + "expert_feed_forward_length",
+                                  meta[p + "feed_forward_length"])),
+            emb_mult=float(meta.get(p + "embedding_scale", 78.38367176906169)),
+            out_mult=float(meta.get(p + "logit_scale", 0.5773502691896257)),
+            attn_mult=float(meta.get(p + "attention.output_scale", 0.08838834764831845)),
+            attn_softcap=float(meta.get(p + "attn_logit_softcapping", 30.0)),
+            rope_base=float(meta.get(p + "rope.freq_base", 10000.0)),
+            rms_norm_eps=float(meta[p + "attention.layer_norm_rms_epsilon"]),
+            max_seq_len=int(meta.get(p + "context_length", 8192)))
+    except KeyError as exc:
+        raise MalformedFileError(f"{source}: missing GGUF key {exc.args[0]!r}") from None
+    except (TypeError, ValueError, ZeroDivisionError, UsageError) as exc:
+        raise ConfigMismatchError(f"{source}: {exc}") from None
+
+
+def _inspect(path: Path) -> dict[str, Any]:
+    checkpoint = GgufCheckpoint(path)
+    tensors = [{"name": name, "file": reader.path.name, "shape": list(info.shape),
+                "dtype": info.kind, "scales_shape": None, "scale_groups": None,
+                "bytes": info.nbytes}
+               for reader in checkpoint.readers for name, (info, _) in reader.tensors.items()]
+    return {"location": str(path), "config_source": str(checkpoint.files[0]),
+            "config": checkpoint.config.to_dict(), "tensors": tensors,
+            "parameters": sum(s.numel for s in checkpoint.specs),
+            "problems": checkpoint.problems()}
+
+
+def _target(reader: CheckpointReader, options: TargetOptions) -> Target:
+    if options.linears is not None:
+        raise UsageError("GGUF output takes --dtype (f32, f16, bf16, q8_0, q4_0), not a "
+                         "compressed-tensors scheme")
+    dtype = options.dtype or "q8_0"
+    if dtype not in DTYPES:
+        raise UsageError(f"--to gguf takes --dtype {', '.join(DTYPES)}, not {dtype}")
+    check_representable(reader.config)
+    return GgufTarget(dtype, options.shard_size,
+                      resolve_tokenizer(options.tokenizer, reader.config.vocab))
+
+
+LAYOUT = Layout(name="gguf", summary="llama.cpp GGUF (split files), arch grok",
+                detect=lambda path: any(path.glob("*.gguf")),
+                open=lambda path: GgufCheckpoint(path), describe=_inspect, target=_target,
+                dtypes=tuple(DTYPES))
