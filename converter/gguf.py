@@ -275,6 +275,8 @@ class GGUFReader:
         self._pos = 0
         try:
             self._parse()
+        except MalformedFileError:
+            raise
         except (struct.error, UnicodeDecodeError, ValueError, KeyError, OverflowError) as exc:
             raise MalformedFileError(f"{self.path}: malformed GGUF near byte {self._pos} "
                                      f"({type(exc).__name__})") from None

@@ -74,8 +74,9 @@ def bad_input(*args: object) -> str:
 
 @pytest.fixture(scope="session")
 def real_vocab_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A generated 2-layer checkpoint with Grok-1's 131072-token vocabulary (about 35 MB)."""
+    """A generated 2-layer checkpoint with Grok-1's 131072-token vocabulary (about 35 MB), in
+    a shape llama.cpp accepts (4 query heads x 16 = the embedding size, 64)."""
     folder = tmp_path_factory.mktemp("real-vocab") / "ckpt"
-    generate_checkpoint(folder, Grok1Config.preset("tiny", layers=2, vocab=131072), seed=3,
-                        quiet=True)
+    config = Grok1Config.preset("tiny", layers=2, vocab=131072, q_heads=4, kv_heads=2)
+    generate_checkpoint(folder, config, seed=3, quiet=True)
     return folder

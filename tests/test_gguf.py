@@ -1,0 +1,140 @@
+"""GGUF: our block types against gguf-py's reference, the release's Q8_0 kept exactly, split
+files, the tokenizer vocabulary, and refusals."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from converter.gguf import GGUFReader, decode, encode
+from converter.layouts import open_checkpoint
+from converter.layouts.gguf import tensor_name
+from converter.tensors import f32_to_bf16_bits
+from grok1.cli import main
+from tests.conftest import bad_input
+
+gguf = pytest.importorskip("gguf")
+
+
+def ok(*args):
+    result = CliRunner().invoke(main, [*map(str, args), "--quiet"])
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def arrays():
+    rng = np.random.default_rng(7)
+    yield "normal", rng.standard_normal((6, 256)).astype(np.float32)
+    yield "wide range", (rng.standard_normal((4, 128)) * np.exp(rng.uniform(-20, 10, (4, 1)))
+                         ).astype(np.float32)
+    zero = rng.standard_normal((3, 64)).astype(np.float32)
+    zero[1] = 0
+    yield "zero block", zero
+    ties = np.tile(np.array([0.5, -0.5, 1.5, -2.5, 127.0, -127.0, 3.0, 8.0], np.float32), (2, 4))
+    yield "ties", ties
+
+
+@pytest.mark.parametrize("kind", ["Q8_0", "Q4_0", "F16", "BF16", "F32"])
+def test_block_types_match_gguf_py(kind):
+    from gguf.constants import GGMLQuantizationType
+    from gguf.quants import dequantize, quantize
+
+    qtype = GGMLQuantizationType[kind]
+    for name, values in arrays():
+        ours = encode(values, kind)
+        if kind == "BF16":
+            expected = f32_to_bf16_bits(values).view(np.uint8).reshape(-1)
+        else:
+            expected = np.asarray(quantize(values, qtype)).view(np.uint8).reshape(-1)
+        assert np.array_equal(ours, expected), (kind, name)
+        theirs = dequantize(np.asarray(ours).reshape(values.shape[0], -1), qtype)
+        np.testing.assert_array_equal(decode(ours, kind, values.shape),
+                                      np.asarray(theirs, np.float32).reshape(values.shape))
+
+
+@pytest.fixture(scope="module")
+def q8(small_ckpt, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("gguf") / "q8"
+    ok("convert", small_ckpt, folder, "--to", "gguf", "--dtype", "q8_0", "--shard-size", "20MB")
+    return folder
+
+
+def test_q8_0_from_the_release_keeps_its_codes_and_verifies_lossless(small_ckpt, q8):
+    release = open_checkpoint(small_ckpt)
+    spec = next(s for s in release.specs if s.role == "moe_up" and s.layer == 3)
+    reader = next(GGUFReader(p) for p in sorted(q8.glob("*.gguf"))
+                  if tensor_name(spec) in GGUFReader(p).tensors)
+    info, _ = reader.tensors[tensor_name(spec)]
+    assert info.kind == "Q8_0" and info.shape == (8, spec.shape[2], spec.shape[1])
+    blocks = reader.raw(info.name).reshape(-1, 34)
+    codes = blocks[:, 2:].view(np.int8).reshape(8, spec.shape[2], spec.shape[1])
+    value = release.read(spec)
+    assert np.array_equal(codes, np.swapaxes(np.asarray(value.weight), 1, 2))
+    result = CliRunner().invoke(main, ["verify", str(small_ckpt), str(q8), "--profile",
+                                       "lossless", "--seq-len", "16", "--batch", "2"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((q8 / "gguf_report.json").read_text())
+    assert report["tensors"][tensor_name(spec)]["made"] == "release int8 codes and scales"
+    # small's expert down projection has 1368 = 8 x 171 rows: blocks of 32 cannot keep its
+    # scale groups, so it is stored exactly in F32, and the report says so
+    assert report["fallbacks"] == [f"blk.{i}.ffn_down_exps.weight" for i in range(5)]
+
+
+def test_split_files_carry_llama_cpp_split_keys(q8):
+    from gguf import GGUFReader as Theirs
+
+    files = sorted(q8.glob("*.gguf"))
+    assert len(files) > 1 and files[0].name == f"grok-1-q8_0-00001-of-{len(files):05d}.gguf"
+    total = 0
+    for number, path in enumerate(files):
+        fields = Theirs(path).fields
+        assert fields["split.no"].parts[-1][0] == number
+        assert fields["split.count"].parts[-1][0] == len(files)
+        total += len(Theirs(path).tensors)
+        assert ("general.architecture" in fields) == (number == 0)
+    assert Theirs(files[0]).fields["split.tensors.count"].parts[-1][0] == total
+
+
+def test_retyping_a_gguf_and_hf_int8_to_gguf(small_ckpt, q8, tmp_path):
+    ok("convert", q8, tmp_path / "f16", "--to", "gguf", "--dtype", "f16")
+    ok("convert", small_ckpt, tmp_path / "hf8", "--dtype", "int8")
+    ok("convert", tmp_path / "hf8", tmp_path / "q8", "--to", "gguf", "--dtype", "q8_0",
+       "--shard-size", "20MB")
+    for a, b in zip(sorted(q8.glob("*.gguf")), sorted((tmp_path / "q8").glob("*.gguf")),
+                    strict=True):
+        assert a.read_bytes() == b.read_bytes()  # the lossless HF int8 gives the same Q8_0
+
+
+def test_the_tokenizer_inside(real_vocab_ckpt, tmp_path):
+    ok("convert", real_vocab_ckpt, tmp_path / "g", "--to", "gguf", "--dtype", "f32")
+    fields = gguf.GGUFReader(next((tmp_path / "g").glob("*.gguf"))).fields
+    tokens = [bytes(fields["tokenizer.ggml.tokens"].parts[i]).decode()
+              for i in fields["tokenizer.ggml.tokens"].data]
+    types = [int(fields["tokenizer.ggml.token_type"].parts[i][0])
+             for i in fields["tokenizer.ggml.token_type"].data]
+    assert len(tokens) == 131072 and tokens[:4] == ["[PAD]", "[BOS]", "[EOS]", "[UNK]"]
+    assert types[:4] == [3, 3, 3, 2] and types[4] == 1 and tokens[4] == "\n"
+    user = [t for t, k in zip(tokens, types, strict=True) if k == 4]
+    assert user and all(t.startswith("<|") for t in user)
+    assert bool(fields["tokenizer.ggml.add_bos_token"].parts[-1][0]) is False
+
+
+def test_models_llama_cpp_cannot_hold_are_refused(upstream, tmp_path):
+    line = bad_input("convert", upstream, tmp_path / "g", "--to", "gguf")
+    assert "q_heads x head size == embedding size" in line and "16 x 16 = 256 != 64" in line
+    assert not (tmp_path / "g").exists()
+
+
+def test_malformed_gguf_is_one_line(q8, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(q8, broken)
+    (broken / "grok1-manifest.json").unlink()
+    first = sorted(broken.glob("*.gguf"))[0]
+    first.write_bytes(first.read_bytes()[:5000])
+    assert "truncated" in bad_input("inspect", broken)
+    first.write_bytes(b"GGUX" + b"\0" * 100)
+    assert "bad magic" in bad_input("convert", broken, tmp_path / "out")
+    sorted(broken.glob("*.gguf"))[2].unlink()
+    assert "lacks part(s) [3]" in bad_input("convert", broken, tmp_path / "out")
