@@ -222,8 +222,23 @@ def _verify_hashes(local_dir: Path, files: list[Any], workers: int) -> None:
                                  "removed them, rerun to download again")
 
 
+def _gguf_scheme(folder: Path) -> tuple[str, list[str], bool] | None:
+    """The card's format line for a GGUF folder, with how to run it in llama.cpp."""
+    files = sorted(p.name for p in folder.glob("*.gguf"))
+    if not files:
+        return None
+    report = _json(folder / "gguf_report.json")
+    dtype = str(report.get("dtype", "unknown"))
+    return (f"GGUF for llama.cpp (arch grok), {dtype}, {len(files)} file(s); run it with "
+            f"`llama-cli -m {files[0]}` (llama.cpp finds the other split files)",
+            ["grok-1", "gguf", dtype], dtype in ("q8_0", "q4_0"))
+
+
 def _scheme(config: dict[str, Any], source: Path) -> tuple[str, list[str], bool]:
     """(format description, tags, quantized) from a config.json's quantization_config."""
+    gguf = _gguf_scheme(source.parent)
+    if gguf is not None:
+        return gguf
     quant = config.get("quantization_config")
     if not quant:
         return f"dense {config.get('torch_dtype', 'unknown')} weights", ["grok-1"], False
@@ -259,7 +274,8 @@ def model_card(folder: Path, repo: str, *, command: list[str] | None = None) -> 
     front = ["---", "base_model: xai-org/grok-1"]
     if quantized:
         front.append("base_model_relation: quantized")
-    front += ["license: apache-2.0", "library_name: vllm", "tags:",
+    library = "gguf" if "gguf" in tags else "vllm"
+    front += ["license: apache-2.0", f"library_name: {library}", "tags:",
               *[f"  - {tag}" for tag in tags], "---", ""]
     lines = [
         f"# {repo}", "",
@@ -283,6 +299,8 @@ def _tokenizer_line(folder: Path) -> str:
     """What the card says of the folder's tokenizer files."""
     from converter.tokenizer import GROK1_MODEL, TOKENIZER_FILES
 
+    if any(folder.glob("*.gguf")):
+        return "inside the GGUF (llama.cpp's SentencePiece vocabulary; no BOS is added)"
     if not all((folder / name).is_file() for name in TOKENIZER_FILES):
         return "none included (load one separately)"
     same = file_sha256(folder / "tokenizer.model") == file_sha256(GROK1_MODEL)

@@ -138,3 +138,21 @@ def test_malformed_gguf_is_one_line(q8, tmp_path):
     assert "bad magic" in bad_input("convert", broken, tmp_path / "out")
     sorted(broken.glob("*.gguf"))[2].unlink()
     assert "lacks part(s) [3]" in bad_input("convert", broken, tmp_path / "out")
+
+
+def test_pipeline_to_gguf_verifies_lossless_and_publishes_a_llama_cpp_card(small_ckpt, tmp_path):
+    from tests.test_hub import Server, grok1
+
+    root = tmp_path / "hub"
+    shutil.copytree(small_ckpt, root / "xai-org" / "grok-1")
+    server = Server(root, tmp_path)
+    try:
+        done = grok1(server, tmp_path, "pipeline", "--to", "gguf-q8_0", "--work-dir",
+                     tmp_path / "work", "--upload", "me/grok-1-gguf", "--batch", "2",
+                     "--seq-len", "16", check=0)
+    finally:
+        server.stop()
+    assert "profile lossless" in done.stdout and "PASS" in done.stdout
+    card = (root / "me" / "grok-1-gguf" / "README.md").read_text()
+    assert "library_name: gguf" in card and "base_model_relation: quantized" in card
+    assert "`llama-cli -m grok-1-q8_0.gguf`" in card and "Tokenizer: inside the GGUF" in card

@@ -1,0 +1,124 @@
+"""Our GGUFs in llama.cpp itself (llama-cpp-python): logits against `grok1 logits` (which
+matches the original JAX code to 1e-4), a split Q8_0 set loaded from its first file, the
+GGUF tokenizer against SentencePiece, and broken GGUFs (swapped experts, a wrong attention
+output scale) that must fail the same bounds."""
+
+import re
+import shutil
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from converter.gguf import GGUFReader
+from converter.layouts import open_checkpoint
+from grok1.cli import main
+from verify.metrics import ReferenceLogits, compare_logits
+from verify.tokens import DEFAULT_TEXT, read_documents
+from verify.torch_forward import torch_logits
+
+llama_cpp = pytest.importorskip("llama_cpp")
+
+F32_BOUNDS = {"max_abs_diff": 0.01, "kl_mean": 1e-5, "top1_agreement": 1.0}
+Q8_BOUNDS = {"kl_mean": 0.01, "top1_agreement": 0.95}
+
+
+def gguf(src, dst, dtype, *extra):
+    result = CliRunner().invoke(main, ["convert", str(src), str(dst), "--to", "gguf", "--dtype",
+                                       dtype, "--quiet", *extra])
+    assert result.exit_code == 0, result.output
+    return sorted(dst.glob("*.gguf"))[0]
+
+
+def llama_logits(path, ids):
+    model = llama_cpp.Llama(model_path=str(path), logits_all=True, n_ctx=max(64, len(ids)),
+                            type_k=0, type_v=0, n_threads=2, verbose=False)
+    model.eval(list(map(int, ids)))
+    return np.array(model.scores[:len(ids)], np.float32)
+
+
+def metrics(checkpoint, path, ids):
+    ours = torch_logits(open_checkpoint(checkpoint), np.array([ids]))
+    reference = ReferenceLogits.from_logits(ours, np.array([ids]), pad_token=0)
+    return compare_logits(reference, llama_logits(path, ids)[None])
+
+
+def within(found, bounds):
+    return all(found[k] >= v if k == "top1_agreement" else found[k] <= v
+               for k, v in bounds.items())
+
+
+@pytest.fixture(scope="module")
+def ids():
+    return np.random.default_rng(0).integers(3, 4096, 32)
+
+
+@pytest.fixture(scope="module")
+def small_f32(small_ckpt, tmp_path_factory):
+    return gguf(small_ckpt, tmp_path_factory.mktemp("f32") / "g", "f32")
+
+
+def test_f32_gguf_matches_our_forward_tightly(small_ckpt, small_f32, ids):
+    found = metrics(small_ckpt, small_f32, ids)
+    assert within(found, F32_BOUNDS), found
+
+
+def test_split_q8_0_gguf_loads_from_its_first_file(small_ckpt, tmp_path, ids):
+    first = gguf(small_ckpt, tmp_path / "q8", "q8_0", "--shard-size", "20MB")
+    assert re.fullmatch(r"grok-1-q8_0-00001-of-0000[2-9]\.gguf", first.name)
+    found = metrics(small_ckpt, first, ids)
+    assert within(found, Q8_BOUNDS), found
+
+
+def test_second_shape_with_grok_1_vocabulary_and_tokenizer(real_vocab_ckpt, tmp_path):
+    spm = pytest.importorskip("sentencepiece")
+    from converter.tokenizer import GROK1_MODEL
+
+    path = gguf(real_vocab_ckpt, tmp_path / "g", "f32")
+    documents = read_documents(DEFAULT_TEXT)
+    model = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+    sentencepiece = spm.SentencePieceProcessor(model_file=str(GROK1_MODEL))
+    texts = documents + [s for d in documents for s in re.split(r"(?<=[.!?])\s+", d)]
+    differ = [t for t in texts
+              if model.tokenize(t.encode(), add_bos=False, special=False)
+              != sentencepiece.encode(t)]
+    assert differ == [], f"{len(differ)} of {len(texts)} differ, e.g. {differ[:2]!r}"
+    ids = np.array(sentencepiece.encode(documents[0])[:40])
+    assert within(metrics(real_vocab_ckpt, path, ids), F32_BOUNDS)
+
+
+def reverse_experts(path):
+    """Store every layer's experts in reverse order (all three projections alike), as a
+    converter that got the expert axis wrong would."""
+    reader = GGUFReader(path)
+    data = bytearray(path.read_bytes())
+    for name, (info, start) in reader.tensors.items():
+        if name.endswith("_exps.weight"):
+            per = info.nbytes // info.shape[0]
+            blocks = [data[start + e * per:start + (e + 1) * per] for e in range(info.shape[0])]
+            data[start:start + info.nbytes] = b"".join(reversed(blocks))
+    path.write_bytes(bytes(data))
+
+
+def test_a_wrong_expert_order_fails(small_ckpt, small_f32, tmp_path, ids):
+    broken = tmp_path / "broken.gguf"
+    shutil.copy(small_f32, broken)
+    reverse_experts(broken)
+    found = metrics(small_ckpt, broken, ids)
+    assert not within(found, Q8_BOUNDS), found
+
+
+def test_a_wrong_attention_output_scale_fails(small_ckpt, tmp_path, ids, monkeypatch):
+    from converter.layouts import gguf as layout
+
+    original = layout.metadata
+
+    def wrong(config, dtype, tokenizer):
+        keys = original(config, dtype, tokenizer)
+        keys["grok.attention.output_scale"] = 1.0  # instead of 1/sqrt(head size)
+        return keys
+
+    monkeypatch.setattr(layout, "metadata", wrong)
+    path = gguf(small_ckpt, tmp_path / "g", "f32")
+    found = metrics(small_ckpt, path, ids)
+    assert not within(found, Q8_BOUNDS), found
