@@ -24,25 +24,42 @@ from converter.names import NameScheme
 from converter.spec import LINEAR_ROLES, TensorSpec
 from converter.tensors import bf16_bits_to_f32, dense
 
-__all__ = ["PARTS", "LinearFormat", "PackedLinear", "Part", "StackedExperts", "config_groups",
-           "formats_from_quantization", "ignored_modules", "linear_shape",
-           "lossless_group_size", "pack_codes", "quantization_config", "unpack_codes"]
+__all__ = [
+    "PARTS",
+    "FP8Linear",
+    "LinearFormat",
+    "PackedLinear",
+    "Part",
+    "StackedExperts",
+    "config_groups",
+    "e4m3_to_f32",
+    "formats_from_quantization",
+    "ignored_modules",
+    "linear_shape",
+    "lossless_group_size",
+    "pack_codes",
+    "quantization_config",
+    "unpack_codes",
+]
 
 
 @dataclasses.dataclass(frozen=True)
 class LinearFormat:
     """How Linear weights are stored: dense (F32 / BF16) or pack-quantized."""
 
-    kind: str                  # "dense" or "packed"
-    dtype: str = "BF16"        # dense dtype, or the scale dtype of packed weights (safetensors)
+    kind: str                  # "dense", "packed" (pack-quantized) or "fp8" (float-quantized)
+    dtype: str = "BF16"        # dense dtype, or the scale dtype of quantized weights
     bits: int = 8
     group_size: int | None = None  # None: one group per output channel (strategy channel)
     symmetric: bool = True
+    block: tuple[int, int] | None = None  # fp8 block strategy: [out, in] per scale
 
     def parts(self) -> tuple[str, ...]:
         """Tensor name suffixes of one Linear in this format."""
         if self.kind == "dense":
             return ("weight",)
+        if self.kind == "fp8":
+            return ("weight", "weight_scale")
         return ("weight_packed", "weight_scale", "weight_shape") + (
             () if self.symmetric else ("weight_zero_point",))
 
@@ -50,13 +67,20 @@ class LinearFormat:
         """Number of scale groups along the input dimension."""
         return 1 if self.group_size is None else math.ceil(in_features / self.group_size)
 
+    def scale_shape(self, out: int, cols: int) -> tuple[int, int]:
+        """Shape of `weight_scale`: [out, groups], or the block grid of fp8 blocks."""
+        if self.block is not None:
+            return math.ceil(out / self.block[0]), math.ceil(cols / self.block[1])
+        return out, self.groups(cols)
+
     def part(self, name: str, spec: TensorSpec) -> tuple[str, tuple[int, ...]]:
         """(safetensors dtype, shape) of one part of one (expert's) Linear of `spec`."""
         if name not in PARTS:
             raise MalformedFileError(f"unknown Linear part {name!r}")
         part = PARTS[name]
         out, cols = linear_shape(spec)
-        return part.dtype or self.dtype, part.shape(out, cols, self)
+        dtype = "F8_E4M3" if self.kind == "fp8" and name == "weight" else part.dtype
+        return dtype or self.dtype, part.shape(out, cols, self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,9 +94,9 @@ class Part:
 
 
 PARTS: dict[str, Part] = {
-    "weight": Part(None, FLOATS, lambda out, cols, f: (out, cols)),
+    "weight": Part(None, (*FLOATS, "F8_E4M3"), lambda out, cols, f: (out, cols)),
     "weight_packed": Part("I32", ("I32",), lambda out, cols, f: (out, -(-cols * f.bits // 32))),
-    "weight_scale": Part(None, FLOATS, lambda out, cols, f: (out, f.groups(cols))),
+    "weight_scale": Part(None, FLOATS, lambda out, cols, f: f.scale_shape(out, cols)),
     "weight_shape": Part("I64", ("I64", "I32"), lambda out, cols, f: (2,)),
     "weight_zero_point": Part("I32", ("I32",),
                               lambda out, cols, f: (-(-out * f.bits // 32), f.groups(cols))),
@@ -169,6 +193,43 @@ class PackedLinear:
         return np.ascontiguousarray((codes * self.scale_f32()[:, group]).T)
 
 
+def e4m3_to_f32(bits: np.ndarray) -> np.ndarray:
+    """float8 e4m3fn bits (uint8) -> float32, exactly."""
+    return _E4M3[np.asarray(bits, np.uint8)]
+
+
+def _e4m3_table() -> np.ndarray:
+    codes = np.arange(256)
+    sign = np.where(codes & 0x80, -1.0, 1.0)
+    exponent, mantissa = (codes >> 3) & 0xF, codes & 0x7
+    value = np.where(exponent == 0, mantissa / 8 * 2.0**-6,
+                     (1 + mantissa / 8) * 2.0 ** (exponent - 7))
+    value[(codes & 0x7F) == 0x7F] = np.nan
+    return (sign * value).astype(np.float32)
+
+
+_E4M3 = _e4m3_table()
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class FP8Linear:
+    """One Linear in float-quantized form ([out, in]): e4m3 bits (uint8) and float32 scales,
+    one per output channel [out, 1] or per block [ceil(out/b0), ceil(in/b1)]."""
+
+    bits: np.ndarray
+    scale: np.ndarray
+    block: tuple[int, int] | None = None
+
+    def dequantize(self) -> np.ndarray:
+        """float32 weights in the canonical [in, out] orientation."""
+        out, cols = self.bits.shape
+        scale = np.asarray(self.scale, np.float32)
+        if self.block is not None:
+            scale = np.repeat(np.repeat(scale, self.block[0], axis=0)[:out],
+                              self.block[1], axis=1)[:, :cols]
+        return np.ascontiguousarray((e4m3_to_f32(self.bits) * scale).T)
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class StackedExperts:
     """Per-expert values of one stacked canonical tensor, read one expert at a time."""
@@ -198,9 +259,29 @@ def config_groups(scheme: NameScheme, formats: dict[str, LinearFormat]) -> list[
         by_format.setdefault(formats[role], []).append(role)
     single = len(by_format) == 1
     return [{"targets": ["Linear"] if single else [scheme.module_pattern(r) for r in roles],
-             "num_bits": fmt.bits, "symmetric": fmt.symmetric,
-             "strategy": "group" if fmt.group_size else "channel",
-             "group_size": fmt.group_size} for fmt, roles in by_format.items()]
+             **_group(fmt)} for fmt, roles in by_format.items()]
+
+
+def _group(fmt: LinearFormat) -> dict[str, Any]:
+    """A config group's quantization arguments, as compressed-tensors 0.20.0 writes them."""
+    if fmt.kind == "fp8":  # the FP8_DYNAMIC and FP8_BLOCK presets
+        block = fmt.block is not None
+        weights: dict[str, Any] = {"num_bits": 8, "type": "float", "symmetric": True,
+                                   "group_size": None, "strategy": "block" if block else "channel"}
+        if block:
+            weights["block_structure"] = list(fmt.block)
+        weights["dynamic"] = False
+        return {"weights": weights,
+                "input_activations": {"num_bits": 8, "type": "float", "symmetric": True,
+                                      "group_size": 128 if block else None,
+                                      "strategy": "group" if block else "token",
+                                      "dynamic": True},
+                "output_activations": None, "format": "float-quantized"}
+    return {"weights": {"num_bits": fmt.bits, "type": "int", "symmetric": fmt.symmetric,
+                        "strategy": "group" if fmt.group_size else "channel",
+                        "group_size": fmt.group_size, "dynamic": False, "actorder": None,
+                        "block_structure": None, "observer": "minmax", "observer_kwargs": {}},
+            "input_activations": None, "output_activations": None, "format": "pack-quantized"}
 
 
 def ignored_modules(scheme: NameScheme) -> list[str]:
@@ -209,28 +290,11 @@ def ignored_modules(scheme: NameScheme) -> list[str]:
 
 
 def quantization_config(groups: list[dict[str, Any]], ignore: list[str]) -> dict[str, Any]:
-    """config.json `quantization_config` for weight-only pack-quantized Linears.
-
-    groups: one dict per config group with keys targets, num_bits, symmetric, strategy and
-    group_size (None for channel).
-    """
-    config_groups = {}
-    for index, group in enumerate(groups):
-        config_groups[f"group_{index}"] = {
-            "targets": group["targets"],
-            "weights": {
-                "num_bits": group["num_bits"], "type": "int",
-                "symmetric": group["symmetric"], "strategy": group["strategy"],
-                "group_size": group["group_size"], "dynamic": False, "actorder": None,
-                "block_structure": None, "observer": "minmax", "observer_kwargs": {},
-            },
-            "input_activations": None,
-            "output_activations": None,
-            "format": "pack-quantized",
-        }
+    """config.json `quantization_config` from `config_groups`' groups."""
+    config_groups = {f"group_{index}": group for index, group in enumerate(groups)}
     return {
         "quant_method": "compressed-tensors",
-        "format": "pack-quantized",
+        "format": groups[0]["format"],
         "quantization_status": "compressed",
         "config_groups": config_groups,
         "ignore": ignore,
@@ -250,6 +314,8 @@ def _group_format(name: str, group: Any, source: str) -> tuple[list[str], Linear
                                  "`targets` (a list of names) and `weights`")
     bits, strategy = weights.get("num_bits"), weights.get("strategy")
     group_size, symmetric = weights.get("group_size"), weights.get("symmetric", True)
+    if weights.get("type") == "float":
+        return targets, _float_format(name, weights, source)
     problems = []
     if bits not in (4, 8) or isinstance(bits, bool):
         problems.append(f"num_bits {bits!r} (pack-quantized holds 4 or 8)")
@@ -269,6 +335,19 @@ def _group_format(name: str, group: Any, source: str) -> tuple[list[str], Linear
                                  group_size if strategy == "group" else None, symmetric)
 
 
+def _float_format(name: str, weights: dict[str, Any], source: str) -> LinearFormat:
+    """The fp8 (e4m3) format of a float-quantized config group, checked."""
+    strategy, block = weights.get("strategy"), weights.get("block_structure")
+    valid_block = (isinstance(block, list) and len(block) == 2 and all(
+        isinstance(b, int) and not isinstance(b, bool) and b > 0 for b in block))
+    if weights.get("num_bits") != 8 or strategy not in ("channel", "block") or (
+            strategy == "block" and not valid_block) or weights.get("symmetric") is False:
+        raise MalformedFileError(f"{source}: quantization config group {name!r}: only 8-bit "
+                                 "symmetric float weights by channel or block are supported")
+    return LinearFormat("fp8", "F32", 8, None, True,
+                        tuple(block) if strategy == "block" else None)
+
+
 def formats_from_quantization(quantization: Any, scheme: NameScheme, dense_dtype: str,
                               source: str = "config.json") -> dict[str, LinearFormat]:
     """Each Linear role's format, from a config.json `quantization_config` (the inverse of
@@ -278,9 +357,9 @@ def formats_from_quantization(quantization: Any, scheme: NameScheme, dense_dtype
     groups = quantization.get("config_groups") if isinstance(quantization, dict) else None
     if not isinstance(groups, dict):
         raise MalformedFileError(f"{source}: quantization_config has no config_groups object")
-    if quantization.get("format", "pack-quantized") != "pack-quantized":
+    if quantization.get("format", "pack-quantized") not in ("pack-quantized", "float-quantized"):
         raise MalformedFileError(f"{source}: quantization format {quantization.get('format')!r}"
-                                 " is not supported (pack-quantized is)")
+                                 " is not supported (pack-quantized and float-quantized are)")
     formats: dict[str, LinearFormat] = {}
     for name, group in groups.items():
         targets, fmt = _group_format(name, group, source)

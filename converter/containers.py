@@ -254,6 +254,8 @@ def as_numpy(tensor: Any) -> np.ndarray:
 
     if tensor.dtype == torch.bfloat16:
         return tensor.view(torch.int16).numpy().view(np.uint16)
+    if tensor.dtype == torch.float8_e4m3fn:
+        return tensor.view(torch.uint8).numpy()
     return tensor.numpy()
 
 

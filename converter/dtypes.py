@@ -41,6 +41,7 @@ DTYPES: dict[str, DType] = {d.name: d for d in (
     DType("i32", "I32", "int32", np.dtype("<i4"), False),
     DType("i8", "I8", "int8", np.dtype("i1"), False),
     DType("u8", "U8", "uint8", np.dtype("u1"), False),
+    DType("f8_e4m3", "F8_E4M3", "float8_e4m3fn", np.dtype("u1"), False),  # carried as bits
 )}
 FLOATS = tuple(d.safetensors for d in DTYPES.values() if d.floating)
 _BY_SAFETENSORS = {d.safetensors: d for d in DTYPES.values()}

@@ -248,6 +248,13 @@ def _scheme(config: dict[str, Any], source: Path) -> tuple[str, list[str], bool]
     if not isinstance(weights, dict) or not {"num_bits", "strategy", "symmetric"} <= set(weights):
         raise MalformedFileError(f"{source}: quantization_config is malformed (needs config_groups"
                                  " whose weights give num_bits, strategy and symmetric)")
+    if weights.get("type") == "float":
+        block = weights.get("block_structure")
+        layout = f"{block[0]}x{block[1]} blocks" if block else "one scale per output channel"
+        return (f"compressed-tensors float-quantized, FP8 e4m3 weights ({layout}) with "
+                "dynamic FP8 activations: needs FP8 tensor cores (NVIDIA Hopper, H100/H200, or "
+                "newer); serve with `vllm serve` on such a GPU",
+                ["grok-1", "compressed-tensors", "fp8"], True)
     size = weights.get("group_size")
     scheme = (f"compressed-tensors {quant.get('format', 'unknown')}, int{weights['num_bits']} "
               f"{weights['strategy']}" + (f" (group size {size})" if size else "")

@@ -385,7 +385,8 @@ def convert(src: Path, dst: Path, to: str, names: str, dtype: str | None, shard_
               help="; ".join(f"{e.name}: {e.summary}" for e in QUANT_SCHEMES.values()) + ".")
 @click.option("--group-size", type=click.IntRange(min=1),
               help="Input columns per scale (default: the scheme's).")
-@click.option("--symmetric/--asymmetric", default=True, show_default=True)
+@click.option("--symmetric/--asymmetric", default=True, show_default=True,
+              help="Integer schemes only.")
 @click.option("--method", type=click.Choice(METHODS), default="rtn", show_default=True,
               help="rtn: min/max; mse: per group, the clipping range with least error.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
@@ -413,13 +414,13 @@ def quantize(src: Path, dst: Path, scheme_name: str, group_size: int | None, sym
     Examples:
       grok1 quantize ./grok-1 ./grok-1-w4a16 --scheme int4 --group-size 128
       grok1 quantize ./grok-1 ./grok-1-w8a16 --scheme int8 --method mse --device cpu
+      grok1 quantize ./grok-1 ./grok-1-fp8 --scheme fp8       # Hopper: W8A8-FP8
     """
     from converter.sizes import parse_size
     from quant.requantize import quantize_checkpoint
-    from quant.schemes import scheme_for
 
-    scheme = scheme_for(scheme_name, group_size=group_size, symmetric=symmetric, method=method)
-    summary = quantize_checkpoint(src, dst, scheme, names=names,
+    summary = quantize_checkpoint(src, dst, scheme_name, group_size=group_size,
+                                  symmetric=symmetric, method=method, names=names,
                                   shard_size=parse_size(shard_size), tokenizer=tokenizer,
                                   device=device,
                                   workers=workers, resume=resume, overwrite=overwrite,
@@ -428,7 +429,7 @@ def quantize(src: Path, dst: Path, scheme_name: str, group_size: int | None, sym
     if as_json:
         echo_json(summary)
         return
-    click.echo(f"{scheme.label} on {summary['device']}: {summary['tensors']} tensors into "
+    click.echo(f"{summary['scheme']} on {summary['device']}: {summary['tensors']} tensors into "
                f"{summary['units']} files in {summary['seconds']:.1f}s -> {dst}")
     click.echo(f"{'tensor':<60} {'rel RMS':>9} {'max err':>10} {'clipped':>8}")
     for row in rows[:10]:

@@ -21,7 +21,6 @@ from converter.layouts.gguf import DTYPES as GGUF_DTYPES
 from converter.output import MANIFEST_NAME, PROVENANCE_NAME
 from quant.requantize import quantize_checkpoint
 from quant.schemes import SCHEMES as QUANT_SCHEMES
-from quant.schemes import scheme_for
 
 __all__ = ["STEPS", "TARGETS", "run_pipeline"]
 
@@ -143,8 +142,7 @@ def _convert(to: str, dtype: str, names: str, tokenizer: str | None, source: Pat
     if to in GGUF_TARGETS:
         return convert(source, output, to="gguf", options=TargetOptions(
             dtype=GGUF_TARGETS[to], tokenizer=tokenizer, shard_size=45 * 10**9), **run)
-    scheme = scheme_for(to, group_size=None, symmetric=True, method="rtn")
-    return quantize_checkpoint(source, output, scheme, names=names, tokenizer=tokenizer, **run)
+    return quantize_checkpoint(source, output, to, names=names, tokenizer=tokenizer, **run)
 
 
 def _verify(source: Path, output: Path, profile_name: str, seq_len: int, batch: int, seed: int,

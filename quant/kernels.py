@@ -12,6 +12,7 @@ bit-identical to the CPU reference; with TRITON_INTERPRET=1 it runs on CPU tenso
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,7 +22,7 @@ import triton.language as tl
 from converter.compressed import PackedLinear, pack_zero_points
 from quant.schemes import QuantScheme
 
-__all__ = ["requantize_triton"]
+__all__ = ["fp8_triton", "requantize_triton"]
 
 _MAGIC = 12582912.0  # 1.5 * 2^23: (v + M) - M rounds |v| < 2^22 to nearest even
 
@@ -169,3 +170,51 @@ def requantize_triton(source: torch.Tensor, source_scales: torch.Tensor | None,
         "rel_rms": float(torch.sqrt(sums[0] / sums[1])) if float(sums[1]) else 0.0,
         "max_abs_err": float(stats[..., 2].max()) if numel else 0.0,
         "clipped_pct": 100.0 * float(clips.sum()) / max(numel, 1), "numel": numel}
+
+
+@triton.jit
+def _fp8_kernel(x_ptr, s_ptr, out_ptr, N, COLS, S_COLS, B0, B1, BLOCK: tl.constexpr):
+    offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offsets < N
+    row = offsets // COLS
+    col = offsets % COLS
+    x = tl.load(x_ptr + offsets, mask=mask, other=0.0)
+    scale = tl.load(s_ptr + (row // B0) * S_COLS + col // B1, mask=mask, other=1.0)
+    q = tl.math.div_rn(x, scale)
+    q = tl.minimum(tl.maximum(q, -448.0), 448.0)
+    a = tl.abs(q)
+    au = a.to(tl.uint32, bitcast=True)
+    normal = ((au + (0x7FFFF + ((au >> 20) & 1))) >> 20) - 960
+    subnormal = ((a * 512.0 + _MAGIC) - _MAGIC).to(tl.uint32)
+    magnitude = tl.where(a >= 0.015625, normal, subnormal)
+    sign = (q.to(tl.uint32, bitcast=True) >> 24) & 0x80
+    tl.store(out_ptr + offsets, (magnitude | sign).to(tl.uint8), mask=mask)
+
+
+def fp8_triton(matrix: np.ndarray, block: tuple[int, int] | None, *, device: str = "cuda",
+               block_elems: int = 1024) -> tuple[Any, dict[str, float]]:
+    """FP8 e4m3 quantization of float32 [out, in] on the device (the same bits as
+    `quant.fp8.quantize_fp8`); scales and error statistics are computed there too."""
+    from converter.compressed import FP8Linear, e4m3_to_f32
+    from quant.fp8 import E4M3_MAX
+
+    x = torch.from_numpy(np.ascontiguousarray(matrix, np.float32)).to(device)
+    rows, cols = x.shape
+    b0, b1 = block if block is not None else (1, cols)
+    grid_rows, grid_cols = math.ceil(rows / b0), math.ceil(cols / b1)
+    padded = torch.zeros((grid_rows * b0, grid_cols * b1), dtype=torch.float32, device=device)
+    padded[:rows, :cols] = x.abs()
+    amax = padded.view(grid_rows, b0, grid_cols, b1).amax(dim=(1, 3))
+    scale = torch.where(amax == 0, torch.ones_like(amax), amax / E4M3_MAX).contiguous()
+    bits = torch.empty((rows, cols), dtype=torch.uint8, device=device)
+    grid = (triton.cdiv(rows * cols, block_elems),)
+    _fp8_kernel[grid](x, scale, bits, rows * cols, cols, grid_cols, b0, b1, BLOCK=block_elems)
+    table = torch.from_numpy(e4m3_to_f32(np.arange(256))).to(device)
+    per = scale.repeat_interleave(b0, 0)[:rows].repeat_interleave(b1, 1)[:, :cols]
+    error = (table[bits.long()] * per - x).double()
+    norm = float(x.double().square().sum())
+    stats = {"rel_rms": math.sqrt(float(error.square().sum()) / norm) if norm else 0.0,
+             "max_abs_err": float(error.abs().max()) if error.numel() else 0.0,
+             "clipped_pct": 0.0, "numel": rows * cols}
+    out_scale = scale.cpu().numpy() if block is not None else scale.cpu().numpy().reshape(-1, 1)
+    return FP8Linear(bits.cpu().numpy(), out_scale, block), stats

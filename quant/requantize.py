@@ -144,7 +144,7 @@ class QuantizedLinears:
         """The per-tensor error report of the whole output."""
         stats = {name: s for record in records.values()
                  for name, s in record.get("stats", {}).items()}
-        report = build_report(stats, self.scheme, self.device)
+        report = build_report(stats, self.scheme.label, self.device)
         return {REPORT_NAME: json.dumps(report, indent=2) + "\n"}
 
 
@@ -169,7 +169,7 @@ def _on_gpu(spec: TensorSpec, expert: int | None, value: Any, scheme: QuantSchem
     return requantize_triton(source, source_scales, scheme)
 
 
-def build_report(stats: dict[str, dict[str, float]], scheme: QuantScheme,
+def build_report(stats: dict[str, dict[str, float]], label: str,
                  device: str) -> dict[str, Any]:
     """Per-tensor errors, sorted worst first, and a summary."""
     fields = ("rel_rms", "max_abs_err", "clipped_pct", "numel", "group_size")
@@ -177,7 +177,7 @@ def build_report(stats: dict[str, dict[str, float]], scheme: QuantScheme,
                   key=lambda r: (-r["rel_rms"], r["tensor"]))
     total = sum(r["numel"] for r in rows) or 1
     return {
-        "scheme": scheme.label, "device": device,
+        "scheme": label, "device": device,
         "summary": {
             "tensors": len(rows),
             "mean_rel_rms": sum(r["rel_rms"] * r["numel"] for r in rows) / total,
@@ -189,16 +189,22 @@ def build_report(stats: dict[str, dict[str, float]], scheme: QuantScheme,
     }
 
 
-def quantize_checkpoint(source: Path, dst: Path, scheme: QuantScheme, *, names: str = "hpcai",
+def quantize_checkpoint(source: Path, dst: Path, scheme: str, *, group_size: int | None = None,
+                        symmetric: bool = True, method: str = "rtn", names: str = "hpcai",
                         shard_size: int = 5 * 10**9, tokenizer: str | None = None,
                         device: str = "auto", to: str = "hf", **run: Any) -> dict[str, Any]:
-    """Re-quantize `source` (any layout) into compressed-tensors in `dst`; returns the run's
-    summary with the device used and the report's summary and rows."""
-    linears = QuantizedLinears.for_specs(scheme, open_checkpoint(source).specs,
-                                         resolve_device(device))
+    """Re-quantize `source` (any layout) with a registered scheme into compressed-tensors in
+    `dst`; returns the run's summary with the scheme, the device and the report."""
+    from quant.schemes import SCHEMES
+
+    if scheme not in SCHEMES:
+        raise UsageError(f"unknown scheme {scheme!r}; known: {', '.join(SCHEMES)}")
+    linears = SCHEMES[scheme].linears(open_checkpoint(source).specs, group_size=group_size,
+                                      symmetric=symmetric, method=method,
+                                      device=resolve_device(device))
     summary = convert(source, dst, to=to, options=TargetOptions(
         names=names, linears=linears, shard_size=shard_size, tokenizer=tokenizer), **run)
-    summary["device"] = linears.device
+    summary["scheme"], summary["device"] = linears.label, linears.device
     if not run.get("dry_run"):
         report = json.loads((Path(dst) / REPORT_NAME).read_text())
         summary["report"], summary["rows"] = report["summary"], report["tensors"]

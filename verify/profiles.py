@@ -31,6 +31,9 @@ PROFILES: dict[str, Thresholds] = {
                            max_layer_error=0.0),
     "int8": Thresholds(max_kl=0.005, min_top1=0.97, max_ppl_ratio=1.005, max_layer_error=0.05),
     "int4": Thresholds(max_kl=0.03, min_top1=0.92, max_ppl_ratio=1.03, max_layer_error=0.25),
+    # FP8 e4m3 (3 mantissa bits, per-channel or 128x128 block scales): limits set from
+    # measurement (BENCHMARKS.md), between int8's and int4's.
+    "fp8": Thresholds(max_kl=0.01, min_top1=0.95, max_ppl_ratio=1.01, max_layer_error=0.1),
 }
 # Whatever the profile: these always fail.
 ALWAYS_FAIL_TOP1 = 0.80

@@ -20,10 +20,12 @@ import numpy as np
 from converter.atomic import atomic_open
 from converter.compressed import (
     PARTS,
+    FP8Linear,
     LinearFormat,
     PackedLinear,
     StackedExperts,
     config_groups,
+    e4m3_to_f32,
     formats_from_quantization,
     ignored_modules,
     linear_shape,
@@ -343,8 +345,11 @@ class HfCheckpoint:
 
     def _float(self, name: str) -> np.ndarray:
         array = self._tensor(name)
-        if by_safetensors(self.shard(self.weight_map[name]).dtype(name)).name == "bf16":
+        dtype = by_safetensors(self.shard(self.weight_map[name]).dtype(name)).name
+        if dtype == "bf16":
             return bf16_bits_to_f32(array)
+        if dtype == "f8_e4m3":
+            return e4m3_to_f32(array)
         return np.asarray(array, dtype=np.float32)
 
     @cached_property
@@ -360,6 +365,9 @@ class HfCheckpoint:
         out, cols = linear_shape(spec)
         if fmt.kind == "dense":
             return np.ascontiguousarray(self._float(name("weight")).T)
+        if fmt.kind == "fp8":
+            return FP8Linear(self._tensor(name("weight")), self._float(name("weight_scale")),
+                             fmt.block)
         self._recorded_shape(name("weight_shape"), (out, cols))
         scale = self._tensor(name("weight_scale"))
         if scale.dtype != np.uint16:
@@ -484,9 +492,9 @@ class ShardedTarget:
                  records: dict[str, Any]) -> None:
         """config.json, generation_config.json, tokenizer, reports; the index last."""
         formats = self.linears.formats
-        packed = any(f.kind == "packed" for f in formats.values())
+        quantized = any(f.kind != "dense" for f in formats.values())
         quant = quantization_config(config_groups(self.names, formats),
-                                    ignored_modules(self.names)) if packed else None
+                                    ignored_modules(self.names)) if quantized else None
         dense = by_safetensors(next(iter(formats.values())).dtype)
         _write_json(dst / "config.json", hf_config(reader.config, self.names, dense.torch,
                                                    quant))
