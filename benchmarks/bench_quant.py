@@ -1,9 +1,11 @@
-"""Re-quantization: CPU throughput, and --method mse error against RTN, on the `bench` preset.
+"""Re-quantization: CPU throughput as a ratio to `convert --to hf --dtype bf16` of the same
+input in the same run, and --method mse error against RTN, on the `bench` preset.
 
-    python benchmarks/bench_quant.py [--layers 6] [--mse-layers 2]
+    python -m benchmarks.bench_quant [--layers 6] [--mse-layers 2]
 
 Throughput is GB of source weights (the release's int8 Linear bytes) per second of wall time
-for the whole `grok1 quantize` run (reading, quantizing, packing, hashing, writing). GPU rows
+for the whole `grok1 quantize` run (reading, quantizing, packing, hashing, writing); the ratio
+is convert's seconds over quantize's on the same input (1.0: as fast as a conversion). GPU rows
 need a CUDA device (`--device cuda`); none was available where these figures were measured.
 """
 
@@ -26,12 +28,19 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     print("| layers | scheme | method | device | linear weights GB | seconds | GB/s | "
-          "mean rel RMS | peak RSS MB |")
-    print("| ---: | --- | --- | --- | ---: | ---: | ---: | ---: | ---: |")
+          "ratio to convert bf16 | mean rel RMS | peak RSS MB |")
+    print("| ---: | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     runs = [(args.layers, "int8", "rtn"), (args.layers, "int4", "rtn"),
+            (args.layers, "fp8", "rtn"), (args.layers, "fp8-block", "rtn"),
             (args.mse_layers, "int4", "rtn"), (args.mse_layers, "int4", "mse")]
+    baseline: dict[int, float] = {}
     for layers, scheme, method in runs:
         source = checkpoint("bench", layers)
+        if layers not in baseline:
+            with tempfile.TemporaryDirectory() as tmp:
+                baseline[layers], _ = run_measured(grok1(
+                    "convert", str(source), str(Path(tmp) / "bf16"), "--to", "hf", "--dtype",
+                    "bf16", "--quiet"))
         weights = sum(s.numel for s in build_spec(Grok1Config.preset("bench", layers=layers))
                       if s.quantized)
         with tempfile.TemporaryDirectory() as tmp:
@@ -41,7 +50,8 @@ def main() -> None:
                                               args.device, "--quiet"))
             report = json.loads((out / "quantization_report.json").read_text())["summary"]
         print(f"| {layers} | {scheme} | {method} | {args.device} | {weights / 1e9:.2f} | "
-              f"{seconds:.1f} | {weights / seconds / 1e9:.3f} | {report['mean_rel_rms']:.5f} | "
+              f"{seconds:.1f} | {weights / seconds / 1e9:.3f} | "
+              f"{baseline[layers] / seconds:.2f} | {report['mean_rel_rms']:.5f} | "
               f"{rss / 1e6:.0f} |", flush=True)
 
 

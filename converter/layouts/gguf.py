@@ -248,13 +248,25 @@ class GgufTarget:
             f.write((json.dumps(report, indent=2) + "\n").encode())
 
 
+_CHUNK_BYTES = 32 << 20
+
+
+def _encoded(matrix: np.ndarray, kind: str) -> Any:
+    """`encode` over row chunks of about 32 MB, so the conversion's temporaries stay small."""
+    rows = max(1, _CHUNK_BYTES // max(1, matrix.shape[-1] * 4))
+    for start in range(0, matrix.shape[0], rows):
+        yield encode(matrix[start:start + rows], kind)
+
+
 def _pieces(reader: CheckpointReader, tensor: GgufTensor) -> Any:
-    """(raw bytes, how they were made) of a planned tensor, one expert at a time."""
+    """(raw bytes, how they were made) of a planned tensor, one expert and at most about 32 MB
+    of rows at a time."""
     spec, kind = tensor.spec, tensor.kind
     role = ROLE[spec.role]
     if not role.linear:
         value = dense(reader.read(spec))
-        yield encode(value.T if role.matrix else value, kind), tensor.note
+        for raw in _encoded(value.T if role.matrix else value, kind):
+            yield raw, tensor.note
         return
     experts = range(spec.shape[0]) if role.expert else [None]
     for expert in experts:
@@ -265,12 +277,12 @@ def _pieces(reader: CheckpointReader, tensor: GgufTensor) -> Any:
             if raw is not None:
                 yield raw, "release int8 codes and scales"
                 continue
-            yield encode(dense_transposed(value), kind), "quantized from floats (a scale is " \
-                                                         "not an exact f16)"
-            continue
-        yield encode(dense_transposed(value), kind), (
-            tensor.note if kind in ("F32", "F16", "BF16") or tensor.note.startswith("F32")
-            else "quantized from floats")
+            how = "quantized from floats (a scale is not an exact f16)"
+        else:
+            how = (tensor.note if kind in ("F32", "F16", "BF16") or tensor.note.startswith("F32")
+                   else "quantized from floats")
+        for raw in _encoded(dense_transposed(value), kind):
+            yield raw, how
 
 
 class GgufCheckpoint:
