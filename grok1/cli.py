@@ -99,6 +99,13 @@ executor_options = _stack(
     click.option("--executor", type=click.Choice(EXECUTORS), default="local",
                  show_default=True, help="Run units here, or as Ray tasks on a cluster."),
     click.option("--ray-address", help="Ray cluster to join (default: start a local one)."))
+text_options = _stack(
+    click.option("--text-file", "text_files", multiple=True,
+                 type=click.Path(path_type=Path, dir_okay=False),
+                 help="UTF-8 text; each paragraph (blank-line separated) is one document, "
+                      "tokenized with Grok-1's tokenizer (no BOS), padded with id 0. "
+                      "Repeatable."),
+    click.option("--text", "texts", multiple=True, help="A document given inline. Repeatable."))
 writer_options = _stack(
     click.option("--workers", type=click.IntRange(min=1),
                  help="Parallel writers (default: cores)."),
@@ -197,11 +204,7 @@ def output_file(path: Path | None, flag: str) -> None:
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.option("--tokens", "tokens_path", type=click.Path(path_type=Path),
               help="int array [batch, seq] as .npy; id 0 is padding.")
-@click.option("--text-file", "text_files", multiple=True,
-              type=click.Path(path_type=Path, dir_okay=False),
-              help="UTF-8 text; each paragraph (blank-line separated) is one document, "
-                   "tokenized with Grok-1's tokenizer (no BOS) and padded with id 0. Repeatable.")
-@click.option("--text", "texts", multiple=True, help="A document given inline. Repeatable.")
+@text_options
 @click.option("--seq-len", type=click.IntRange(min=1), default=8192, show_default=True,
               help="With text: tokens kept per document.")
 @click.option("--out", type=click.Path(path_type=Path), required=True,
@@ -232,11 +235,7 @@ def logits(checkpoint: Path, tokens_path: Path | None, text_files: tuple[Path, .
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--tokens", "tokens_path", type=click.Path(path_type=Path),
               help="int array [batch, seq] as .npy; id 0 is padding.")
-@click.option("--text-file", "text_files", multiple=True,
-              type=click.Path(path_type=Path, dir_okay=False),
-              help="UTF-8 text; each paragraph (blank-line separated) is one document, "
-                   "tokenized with Grok-1's tokenizer (no BOS) and padded with id 0. Repeatable.")
-@click.option("--text", "texts", multiple=True, help="A document given inline. Repeatable.")
+@text_options
 @click.option("--seq-len", type=click.IntRange(min=2), default=64, show_default=True,
               help="Tokens per sequence (random ids), or kept per document (text).")
 @click.option("--batch", type=click.IntRange(min=1), default=4, show_default=True)

@@ -21,7 +21,7 @@ import numpy as np
 from converter.compressed import FP8Linear, LinearFormat, e4m3_to_f32
 from converter.linears import dense_transposed
 from converter.spec import LINEAR_ROLES, TensorSpec
-from quant.requantize import check_finite
+from quant.requantize import ReportedLinears, check_finite
 
 __all__ = ["E4M3_MAX", "FP8Linears", "e4m3_bits", "fp8_scales", "quantize_fp8"]
 
@@ -85,7 +85,7 @@ def quantize_fp8(x: np.ndarray, block: tuple[int, int] | None) -> tuple[FP8Linea
 
 
 @dataclasses.dataclass(frozen=True)
-class FP8Linears:
+class FP8Linears(ReportedLinears):
     """Linears re-quantized to FP8 e4m3 (per channel, or per block)."""
 
     block: tuple[int, int] | None = None
@@ -118,24 +118,3 @@ class FP8Linears:
             linear, stats = quantize_fp8(matrix, self.block)
         stats["group_size"] = None
         return {"weight": linear.bits, "weight_scale": linear.scale}, stats
-
-    def check_kept(self, spec: TensorSpec, array: np.ndarray) -> None:
-        """The tensors kept in float32 must be finite too."""
-        check_finite(spec, None, array)
-
-    def report_files(self) -> list[str]:
-        """quantization_report.json."""
-        from quant.requantize import REPORT_NAME
-
-        return [REPORT_NAME]
-
-    def reports(self, records: dict[str, Any]) -> dict[str, str]:
-        """The per-tensor error report."""
-        import json
-
-        from quant.requantize import REPORT_NAME, build_report
-
-        stats = {name: s for record in records.values()
-                 for name, s in record.get("stats", {}).items()}
-        return {REPORT_NAME: json.dumps(build_report(stats, self.label, self.device),
-                                        indent=2) + "\n"}

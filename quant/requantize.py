@@ -30,7 +30,7 @@ from converter.tensors import QuantizedWeight8bit, dense
 from quant.primitives import quantize_linear
 from quant.schemes import QuantScheme
 
-__all__ = ["REPORT_NAME", "QuantizedLinears", "build_report", "check_finite",
+__all__ = ["REPORT_NAME", "QuantizedLinears", "ReportedLinears", "build_report", "check_finite",
            "quantize_checkpoint", "resolve_device"]
 
 REPORT_NAME = "quantization_report.json"
@@ -87,8 +87,31 @@ def role_schemes(specs: list[TensorSpec], scheme: QuantScheme) -> dict[str, Quan
     return schemes
 
 
+class ReportedLinears:
+    """What every re-quantizing Linears shares: finite kept tensors and the error report.
+    Subclasses have `label` and `device`."""
+
+    label: str
+    device: str
+
+    def check_kept(self, spec: TensorSpec, array: np.ndarray) -> None:
+        """The tensors kept in float32 beside the Linears must be finite too."""
+        check_finite(spec, None, array)
+
+    def report_files(self) -> list[str]:
+        """quantization_report.json."""
+        return [REPORT_NAME]
+
+    def reports(self, records: dict[str, Any]) -> dict[str, str]:
+        """The per-tensor error report of the whole output."""
+        stats = {name: s for record in records.values()
+                 for name, s in record.get("stats", {}).items()}
+        report = build_report(stats, self.label, self.device)
+        return {REPORT_NAME: json.dumps(report, indent=2) + "\n"}
+
+
 @dataclasses.dataclass(frozen=True)
-class QuantizedLinears:
+class QuantizedLinears(ReportedLinears):
     """Linears re-quantized by one scheme (per role, with the group size it can take)."""
 
     scheme: QuantScheme
@@ -131,21 +154,6 @@ class QuantizedLinears:
         if packed.zero_point is not None:
             parts["weight_zero_point"] = packed.zero_point
         return parts, stats
-
-    def check_kept(self, spec: TensorSpec, array: np.ndarray) -> None:
-        """The tensors kept in float32 beside the Linears must be finite too."""
-        check_finite(spec, None, array)
-
-    def report_files(self) -> list[str]:
-        """quantization_report.json."""
-        return [REPORT_NAME]
-
-    def reports(self, records: dict[str, Any]) -> dict[str, str]:
-        """The per-tensor error report of the whole output."""
-        stats = {name: s for record in records.values()
-                 for name, s in record.get("stats", {}).items()}
-        report = build_report(stats, self.scheme.label, self.device)
-        return {REPORT_NAME: json.dumps(report, indent=2) + "\n"}
 
 
 def _on_gpu(spec: TensorSpec, expert: int | None, value: Any, scheme: QuantScheme
