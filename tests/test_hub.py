@@ -37,7 +37,7 @@ class Server:
         return len(re.findall(r'"GET /[^ ]*/resolve/', self.log.read_text()))
 
     def stop(self):
-        self.proc.send_signal(signal.SIGINT)
+        self.proc.terminate()  # SIGTERM: a test run started in the background ignores SIGINT
         self.proc.wait(timeout=10)
 
 
