@@ -436,6 +436,43 @@ def quantize(src: Path, dst: Path, scheme_name: str, group_size: int | None, sym
                    f"{row['clipped_pct']:>7.2f}%")
 
 
+@main.command("gguf-quantize")
+@click.argument("src", type=click.Path(path_type=Path))
+@click.argument("dst", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--type", "kind", type=click.Choice(["Q4_K_S", "Q4_K_M", "Q5_K_S", "Q5_K_M",
+                                                   "Q6_K"]), default="Q4_K_M", show_default=True)
+@click.option("--batch", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Sequences (or documents of the shipped text) the result is checked on.")
+@click.option("--seq-len", type=click.IntRange(min=2), default=32, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def gguf_quantize(src: Path, dst: Path, kind: str, batch: int, seq_len: int,
+                  as_json: bool) -> None:
+    """K-quant a GGUF with llama.cpp itself, then verify it in llama.cpp.
+
+    Needs llama-cpp-python. SRC is a GGUF folder written by `grok1 convert --to gguf` (bf16 or
+    q8_0 best); the result is run in llama.cpp and compared with our forward of SRC, judged by
+    the int4 profile (Q4/Q5) or int8 (Q6_K). Exits 1 when it does not pass: no K-quant is
+    claimed that was not verified.
+
+    \b
+    Example:
+      grok1 convert ./grok-1 ./grok-1-bf16 --to gguf --dtype bf16
+      grok1 gguf-quantize ./grok-1-bf16 ./grok-1-q4km --type Q4_K_M
+    """
+    from verify.kquant import quantize_gguf
+
+    report = quantize_gguf(src, dst, kind, batch=batch, seq_len=seq_len)
+    if as_json:
+        echo_json(report)
+    else:
+        m = report["metrics"]
+        click.echo(f"{kind} -> {dst / report['file']}: mean KL {m['kl_mean']:.4g}, top-1 "
+                   f"{m['top1_agreement']:.1%} on {report['tokens']} (profile "
+                   f"{report['profile']}): " + ("verified" if report["verified"] else
+                                                "NOT verified: " + "; ".join(report["reasons"])))
+    sys.exit(EXIT_OK if report["verified"] else EXIT_FAILED)
+
+
 @main.command()
 @click.argument("dst", type=click.Path(path_type=Path, file_okay=False))
 @click.option("--model", "model", type=click.Path(path_type=Path, dir_okay=False),

@@ -122,3 +122,21 @@ def test_a_wrong_attention_output_scale_fails(small_ckpt, tmp_path, ids, monkeyp
     path = gguf(small_ckpt, tmp_path / "g", "f32")
     found = metrics(small_ckpt, path, ids)
     assert not within(found, Q8_BOUNDS), found
+
+
+def test_k_quants_are_made_by_llama_cpp_and_verified(small_ckpt, tmp_path, monkeypatch):
+    import json
+
+    from verify import kquant
+
+    gguf(small_ckpt, tmp_path / "bf16", "bf16")
+    result = CliRunner().invoke(main, ["gguf-quantize", str(tmp_path / "bf16"),
+                                       str(tmp_path / "q4"), "--type", "Q4_K_M"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "q4" / "kquant_report.json").read_text())
+    assert report["verified"] and report["metrics"]["kl_mean"] < 0.03
+    monkeypatch.setitem(kquant.KQUANTS, "Q4_K_S", (14, "lossless"))  # a bar it cannot clear
+    refused = CliRunner().invoke(main, ["gguf-quantize", str(tmp_path / "bf16"),
+                                        str(tmp_path / "q4s"), "--type", "Q4_K_S"])
+    assert refused.exit_code == 1 and "NOT verified" in refused.output
+    assert json.loads((tmp_path / "q4s" / "kquant_report.json").read_text())["verified"] is False
