@@ -145,9 +145,10 @@ class QuantizedLinears(ReportedLinears):
         if self.device == "cuda" and scheme.method == "rtn":
             packed, stats = _on_gpu(spec, expert, value, scheme)
         else:
-            matrix = dense_transposed(value)
-            check_finite(spec, expert, matrix)
-            packed, stats = quantize_linear(matrix, scheme)
+            with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+                packed, stats = quantize_linear(dense_transposed(value), scheme)
+            if not (math.isfinite(stats["max_abs_err"]) and math.isfinite(stats["rel_rms"])):
+                raise _not_finite(spec, expert)  # NaN or Inf anywhere makes the error NaN
         stats["group_size"] = scheme.group_size
         parts = {"weight_packed": packed.packed, "weight_scale": packed.scale,
                  "weight_shape": np.array(packed.shape, np.int64)}
