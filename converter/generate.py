@@ -104,15 +104,9 @@ def generate_checkpoint(folder: Path, config: Grok1Config, *, seed: int = 0,
     out.check_usable()
     owned: set[str] = set()
     if not out.is_empty():
-        manifest = out.read_manifest()
-        owned = out.owned(manifest)
-        strangers = out.foreign(owned)
         if not overwrite:
             raise UsageError(f"{folder}: exists and is not empty; pass --overwrite to replace it")
-        if manifest is None or strangers:
-            raise UsageError(f"{folder}: holds {strangers[0] if strangers else 'files'}, which "
-                             "this toolchain did not write (--overwrite replaces only a previous "
-                             "grok1 output); remove it yourself or choose another folder")
+        owned = out.replaceable()
     specs = build_spec(config)
     total = sum(s.payload_bytes for s in specs)
     out.path.parent.mkdir(parents=True, exist_ok=True)

@@ -173,17 +173,12 @@ class OutputFolder:
         self.check_usable()
         if self.is_empty():
             return None
+        if overwrite:
+            self.remove(self.replaceable(planned))
+            return None
         manifest = self.read_manifest()
         owned = self.owned(manifest, planned)
         strangers = self.foreign(owned)
-        if overwrite:
-            if manifest is None or strangers:
-                what = strangers[0] if strangers else "files"
-                raise UsageError(f"{self.path}: holds {what}, which this toolchain did not write "
-                                 f"(--overwrite replaces only a previous grok1 output); remove "
-                                 "it yourself or choose another folder")
-            self.remove(owned)
-            return None
         if manifest is None and not strangers:
             self.sweep_temporaries(owned)  # killed before its first manifest: start afresh
             return None
@@ -198,6 +193,19 @@ class OutputFolder:
                              "write; remove it or choose another folder")
         self.sweep_temporaries(owned)
         return manifest
+
+    def replaceable(self, planned: list[str] | tuple[str, ...] = ()) -> set[str]:
+        """What --overwrite may delete: the files of a previous grok1 output, if the folder
+        holds nothing else; otherwise a one-line refusal naming the first stranger."""
+        manifest = self.read_manifest()
+        owned = self.owned(manifest, planned)
+        strangers = self.foreign(owned)
+        if manifest is None or strangers:
+            what = strangers[0] if strangers else "files"
+            raise UsageError(f"{self.path}: holds {what}, which this toolchain did not write "
+                             "(--overwrite replaces only a previous grok1 output); remove it "
+                             "yourself or choose another folder")
+        return owned
 
     def finished_units(self, manifest: dict[str, Any]) -> dict[str, Any]:
         """Units of a previous run whose files are still exactly what was recorded."""
