@@ -84,13 +84,15 @@ def _on_ray(ray: Any, source: Path, target: Target, todo: list[Unit], dst: Path)
 
 def run_units(source: Path, dst: Path, target: Target, *, workers: int, resume: bool = False,
               overwrite: bool = False, dry_run: bool = False, quiet: bool = False,
-              executor: str = "local", ray_address: str | None = None) -> dict[str, Any]:
-    """Convert `source` into `dst` with `target`; returns a summary."""
+              executor: str = "local", ray_address: str | None = None,
+              reader: CheckpointReader | None = None) -> dict[str, Any]:
+    """Convert `source` into `dst` with `target`; returns a summary. `reader`: the source,
+    when the caller has already opened it."""
     if executor not in EXECUTORS:
         raise UsageError(f"unknown executor {executor!r}; known: {', '.join(EXECUTORS)}")
     ray = ray_connect(ray_address) if executor == "ray" and not dry_run else None
     start = time.perf_counter()
-    reader = open_checkpoint(source)
+    reader = reader or open_checkpoint(source)
     units = target.plan(reader)
     total = sum(u.nbytes for u in units)
     settings = {"source": str(Path(source).resolve()), "layout": reader.layout,
@@ -157,11 +159,14 @@ def run_units(source: Path, dst: Path, target: Target, *, workers: int, resume: 
 
 
 def convert(source: Path, dst: Path, *, to: str, options: TargetOptions,
-            workers: int | None = None, **run: Any) -> dict[str, Any]:
+            workers: int | None = None, reader: CheckpointReader | None = None,
+            **run: Any) -> dict[str, Any]:
     """Convert `source` (any layout) into layout `to` in `dst`; returns a summary. `run` takes
     run_units' options (resume, overwrite, dry_run, quiet, executor, ray_address)."""
-    target = layout(to).target(open_checkpoint(source), options)
-    return run_units(source, dst, target, workers=workers or default_workers(), **run)
+    reader = reader or open_checkpoint(source)
+    target = layout(to).target(reader, options)
+    return run_units(source, dst, target, workers=workers or default_workers(), reader=reader,
+                     **run)
 
 
 def default_workers() -> int:

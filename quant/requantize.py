@@ -208,10 +208,10 @@ def quantize_checkpoint(source: Path, dst: Path, scheme: str, *, group_size: int
 
     if scheme not in SCHEMES:
         raise UsageError(f"unknown scheme {scheme!r}; known: {', '.join(SCHEMES)}")
-    linears = SCHEMES[scheme].linears(open_checkpoint(source).specs, group_size=group_size,
-                                      symmetric=symmetric, method=method,
-                                      device=resolve_device(device))
-    summary = convert(source, dst, to=to, options=TargetOptions(
+    reader = open_checkpoint(source)
+    linears = SCHEMES[scheme].linears(reader.specs, group_size=group_size, symmetric=symmetric,
+                                      method=method, device=resolve_device(device))
+    summary = convert(source, dst, to=to, reader=reader, options=TargetOptions(
         names=names, linears=linears, shard_size=shard_size, tokenizer=tokenizer), **run)
     summary["scheme"], summary["device"] = linears.label, linears.device
     if not run.get("dry_run"):

@@ -213,6 +213,7 @@ class HfCheckpoint:
         self.hf = data
         self.config = config_from_hf(data, str(config_path))
         self.specs = build_spec(self.config)
+        self._shards: dict[str, Any] = {}
         self.weight_map = self._weight_map()
         self.scheme = self._detect_scheme()
         stored = by_torch(str(data.get("torch_dtype")))
@@ -223,7 +224,6 @@ class HfCheckpoint:
                      (self.scheme.plain_part(r),)) for r in (s.role for s in self.specs)}
         self.names = self.scheme.expected(self.specs, parts)
         self._check_total()
-        self._shards: dict[str, Any] = {}
 
     def _weight_map(self) -> dict[str, str]:
         index = self.root / self.container.index_name
@@ -234,8 +234,8 @@ class HfCheckpoint:
                 raise MalformedFileError(f"{index}: not a valid index ({exc})") from None
             return _checked_weight_map(weight_map, index)
         single = self.root / self.container.single_name
-        if single.is_file():
-            return dict.fromkeys(self.container.reader(single).entries, single.name)
+        if single.is_file():  # its reader is kept: opening a torch shard reads it for CRCs
+            return dict.fromkeys(self.shard(single.name).entries, single.name)
         raise LayoutError(f"{self.root}: no {self.container.index_name} or "
                           f"{self.container.single_name}")
 
