@@ -222,12 +222,17 @@ class FP8Linear:
 
     def dequantize(self) -> np.ndarray:
         """float32 weights in the canonical [in, out] orientation."""
-        out, cols = self.bits.shape
-        scale = np.asarray(self.scale, np.float32)
-        if self.block is not None:
-            scale = np.repeat(np.repeat(scale, self.block[0], axis=0)[:out],
-                              self.block[1], axis=1)[:, :cols]
+        scale = expand_scale(np.asarray(self.scale, np.float32), self.bits.shape, self.block)
         return np.ascontiguousarray((e4m3_to_f32(self.bits) * scale).T)
+
+
+def expand_scale(scale: np.ndarray, shape: tuple[int, int], block: tuple[int, int] | None
+                 ) -> np.ndarray:
+    """Per-element scales of an [out, in] matrix from per-channel [out, 1] or per-block ones."""
+    if block is None:
+        return np.broadcast_to(scale, shape)
+    return np.repeat(np.repeat(scale, block[0], axis=0)[:shape[0]], block[1],
+                     axis=1)[:, :shape[1]]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from converter.compressed import FP8Linear, LinearFormat, e4m3_to_f32
+from converter.compressed import FP8Linear, LinearFormat, e4m3_to_f32, expand_scale
 from converter.linears import dense_transposed
 from converter.spec import LINEAR_ROLES, TensorSpec
 from quant.requantize import ReportedLinears, check_finite
@@ -57,22 +57,13 @@ def fp8_scales(x: np.ndarray, block: tuple[int, int] | None) -> np.ndarray:
     return np.where(amax == 0, np.float32(1), scale).astype(np.float32)
 
 
-def expand(scale: np.ndarray, shape: tuple[int, int], block: tuple[int, int] | None
-           ) -> np.ndarray:
-    """Per-element scales of an [out, in] matrix."""
-    if block is None:
-        return np.broadcast_to(scale, shape)
-    return np.repeat(np.repeat(scale, block[0], axis=0)[:shape[0]], block[1],
-                     axis=1)[:, :shape[1]]
-
-
 def quantize_fp8(x: np.ndarray, block: tuple[int, int] | None) -> tuple[FP8Linear, dict]:
     """Quantize float32 [out, in] with torch's e4m3fn cast; the Linear and its statistics."""
     import torch
 
     x = np.ascontiguousarray(x, np.float32)
     scale = fp8_scales(x, block)
-    per = np.ascontiguousarray(expand(scale, x.shape, block))
+    per = np.ascontiguousarray(expand_scale(scale, x.shape, block))
     ratio = torch.from_numpy(x) / torch.from_numpy(per)
     bits = ratio.clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn).view(torch.uint8).numpy()
     linear = FP8Linear(bits, scale, block)
