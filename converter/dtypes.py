@@ -12,9 +12,7 @@ import dataclasses
 
 import numpy as np
 
-from converter.errors import UsageError
-
-__all__ = ["DTYPES", "FLOATS", "DType", "by_safetensors", "by_torch", "dtype"]
+__all__ = ["DTYPES", "FLOATS", "DType", "by_safetensors", "by_torch"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,13 +44,6 @@ DTYPES: dict[str, DType] = {d.name: d for d in (
 FLOATS = tuple(d.safetensors for d in DTYPES.values() if d.floating)
 _BY_SAFETENSORS = {d.safetensors: d for d in DTYPES.values()}
 _BY_TORCH = {d.torch: d for d in DTYPES.values()}
-
-
-def dtype(name: str) -> DType:
-    """A dtype by our name (`bf16`)."""
-    if name not in DTYPES:
-        raise UsageError(f"unknown dtype {name!r}; known: {', '.join(DTYPES)}")
-    return DTYPES[name]
 
 
 def by_safetensors(name: str) -> DType | None:

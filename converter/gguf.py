@@ -17,7 +17,6 @@ import hashlib
 import math
 import mmap
 import struct
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -360,11 +359,3 @@ class GGUFReader:
         """One tensor as float32 of its numpy-order shape."""
         info, _ = self.tensors[name]
         return decode(self.raw(name), info.kind, info.shape)
-
-    def chunks(self, name: str, rows: int) -> Iterator[np.ndarray]:
-        """A tensor's raw bytes in pieces of `rows` outermost slices."""
-        info, _ = self.tensors[name]
-        raw = self.raw(name)
-        step = info.nbytes // info.shape[0] * rows
-        for start in range(0, raw.size, step):
-            yield raw[start:start + step]

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 
 from converter.config import Grok1Config
 
-__all__ = ["EXPERT_ROLES", "LINEAR_ROLES", "MATRIX_ROLES", "ROLE", "ROLES", "ParamRole",
+__all__ = ["EXPERT_ROLES", "LINEAR_ROLES", "ROLE", "ROLES", "ParamRole",
            "TensorSpec", "build_spec", "file_name"]
 
 Shape = tuple[int, ...]
@@ -82,7 +82,6 @@ ROLE: dict[str, ParamRole] = {r.role: r for r in ROLES}
 # In a fixed, readable order (attention, then the experts), used wherever roles are listed.
 LINEAR_ROLES = ("attn_q", "attn_k", "attn_v", "attn_o", "moe_gate", "moe_up", "moe_down")
 EXPERT_ROLES = tuple(r for r in LINEAR_ROLES if ROLE[r].expert)
-MATRIX_ROLES = tuple(r.role for r in ROLES if r.matrix)
 
 
 @dataclasses.dataclass(frozen=True)
