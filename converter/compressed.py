@@ -128,16 +128,13 @@ def pack_codes(codes: np.ndarray, bits: int) -> np.ndarray:
     rows, cols = codes.shape
     per_word = 32 // bits
     words = -(-cols // per_word)
-    offset = np.ascontiguousarray(codes).view(np.uint8) ^ np.uint8(1 << (bits - 1) if bits == 8
-                                                                     else 0)
-    raw = np.zeros((rows, words * 4), np.uint8)
-    if bits == 8:
-        raw[:, :cols] = offset
-    else:
-        nibbles = np.zeros((rows, words * per_word), np.uint8)
-        nibbles[:, :cols] = (codes.astype(np.int16) + 8).astype(np.uint8)
-        raw[:] = nibbles[:, 0::2] | (nibbles[:, 1::2] << 4)
-    return raw.view("<i4")
+    offset = np.zeros((rows, words * per_word), np.uint8)
+    np.add(np.ascontiguousarray(codes).view(np.uint8), np.uint8(1 << (bits - 1)),
+           out=offset[:, :cols])
+    if bits == 4:  # byte pairs as little-endian uint16 a | b << 8 -> the byte a | b << 4
+        pairs = offset.view("<u2")
+        offset = (pairs | (pairs >> 4)).astype(np.uint8)
+    return offset.view("<i4")
 
 
 def unpack_codes(packed: np.ndarray, bits: int, cols: int) -> np.ndarray:

@@ -76,12 +76,19 @@ def dense(value: object) -> np.ndarray:
     return np.asarray(value, dtype=np.float32)
 
 
-def transposed(array: np.ndarray, tile: int = 64) -> np.ndarray:
+def transposed(array: np.ndarray) -> np.ndarray:
     """A contiguous copy of a 2-D array's transpose, tile by tile (numpy's own strided copy
-    of a large int8 matrix is 2-3x slower: every row it writes misses the cache)."""
+    of a large matrix is 1.5-3x slower: every row it writes misses the cache). Where the
+    source's rows are a multiple of 2 KiB apart (every real Grok-1 width), tall tiles alias
+    in the cache, so those are read 16 rows at a time; both tile shapes were the fastest
+    measured here for their case (BENCHMARKS.md)."""
     rows, cols = array.shape
+    if (cols * array.itemsize) % 2048 == 0:
+        tile_rows, tile_cols = 16, 1024
+    else:
+        tile_rows = tile_cols = 256 if array.itemsize == 1 else 128
     out = np.empty((cols, rows), array.dtype)
-    for i in range(0, rows, tile):
-        for j in range(0, cols, tile):
-            out[j:j + tile, i:i + tile] = array[i:i + tile, j:j + tile].T
+    for i in range(0, rows, tile_rows):
+        for j in range(0, cols, tile_cols):
+            out[j:j + tile_cols, i:i + tile_rows] = array[i:i + tile_rows, j:j + tile_cols].T
     return out
