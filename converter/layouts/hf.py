@@ -472,9 +472,12 @@ class ShardedTarget:
         """Write one shard, tensor by tensor; returns its sha256, each tensor's, and what the
         Linears reported."""
         produce = Producer(reader, self.linears, self.names)
+        # A Linear's parts are consecutive and made together: to have `threads` Linears in
+        # the making, look as many parts ahead.
+        ahead = self.threads * max(len(f.parts()) for f in self.linears.formats.values())
         with self.container.writer(dst / unit.path, [o.entry for o in unit.items]) as writer:
             for out, array in ordered_map(lambda o: produce(o.spec, o.origin), unit.items,
-                                          self.threads):
+                                          ahead):
                 writer.write(out.origin.name, array)
         return {"sha256": writer.file_sha256, "tensors": writer.digests, **produce.summary()}
 
