@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 
 import numpy as np
 
@@ -19,11 +20,12 @@ from converter.tensors import bf16_bits_to_f32, f32_to_bf16_bits
 from quant.schemes import QuantScheme
 
 __all__ = ["MSE_GRID", "Quantized", "choose_qparams", "dequantize", "error_stats", "grouped",
-           "quantize", "quantize_linear"]
+           "mse_qparams", "quantize", "quantize_linear", "scale_bits_of", "search_clip"]
 
 SMALLEST_SCALE_BITS = np.uint16(0x0080)  # bf16 2^-126
-# Clipping ratios tried by --method mse, largest first (ties keep the larger range).
+# Clipping ratios --method mse chooses from, largest first: 1.0 down to 0.5 in steps of 0.025.
 MSE_GRID = tuple(np.float32(1 - 0.025 * i) for i in range(21))
+MSE_COARSE = 5  # first every 5th ratio, then the 2 on each side of the best of those
 
 
 def grouped(x: np.ndarray, group_size: int | None) -> np.ndarray:
@@ -36,25 +38,39 @@ def grouped(x: np.ndarray, group_size: int | None) -> np.ndarray:
     return x.reshape(out, groups, size)
 
 
-def _bf16_scale(scale: np.ndarray) -> np.ndarray:
+def scale_bits_of(scale: np.ndarray) -> np.ndarray:
+    """float32 scales -> bf16 bits, rounded to nearest even; a zero scale becomes 2^-126."""
     bits = f32_to_bf16_bits(scale)
     return np.where(bits == 0, SMALLEST_SCALE_BITS, bits).astype(np.uint16)
+
+
+def group_extremes(x: np.ndarray, group_size: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """(min, max) of each group of x [out, in]: two float32 [out, groups]."""
+    g = grouped(x, group_size)
+    return g.min(axis=-1), g.max(axis=-1)
+
+
+def qparams(low: np.ndarray, high: np.ndarray, scheme: QuantScheme,
+            clip: float | np.ndarray = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """(bf16 scale bits, int8 zero points) of groups with these extremes, their range
+    multiplied by `clip` (a number, or one per group)."""
+    clip = np.asarray(clip, np.float32)
+    if scheme.symmetric:
+        absmax = np.maximum(np.abs(low), np.abs(high)) * clip
+        bits = scale_bits_of(absmax / np.float32(scheme.qmax))
+        return bits, np.zeros(bits.shape, np.int8)
+    low = np.minimum(low, np.float32(0)) * clip
+    high = np.maximum(high, np.float32(0)) * clip
+    bits = scale_bits_of((high - low) / np.float32(scheme.qmax - scheme.qmin))
+    zero = np.float32(scheme.qmin) - low / bf16_bits_to_f32(bits)
+    zero = np.clip(np.rint(zero), scheme.qmin, scheme.qmax).astype(np.int8)
+    return bits, zero
 
 
 def choose_qparams(x: np.ndarray, scheme: QuantScheme,
                    clip: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """(bf16 scale bits [out, groups], zero points int8 [out, groups]) by min/max (RTN)."""
-    g = grouped(x, scheme.group_size)
-    if scheme.symmetric:
-        absmax = np.abs(g).max(axis=-1) * np.float32(clip)
-        bits = _bf16_scale(absmax / np.float32(scheme.qmax))
-        return bits, np.zeros(bits.shape, np.int8)
-    low = np.minimum(g.min(axis=-1), np.float32(0)) * np.float32(clip)
-    high = np.maximum(g.max(axis=-1), np.float32(0)) * np.float32(clip)
-    bits = _bf16_scale((high - low) / np.float32(scheme.qmax - scheme.qmin))
-    zero = np.float32(scheme.qmin) - low / bf16_bits_to_f32(bits)
-    zero = np.clip(np.rint(zero), scheme.qmin, scheme.qmax).astype(np.int8)
-    return bits, zero
+    return qparams(*group_extremes(x, scheme.group_size), scheme, clip)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -106,35 +122,74 @@ def dequantize(codes: np.ndarray, scale_bits: np.ndarray, zero: np.ndarray,
     return values.reshape(out, -1)[:, :cols]
 
 
-def _mse_qparams(x: np.ndarray, scheme: QuantScheme) -> tuple[np.ndarray, np.ndarray]:
-    """Per group, the clipping ratio of MSE_GRID with the least squared reconstruction error."""
-    best_bits, best_zero = choose_qparams(x, scheme)
-    best_err = quantize(x, best_bits, best_zero, scheme).group_sq_error
-    for clip in MSE_GRID[1:]:
-        bits, zero = choose_qparams(x, scheme, clip)
-        err = quantize(x, bits, zero, scheme).group_sq_error
+def _group_sq_error(x: np.ndarray, bits: np.ndarray, zero: np.ndarray,
+                    scheme: QuantScheme) -> np.ndarray:
+    """float32 [out, groups]: the squared error these parameters leave in each group, as
+    scale^2 * sum((code - x / scale)^2), summed in input order (equal to quantize()'s up to
+    float32 rounding; a plain sequential sum so that the fast path reproduces it exactly)."""
+    g = grouped(x, scheme.group_size)
+    scale = bf16_bits_to_f32(bits)
+    ratio = g / scale[..., None]
+    work = np.rint(ratio)
+    if scheme.symmetric:
+        np.clip(work, scheme.qmin, scheme.qmax, out=work)
+    else:
+        shift = zero[..., None].astype(np.float32)
+        work += shift
+        np.clip(work, scheme.qmin, scheme.qmax, out=work)
+        work -= shift
+    work -= ratio
+    np.square(work, out=work)
+    return np.add.accumulate(work, axis=-1)[..., -1] * np.square(scale)
+
+
+ErrorOf = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+def search_clip(low: np.ndarray, high: np.ndarray, scheme: QuantScheme, error_of: ErrorOf
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """--method mse: per group, the clipping ratio of MSE_GRID whose (scale bits, zero points)
+    leave the least squared error (`error_of` measures it), searched coarse to fine: every
+    MSE_COARSE-th ratio, then the two on each side of the best of those. A candidate replaces
+    the best only when strictly better (ties keep the larger range)."""
+    ratios = np.array(MSE_GRID, np.float32)
+    best = np.zeros(low.shape, np.int64)
+    best_err = error_of(*qparams(low, high, scheme))
+
+    def consider(index: np.ndarray) -> None:
+        nonlocal best, best_err
+        err = error_of(*qparams(low, high, scheme, ratios[index]))
         better = err < best_err
-        best_err = np.where(better, err, best_err)
-        best_bits = np.where(better, bits, best_bits)
-        best_zero = np.where(better, zero, best_zero)
-    return best_bits.astype(np.uint16), best_zero.astype(np.int8)
+        best, best_err = np.where(better, index, best), np.where(better, err, best_err)
+
+    for index in range(MSE_COARSE, len(MSE_GRID), MSE_COARSE):
+        consider(np.full(low.shape, index))
+    coarse = best
+    for step in (-2, -1, 1, 2):
+        consider(np.clip(coarse + step, 0, len(MSE_GRID) - 1))
+    return qparams(low, high, scheme, ratios[best])
 
 
-def error_stats(x: np.ndarray, result: Quantized) -> dict[str, float]:
-    """Relative RMS error, max |error| and % of codes clipped."""
-    flat = x.reshape(-1)
-    norm_sq = float(np.dot(flat, flat))
+def mse_qparams(x: np.ndarray, scheme: QuantScheme) -> tuple[np.ndarray, np.ndarray]:
+    """(scale bits, zero points) of x [out, in] chosen by search_clip."""
+    low, high = group_extremes(x, scheme.group_size)
+    return search_clip(low, high, scheme, lambda bits, zero: _group_sq_error(x, bits, zero,
+                                                                             scheme))
+
+
+def error_stats(result: Quantized, norm_sq: float, numel: int) -> dict[str, float]:
+    """Relative RMS error (against the input's squared norm), max |error|, % of codes clipped."""
     return {"rel_rms": float(np.sqrt(result.group_sq_error.sum() / norm_sq)) if norm_sq else 0.0,
             "max_abs_err": result.max_error,
-            "clipped_pct": 100.0 * result.clipped / max(x.size, 1),
-            "numel": int(x.size)}
+            "clipped_pct": 100.0 * result.clipped / max(numel, 1),
+            "numel": int(numel)}
 
 
 def quantize_linear(x: np.ndarray, scheme: QuantScheme) -> tuple[PackedLinear, dict[str, float]]:
     """Quantize and pack one float32 [out, in] matrix; returns it and its error statistics."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     if scheme.method == "mse":
-        bits, zero = _mse_qparams(x, scheme)
+        bits, zero = mse_qparams(x, scheme)
     else:
         bits, zero = choose_qparams(x, scheme)
     result = quantize(x, bits, zero, scheme)
@@ -142,4 +197,5 @@ def quantize_linear(x: np.ndarray, scheme: QuantScheme) -> tuple[PackedLinear, d
         packed=pack_codes(result.codes, scheme.bits), scale=bits, shape=x.shape,
         bits=scheme.bits, group_size=scheme.group_size or x.shape[1],
         zero_point=None if scheme.symmetric else pack_zero_points(zero, scheme.bits))
-    return packed, error_stats(x, result)
+    flat = x.reshape(-1)
+    return packed, error_stats(result, float(np.dot(flat, flat)), x.size)

@@ -4,9 +4,9 @@ The source is read through the canonical stream; the release's int8 weights are 
 exactly in float32 first. On a GPU the Triton kernel does dequantize -> quantize -> pack in one
 pass (RTN) and computes the error statistics in the same pass, so nothing but the packed result
 and a few numbers per group comes back to the CPU; on the CPU, and for --method mse everywhere,
-the numpy reference does it all. Both give the same bits. Router, embeddings and norms stay
-float32 (and must be finite). Each Linear's error statistics go to the manifest and, at the end,
-to quantization_report.json.
+`quant.cpu` runs the numpy reference's arithmetic band by band. All give the reference's bits.
+Router, embeddings and norms stay float32 (and must be finite). Each Linear's error statistics
+go to the manifest and, at the end, to quantization_report.json.
 """
 
 from __future__ import annotations
@@ -24,10 +24,9 @@ from converter.engine import convert
 from converter.errors import MalformedFileError, UsageError
 from converter.layouts import open_checkpoint
 from converter.layouts.base import TargetOptions
-from converter.linears import dense_transposed
 from converter.spec import LINEAR_ROLES, TensorSpec
 from converter.tensors import QuantizedWeight8bit, dense
-from quant.primitives import quantize_linear
+from quant.cpu import NotFinite, quantize_cpu
 from quant.schemes import QuantScheme
 
 __all__ = ["REPORT_NAME", "QuantizedLinears", "ReportedLinears", "build_report", "check_finite",
@@ -145,10 +144,10 @@ class QuantizedLinears(ReportedLinears):
         if self.device == "cuda" and scheme.method == "rtn":
             packed, stats = _on_gpu(spec, expert, value, scheme)
         else:
-            with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-                packed, stats = quantize_linear(dense_transposed(value), scheme)
-            if not (math.isfinite(stats["max_abs_err"]) and math.isfinite(stats["rel_rms"])):
-                raise _not_finite(spec, expert)  # NaN or Inf anywhere makes the error NaN
+            try:
+                packed, stats = quantize_cpu(value, scheme)
+            except NotFinite:
+                raise _not_finite(spec, expert) from None
         stats["group_size"] = scheme.group_size
         parts = {"weight_packed": packed.packed, "weight_scale": packed.scale,
                  "weight_shape": np.array(packed.shape, np.int64)}

@@ -1,0 +1,195 @@
+"""The CPU quantizer: the reference's arithmetic (`quant.primitives`) run where it is cheap.
+
+The reference works on a float32 [out, in] matrix: a transposed float32 copy of the source
+and a dozen full passes over it. Here the same operations run in the source's own [in, out]
+orientation, a band of rows at a time, so the passes (dequantize, divide, round, clip, error)
+stay in the cache and the only transpose is of the 1-byte codes:
+
+- group extremes come from the release's int8 codes (min and max code times the scale: exact,
+  every such product fits float32);
+- clipping is counted and applied only in the groups whose rounded extremes leave the code
+  range (rounding is monotone, so no other element can);
+- `--method mse` measures each candidate's error group by group with the reference's
+  operations, its sum over a group's elements taken in input order as the reference takes it,
+  so the search picks the same clipping ratios;
+- every element sees the reference's operations in the reference's order, so codes, scales,
+  zero points, the clipped count and the max error are bit-identical to it. The squared error
+  and the norm of the report are summed per band, then in float64, so the relative RMS error
+  agrees with the reference's to rounding (tests: 1e-6 relative).
+
+`tests/test_quant_cpu.py` checks all of it against the reference.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Any
+
+import numpy as np
+
+from converter.compressed import PackedLinear, pack_codes, pack_zero_points
+from converter.tensors import QuantizedWeight8bit, bf16_bits_to_f32, dense, transposed
+from quant.primitives import qparams, search_clip
+from quant.schemes import QuantScheme
+
+__all__ = ["BAND", "NotFinite", "quantize_cpu"]
+
+BAND = 128  # input rows per piece
+MSE_BAND = 1 << 17  # elements of one group's column band in the mse search
+
+
+class NotFinite(ValueError):
+    """NaN or Inf among the weights."""
+
+
+class _Source:
+    """A canonical [in, out] Linear, read a band of rows at a time as float32."""
+
+    def __init__(self, value: Any, scheme: QuantScheme) -> None:
+        if isinstance(value, QuantizedWeight8bit):
+            self.codes: np.ndarray | None = np.asarray(value.weight)
+            self.scales = bf16_bits_to_f32(value.scales)
+            self.rows, self.cols = self.codes.shape
+            self.block = self.rows // value.scale_groups
+        else:
+            self.codes = None
+            self.full = np.ascontiguousarray(dense(value), np.float32)
+            self.rows, self.cols = self.full.shape
+            self.block = self.rows
+        self.group = scheme.group_size or self.rows
+        self.groups = math.ceil(self.rows / self.group)
+        cuts = sorted({*range(0, self.rows, self.group), *range(0, self.rows, self.block),
+                       *range(0, self.rows, BAND), self.rows})
+        # (group, r0, r1): pieces within one group and one scale block
+        self.pieces = [(r0 // self.group, r0, r1) for r0, r1 in itertools.pairwise(cuts)]
+        self.pieces_of = [[(r0, r1) for g, r0, r1 in self.pieces if g == group]
+                          for group in range(self.groups)]
+
+    def fill(self, r0: int, r1: int, c0: int, c1: int, out: np.ndarray) -> np.ndarray:
+        """Rows [r0, r1), columns [c0, c1) (rows within one scale block) into `out`."""
+        if self.codes is None:
+            out[:] = self.full[r0:r1, c0:c1]
+        else:
+            np.multiply(self.codes[r0:r1, c0:c1], self.scales[r0 // self.block, c0:c1],
+                        out=out, dtype=np.float32)
+        return out
+
+    def extremes(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per group and column, the min and max weight: two float32 [groups, out]."""
+        low = np.full((self.groups, self.cols), np.inf, np.float32)
+        high = np.full((self.groups, self.cols), -np.inf, np.float32)
+        for g, r0, r1 in self.pieces:
+            if self.codes is None:
+                lo, hi = self.full[r0:r1].min(axis=0), self.full[r0:r1].max(axis=0)
+            else:
+                scale = self.scales[r0 // self.block]
+                lo = self.codes[r0:r1].min(axis=0).astype(np.float32) * scale
+                hi = self.codes[r0:r1].max(axis=0).astype(np.float32) * scale
+                lo, hi = np.minimum(lo, hi), np.maximum(lo, hi)  # a negative scale swaps them
+            np.minimum(low[g], lo, out=low[g])
+            np.maximum(high[g], hi, out=high[g])
+        return low, high
+
+
+class _GroupErrors:
+    """The mse search's measure: each group's squared error under candidate parameters, as
+    the reference's `_group_sq_error` computes it, one group and band of columns at a time."""
+
+    def __init__(self, source: _Source, scheme: QuantScheme) -> None:
+        self.source, self.scheme = source, scheme
+        self.width = max(64, MSE_BAND // source.group)
+        shape = (min(source.group, source.rows), min(self.width, source.cols))
+        self.x, self.ratio, self.work = (np.empty(shape, np.float32) for _ in range(3))
+
+    def __call__(self, bits: np.ndarray, zero: np.ndarray) -> np.ndarray:
+        source, scheme = self.source, self.scheme
+        errors = np.empty(bits.shape, np.float32)
+        for c0 in range(0, source.cols, self.width):
+            c1 = min(c0 + self.width, source.cols)
+            for g in range(source.groups):
+                top = g * source.group
+                bottom = min(top + source.group, source.rows)
+                x = self.x[:bottom - top, :c1 - c0]
+                for r0, r1 in source.pieces_of[g]:
+                    source.fill(r0, r1, c0, c1, x[r0 - top:r1 - top])
+                scale = bf16_bits_to_f32(bits[g, c0:c1])
+                ratio = np.divide(x, scale, out=self.ratio[:bottom - top, :c1 - c0])
+                work = np.rint(ratio, out=self.work[:bottom - top, :c1 - c0])
+                if scheme.symmetric:
+                    np.clip(work, scheme.qmin, scheme.qmax, out=work)
+                else:
+                    shift = zero[g, c0:c1].astype(np.float32)
+                    work += shift
+                    np.clip(work, scheme.qmin, scheme.qmax, out=work)
+                    work -= shift
+                work -= ratio
+                np.square(work, out=work)
+                errors[g, c0:c1] = work.sum(axis=0) * np.square(scale)
+        return errors
+
+
+def _encode(source: _Source, extremes: tuple[np.ndarray, np.ndarray], bits: np.ndarray,
+            zero: np.ndarray, scheme: QuantScheme) -> tuple[PackedLinear, dict[str, Any]]:
+    """Codes with the chosen parameters, packed, and the error statistics."""
+    k, n = source.rows, source.cols
+    scale = bf16_bits_to_f32(bits)
+    zero_f = zero.astype(np.float32)
+    low, high = extremes
+    spills = ((np.rint(high / scale) + zero_f > scheme.qmax) |
+              (np.rint(low / scale) + zero_f < scheme.qmin))
+    codes = np.empty((k, n), np.int8)
+    sq_error = np.zeros((source.groups, n), np.float64)
+    norm_sq = 0.0
+    max_error = 0.0
+    clipped = 0
+    rows = np.empty((min(BAND, k), n), np.float32)
+    work = np.empty_like(rows)
+    for g, r0, r1 in source.pieces:
+        x = source.fill(r0, r1, 0, n, rows[:r1 - r0])
+        w = np.divide(x, scale[g], out=work[:r1 - r0])
+        np.rint(w, out=w)
+        if not scheme.symmetric:
+            w += zero_f[g]
+        spill = np.flatnonzero(spills[g])
+        if spill.size:
+            whole = spill.size > n // 4  # past that, a pass over all columns is cheaper
+            part = w if whole else w[:, spill]
+            clipped += int(np.count_nonzero(part < scheme.qmin) +
+                           np.count_nonzero(part > scheme.qmax))
+            if whole:
+                np.clip(w, scheme.qmin, scheme.qmax, out=w)
+            else:
+                w[:, spill] = np.clip(part, scheme.qmin, scheme.qmax)
+        codes[r0:r1] = w
+        if not scheme.symmetric:
+            w -= zero_f[g]
+        w *= scale[g]
+        w -= x
+        sq_error[g] += np.einsum("ij,ij->j", w, w)
+        norm_sq += float(np.einsum("ij,ij->", x, x, dtype=np.float64))
+        if w.size:
+            max_error = max(max_error, float(w.max()), -float(w.min()))
+    packed = PackedLinear(
+        packed=pack_codes(transposed(codes), scheme.bits), scale=np.ascontiguousarray(bits.T),
+        shape=(n, k), bits=scheme.bits, group_size=source.group,
+        zero_point=None if scheme.symmetric else pack_zero_points(zero.T, scheme.bits))
+    total = float(sq_error.sum())
+    return packed, {"rel_rms": math.sqrt(total / norm_sq) if norm_sq else 0.0,
+                    "max_abs_err": max_error, "clipped_pct": 100.0 * clipped / max(k * n, 1),
+                    "numel": k * n}
+
+
+def quantize_cpu(value: Any, scheme: QuantScheme) -> tuple[PackedLinear, dict[str, Any]]:
+    """Quantize one canonical [in, out] Linear (the release's int8 or any dense value) on the
+    CPU: the packed Linear and its error statistics. Raises NotFinite for NaN or Inf."""
+    source = _Source(value, scheme)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        low, high = source.extremes()
+        if not (np.isfinite(low).all() and np.isfinite(high).all()):
+            raise NotFinite
+        if scheme.method == "mse":
+            bits, zero = search_clip(low, high, scheme, _GroupErrors(source, scheme))
+        else:
+            bits, zero = qparams(low, high, scheme)
+        return _encode(source, (low, high), bits, zero, scheme)
