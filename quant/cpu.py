@@ -33,7 +33,7 @@ from converter.tensors import QuantizedWeight8bit, bf16_bits_to_f32, dense, tran
 from quant.primitives import qparams, search_clip
 from quant.schemes import QuantScheme
 
-__all__ = ["BAND", "NotFinite", "quantize_cpu"]
+__all__ = ["BAND", "NotFinite", "SourceRows", "quantize_cpu"]
 
 BAND = 128  # input rows per piece
 MSE_BAND = 1 << 17  # elements of one group's column band in the mse search
@@ -43,10 +43,11 @@ class NotFinite(ValueError):
     """NaN or Inf among the weights."""
 
 
-class _Source:
-    """A canonical [in, out] Linear, read a band of rows at a time as float32."""
+class SourceRows:
+    """A canonical [in, out] Linear, read a band of rows at a time as float32, in pieces that
+    never cross a group of `group` input rows (None: one group) or a release scale block."""
 
-    def __init__(self, value: Any, scheme: QuantScheme) -> None:
+    def __init__(self, value: Any, group: int | None) -> None:
         if isinstance(value, QuantizedWeight8bit):
             self.codes: np.ndarray | None = np.asarray(value.weight)
             self.scales = bf16_bits_to_f32(value.scales)
@@ -57,7 +58,7 @@ class _Source:
             self.full = np.ascontiguousarray(dense(value), np.float32)
             self.rows, self.cols = self.full.shape
             self.block = self.rows
-        self.group = scheme.group_size or self.rows
+        self.group = group or self.rows
         self.groups = math.ceil(self.rows / self.group)
         cuts = sorted({*range(0, self.rows, self.group), *range(0, self.rows, self.block),
                        *range(0, self.rows, BAND), self.rows})
@@ -96,7 +97,7 @@ class _GroupErrors:
     """The mse search's measure: each group's squared error under candidate parameters, as
     the reference's `_group_sq_error` computes it, one group and band of columns at a time."""
 
-    def __init__(self, source: _Source, scheme: QuantScheme) -> None:
+    def __init__(self, source: SourceRows, scheme: QuantScheme) -> None:
         self.source, self.scheme = source, scheme
         self.width = max(64, MSE_BAND // source.group)
         shape = (min(source.group, source.rows), min(self.width, source.cols))
@@ -129,7 +130,7 @@ class _GroupErrors:
         return errors
 
 
-def _encode(source: _Source, extremes: tuple[np.ndarray, np.ndarray], bits: np.ndarray,
+def _encode(source: SourceRows, extremes: tuple[np.ndarray, np.ndarray], bits: np.ndarray,
             zero: np.ndarray, scheme: QuantScheme) -> tuple[PackedLinear, dict[str, Any]]:
     """Codes with the chosen parameters, packed, and the error statistics."""
     k, n = source.rows, source.cols
@@ -183,7 +184,7 @@ def _encode(source: _Source, extremes: tuple[np.ndarray, np.ndarray], bits: np.n
 def quantize_cpu(value: Any, scheme: QuantScheme) -> tuple[PackedLinear, dict[str, Any]]:
     """Quantize one canonical [in, out] Linear (the release's int8 or any dense value) on the
     CPU: the packed Linear and its error statistics. Raises NotFinite for NaN or Inf."""
-    source = _Source(value, scheme)
+    source = SourceRows(value, scheme.group_size)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         low, high = source.extremes()
         if not (np.isfinite(low).all() and np.isfinite(high).all()):

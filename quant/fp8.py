@@ -2,17 +2,20 @@
 
 `fp8`: one float32 scale per output channel (vLLM's W8A8-FP8 with dynamic per-token
 activations); `fp8-block`: one scale per 128 x 128 block (DeepSeek-V3's layout, dynamic
-group-128 activations). Scales are max |w| / 448 (1 where a channel or block is all zero); codes
-are w / scale (IEEE division), clamped to +-448 and rounded to nearest even. Three
-implementations give the same bits: `e4m3_bits`, the numpy reference written from the format's
-definition; `quantize_fp8`, torch's `float8_e4m3fn` cast (the CPU path); and the Triton kernel
-in `quant.kernels`, which does the rounding with integer operations (Triton's own fp8 cast is not
-round-to-nearest-even under its interpreter).
+group-128 activations). Scales are max |w| / 448 (1 where that is 0: an all-zero channel or
+block, or one so small that the division underflows); codes are w / scale (IEEE division),
+clamped to +-448 and rounded to nearest even. Three implementations give the same bits:
+`quantize_fp8`, the numpy reference (its `e4m3_bits` is written from the format's definition;
+tests check it against torch's `float8_e4m3fn` cast); `quantize_fp8_cpu`, the CPU path, which
+works band by band in the source's orientation and rounds through a 64K-entry table of the
+reference's results; and the Triton kernel in `quant.kernels`, which rounds with integer
+operations (Triton's own fp8 cast is not round-to-nearest-even under its interpreter).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any
 
@@ -21,9 +24,11 @@ import numpy as np
 from converter.compressed import FP8Linear, LinearFormat, e4m3_to_f32, expand_scale
 from converter.linears import dense_transposed
 from converter.spec import LINEAR_ROLES, TensorSpec
-from quant.requantize import ReportedLinears, check_finite
+from converter.tensors import transposed
+from quant.cpu import BAND, NotFinite, SourceRows
+from quant.requantize import ReportedLinears, check_finite, not_finite_error
 
-__all__ = ["E4M3_MAX", "FP8Linears", "e4m3_bits", "fp8_scales", "quantize_fp8"]
+__all__ = ["E4M3_MAX", "FP8Linears", "e4m3_bits", "fp8_scales", "quantize_fp8", "quantize_fp8_cpu"]
 
 E4M3_MAX = 448.0
 
@@ -54,25 +59,83 @@ def fp8_scales(x: np.ndarray, block: tuple[int, int] | None) -> np.ndarray:
         padded[:out, :cols] = a
         amax = padded.reshape(rows, block[0], width, block[1]).max(axis=(1, 3))
     scale = amax / np.float32(E4M3_MAX)
-    return np.where(amax == 0, np.float32(1), scale).astype(np.float32)
+    return np.where(scale == 0, np.float32(1), scale).astype(np.float32)
 
 
 def quantize_fp8(x: np.ndarray, block: tuple[int, int] | None) -> tuple[FP8Linear, dict]:
-    """Quantize float32 [out, in] with torch's e4m3fn cast; the Linear and its statistics."""
-    import torch
-
+    """The reference: float32 [out, in] -> the FP8 Linear and its error statistics."""
     x = np.ascontiguousarray(x, np.float32)
     scale = fp8_scales(x, block)
     per = np.ascontiguousarray(expand_scale(scale, x.shape, block))
-    ratio = torch.from_numpy(x) / torch.from_numpy(per)
-    bits = ratio.clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn).view(torch.uint8).numpy()
-    linear = FP8Linear(bits, scale, block)
+    bits = e4m3_bits(np.clip(x / per, -E4M3_MAX, E4M3_MAX))
     error = e4m3_to_f32(bits) * per - x
     norm = float(np.dot(x.reshape(-1), x.reshape(-1)))
     stats = {"rel_rms": math.sqrt(float(np.square(error, dtype=np.float64).sum()) / norm)
              if norm else 0.0, "max_abs_err": float(np.abs(error).max()) if error.size else 0.0,
              "clipped_pct": 0.0, "numel": int(x.size)}
-    return linear, stats
+    return FP8Linear(bits, scale, block), stats
+
+
+@functools.cache
+def _rounding_table() -> np.ndarray:
+    """e4m3 bits (the reference's, clamped to +-448) of every float32 whose low 16 bits are
+    zero, by its top 16 bits. A float with any low bit set is looked up with bit 16 set
+    instead: that bit lies below every rounding position e4m3 has, so only its being set
+    matters (it breaks ties), and the entry is the rounding of the float itself."""
+    values = (np.arange(1 << 16, dtype=np.uint32) << 16).view(np.float32)
+    with np.errstate(invalid="ignore"):
+        return e4m3_bits(np.clip(np.nan_to_num(values), -E4M3_MAX, E4M3_MAX))
+
+
+def _round_to_e4m3(ratio: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """e4m3 bits of finite float32 values (clamped to +-448), through the rounding table."""
+    u = ratio.view(np.uint32)
+    index = u & np.uint32(0xFFFF)
+    np.minimum(index, 1, out=index)
+    index <<= np.uint32(16)
+    index |= u
+    index >>= np.uint32(16)
+    return table.take(index)
+
+
+def quantize_fp8_cpu(value: Any, block: tuple[int, int] | None) -> tuple[FP8Linear, dict]:
+    """The CPU path: one canonical [in, out] Linear (the release's int8 or any dense value) to
+    FP8, bit-identical to `quantize_fp8` on its transpose, with its error statistics (relative
+    RMS summed per band, so equal to the reference's to rounding). Raises NotFinite."""
+    source = SourceRows(value, block[1] if block else None)
+    k, n = source.rows, source.cols
+    with np.errstate(over="ignore", invalid="ignore"):
+        low, high = source.extremes()
+        amax = np.maximum(np.abs(low), np.abs(high))  # [input blocks, out]
+        if not np.isfinite(amax).all():
+            raise NotFinite
+    if block is not None:
+        out_blocks = math.ceil(n / block[0])
+        padded = np.zeros((amax.shape[0], out_blocks * block[0]), np.float32)
+        padded[:, :n] = amax
+        amax = padded.reshape(amax.shape[0], out_blocks, block[0]).max(axis=-1)
+    scale = amax / np.float32(E4M3_MAX)
+    scale = np.where(scale == 0, np.float32(1), scale).astype(np.float32).T
+    table, values = _rounding_table(), e4m3_to_f32(np.arange(256, dtype=np.uint8))
+    bits = np.empty((k, n), np.uint8)
+    rows = np.empty((min(BAND, k), n), np.float32)
+    work = np.empty_like(rows)
+    sq_error = norm_sq = max_error = 0.0
+    for g, r0, r1 in source.pieces:
+        per = scale[:, 0] if block is None else np.repeat(scale[:, g], block[0])[:n]
+        x = source.fill(r0, r1, 0, n, rows[:r1 - r0])
+        piece = _round_to_e4m3(np.divide(x, per, out=work[:r1 - r0]), table)
+        bits[r0:r1] = piece
+        error = values.take(piece, out=work[:r1 - r0])
+        error *= per
+        error -= x
+        sq_error += float(np.einsum("ij,ij->", error, error, dtype=np.float64))
+        norm_sq += float(np.einsum("ij,ij->", x, x, dtype=np.float64))
+        if error.size:
+            max_error = max(max_error, float(error.max()), -float(error.min()))
+    stats = {"rel_rms": math.sqrt(sq_error / norm_sq) if norm_sq else 0.0,
+             "max_abs_err": max_error, "clipped_pct": 0.0, "numel": k * n}
+    return FP8Linear(transposed(bits), scale, block), stats
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,13 +162,16 @@ class FP8Linears(ReportedLinears):
     def make(self, spec: TensorSpec, expert: int | None, value: Any
              ) -> tuple[dict[str, np.ndarray], dict[str, Any] | None]:
         """weight (e4m3 bits) and weight_scale of one Linear, with its error statistics."""
-        matrix = dense_transposed(value)
-        check_finite(spec, expert, matrix)
         if self.device == "cuda":
             from quant.kernels import fp8_triton
 
+            matrix = dense_transposed(value)
+            check_finite(spec, expert, matrix)
             linear, stats = fp8_triton(matrix, self.block)
         else:
-            linear, stats = quantize_fp8(matrix, self.block)
+            try:
+                linear, stats = quantize_fp8_cpu(value, self.block)
+            except NotFinite:
+                raise not_finite_error(spec, expert) from None
         stats["group_size"] = None
         return {"weight": linear.bits, "weight_scale": linear.scale}, stats

@@ -205,7 +205,8 @@ def fp8_triton(matrix: np.ndarray, block: tuple[int, int] | None, *, device: str
     padded = torch.zeros((grid_rows * b0, grid_cols * b1), dtype=torch.float32, device=device)
     padded[:rows, :cols] = x.abs()
     amax = padded.view(grid_rows, b0, grid_cols, b1).amax(dim=(1, 3))
-    scale = torch.where(amax == 0, torch.ones_like(amax), amax / E4M3_MAX).contiguous()
+    scale = amax / E4M3_MAX
+    scale = torch.where(scale == 0, torch.ones_like(scale), scale).contiguous()
     bits = torch.empty((rows, cols), dtype=torch.uint8, device=device)
     grid = (triton.cdiv(rows * cols, block_elems),)
     _fp8_kernel[grid](x, scale, bits, rows * cols, cols, grid_cols, b0, b1, BLOCK=block_elems)

@@ -30,7 +30,7 @@ from quant.cpu import NotFinite, quantize_cpu
 from quant.schemes import QuantScheme
 
 __all__ = ["REPORT_NAME", "QuantizedLinears", "ReportedLinears", "build_report", "check_finite",
-           "quantize_checkpoint", "resolve_device"]
+           "not_finite_error", "quantize_checkpoint", "resolve_device"]
 
 REPORT_NAME = "quantization_report.json"
 
@@ -59,10 +59,11 @@ def resolve_device(device: str) -> str:
 def check_finite(spec: TensorSpec, expert: int | None, array: np.ndarray) -> None:
     """Refuse NaN or Inf in a tensor that is about to be quantized (or kept beside it)."""
     if not np.isfinite(array).all():
-        raise _not_finite(spec, expert)
+        raise not_finite_error(spec, expert)
 
 
-def _not_finite(spec: TensorSpec, expert: int | None) -> MalformedFileError:
+def not_finite_error(spec: TensorSpec, expert: int | None) -> MalformedFileError:
+    """The one-line error for NaN or Inf in a Linear about to be quantized."""
     where = f" (expert {expert})" if expert is not None else ""
     return MalformedFileError(f"{spec.name}{where}: NaN or Inf in the weights; refusing to "
                               "quantize")
@@ -147,7 +148,7 @@ class QuantizedLinears(ReportedLinears):
             try:
                 packed, stats = quantize_cpu(value, scheme)
             except NotFinite:
-                raise _not_finite(spec, expert) from None
+                raise not_finite_error(spec, expert) from None
         stats["group_size"] = scheme.group_size
         parts = {"weight_packed": packed.packed, "weight_scale": packed.scale,
                  "weight_shape": np.array(packed.shape, np.int64)}
@@ -173,7 +174,7 @@ def _on_gpu(spec: TensorSpec, expert: int | None, value: Any, scheme: QuantSchem
         source = torch.from_numpy(np.ascontiguousarray(dense(value))).cuda()
         finite, source_scales = torch.isfinite(source).all(), None
     if not bool(finite):
-        raise _not_finite(spec, expert)
+        raise not_finite_error(spec, expert)
     return requantize_triton(source, source_scales, scheme)
 
 

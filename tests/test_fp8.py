@@ -9,12 +9,15 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from converter.compressed import FP8Linear, e4m3_to_f32
+from converter.compressed import FP8Linear, e4m3_to_f32, expand_scale
 from converter.containers import SafetensorsReader, SafetensorsWriter
 from converter.layouts import open_checkpoint
+from converter.linears import dense_transposed
 from grok1.cli import main
-from quant.fp8 import e4m3_bits, quantize_fp8
+from quant.cpu import NotFinite
+from quant.fp8 import e4m3_bits, quantize_fp8, quantize_fp8_cpu
 from tests.conftest import bad_input
+from tests.test_quant import release_matrix
 
 
 def adversarial_values():
@@ -50,6 +53,54 @@ def test_kernel_equals_the_cpu_path(block):
         assert np.array_equal(got.bits, ours.bits) and np.array_equal(got.scale, ours.scale)
         assert got_stats["max_abs_err"] == pytest.approx(stats["max_abs_err"], rel=1e-6)
         assert got_stats["rel_rms"] == pytest.approx(stats["rel_rms"], rel=1e-5)
+
+
+def fp8_sources(rng):
+    """Release matrices (scale blocks of 43 rows across 128-row FP8 blocks, an outlier, a zero
+    channel, subnormal weights whose scale underflows to 0) and dense float32 ones."""
+    codes = rng.integers(-127, 128, (344, 300)).astype(np.int8)
+    codes[:, 7] = 0
+    codes[5, 9] = 127
+    sources = [release_matrix(rng, 344, 300, 8, codes=codes),
+               release_matrix(rng, 130, 40, 1),
+               release_matrix(rng, 256, 16, 2, scales=np.full((2, 16), 1e-45, np.float32))]
+    dense = (rng.standard_normal((256, 130)) * np.exp(rng.uniform(-8, 4, (1, 130)))).astype(
+        np.float32)
+    dense[:, 3] = 0
+    tiny = np.zeros((128, 8), np.float32)
+    tiny[0, :] = 1e-44
+    return [*sources, dense, tiny]
+
+
+@pytest.mark.parametrize("block", [None, (128, 128), (16, 32)], ids=str)
+def test_cpu_path_equals_the_reference_and_torch(block):
+    rng = np.random.default_rng(2)
+    for value in fp8_sources(rng):
+        x = dense_transposed(value)
+        expected, stats = quantize_fp8(x, block)
+        got, got_stats = quantize_fp8_cpu(value, block)
+        assert np.array_equal(got.bits, expected.bits) and got.bits.shape == x.shape
+        assert np.array_equal(got.scale, expected.scale)
+        assert got_stats["max_abs_err"] == stats["max_abs_err"]
+        if np.dot(x.reshape(-1), x.reshape(-1)):  # (the reference's float32 norm may underflow)
+            assert got_stats["rel_rms"] == pytest.approx(stats["rel_rms"], rel=1e-6)
+        per = torch.from_numpy(np.ascontiguousarray(expand_scale(expected.scale, x.shape,
+                                                                 block)))
+        with np.errstate(all="ignore"):
+            ratio = (torch.from_numpy(x) / per).clamp(-448, 448)
+        torch_bits = ratio.to(torch.float8_e4m3fn).view(torch.uint8).numpy()
+        finite = per.numpy() > 0  # torch turns 0 / 0 into NaN's code; we (and 448's) into 0
+        assert np.array_equal(got.bits[finite], torch_bits[finite])
+
+
+def test_cpu_path_refuses_nan_and_inf():
+    rng = np.random.default_rng(3)
+    nan = rng.uniform(1e-3, 1e-2, (1, 8)).astype(np.float32)
+    nan[0, 2] = np.nan
+    for value in (release_matrix(rng, 128, 8, 1, scales=nan),
+                  np.full((128, 8), np.inf, np.float32)):
+        with pytest.raises(NotFinite):
+            quantize_fp8_cpu(value, None)
 
 
 def quantize(src, dst, scheme):
