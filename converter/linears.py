@@ -11,6 +11,8 @@ write report files beside the output.
 from __future__ import annotations
 
 import dataclasses
+import itertools
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import numpy as np
@@ -25,13 +27,13 @@ from converter.tensors import (
     dense,
     f32_to_bf16_bits,
     transposed,
+    transposed_bands,
 )
 
-__all__ = ["CONVERT_DTYPES", "DenseLinears", "Linears", "ReleaseInt8Linears", "convert_linears",
-           "dense_transposed"]
+__all__ = ["CONVERT_DTYPES", "DenseLinears", "Linears", "ReleaseInt8Linears", "bf16_transposed",
+           "canonical_rows", "convert_linears", "dense_transposed"]
 
 Parts = dict[str, np.ndarray]
-_ROWS = 128
 
 
 class Linears(Protocol):
@@ -52,27 +54,40 @@ class Linears(Protocol):
     def reports(self, records: dict[str, Any]) -> dict[str, str]: ...
 
 
-def dense_transposed(value: Any) -> np.ndarray:
-    """float32 [out, in] of a canonical [in, out] matrix, dequantized without extra copies."""
+def canonical_rows(value: Any) -> tuple[tuple[int, int], Callable[[int, int], np.ndarray]]:
+    """The shape of a canonical [in, out] matrix and a function giving its rows [r0, r1) as
+    float32 (the release's int8 dequantized band by band, exactly; anything else dequantized
+    once)."""
     if isinstance(value, QuantizedWeight8bit):
-        k, n = value.weight.shape
-        groups = value.scale_groups
-        block = k // groups
-        scales = bf16_bits_to_f32(value.scales)
-        out = np.empty((n, k), np.float32)
-        for g in range(groups):
-            rows = slice(g * block, (g + 1) * block)
-            np.multiply(value.weight[rows].T, scales[g][:, None], out=out[:, rows],
-                        dtype=np.float32)
-        return out
-    return np.ascontiguousarray(dense(value).T)
+        codes, scales = value.weight, bf16_bits_to_f32(value.scales)
+        block = codes.shape[0] // value.scale_groups
+
+        def rows(r0: int, r1: int) -> np.ndarray:
+            # (not recursive: a closure that refers to itself would keep the memory-mapped
+            # source alive until the cyclic garbage collector ran)
+            out = np.empty((r1 - r0, codes.shape[1]), np.float32)
+            cuts = [r0, *range((r0 // block + 1) * block, r1, block), r1]
+            for a, b in itertools.pairwise(cuts):
+                np.multiply(codes[a:b], scales[a // block], out=out[a - r0:b - r0],
+                            dtype=np.float32)
+            return out
+
+        return codes.shape, rows
+    full = np.asarray(dense(value), np.float32)
+    return full.shape, lambda r0, r1: full[r0:r1]
 
 
-def _to_bf16(values: np.ndarray) -> np.ndarray:
-    out = np.empty(values.shape, np.uint16)
-    for start in range(0, values.shape[0], _ROWS):
-        out[start:start + _ROWS] = f32_to_bf16_bits(values[start:start + _ROWS])
-    return out
+def dense_transposed(value: Any) -> np.ndarray:
+    """float32 [out, in] of a canonical [in, out] matrix."""
+    shape, rows = canonical_rows(value)
+    return transposed_bands(shape, np.float32, rows)
+
+
+def bf16_transposed(value: Any) -> np.ndarray:
+    """bf16 bits [out, in] of a canonical [in, out] matrix, each weight rounded once (to
+    nearest even), band by band in the source's orientation."""
+    shape, rows = canonical_rows(value)
+    return transposed_bands(shape, np.uint16, lambda r0, r1: f32_to_bf16_bits(rows(r0, r1)))
 
 
 class _NoReports:
@@ -108,8 +123,8 @@ class DenseLinears(_NoReports):
     def make(self, spec: TensorSpec, expert: int | None, value: Any
              ) -> tuple[Parts, dict[str, Any] | None]:
         """`weight` [out, in]."""
-        matrix = dense_transposed(value)
-        return {"weight": _to_bf16(matrix) if self.label == "bf16" else matrix}, None
+        matrix = bf16_transposed(value) if self.label == "bf16" else dense_transposed(value)
+        return {"weight": matrix}, None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,11 +7,13 @@ float32 is exact (a bit shift); float32 -> bf16 rounds to nearest even, as XLA a
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
 __all__ = ["QuantizedWeight8bit", "bf16_bits_to_f32", "dense", "f32_to_bf16_bits",
-           "round_to_bf16", "transposed"]
+           "round_to_bf16", "transposed", "transposed_bands"]
 
 
 def bf16_bits_to_f32(bits: np.ndarray) -> np.ndarray:
@@ -77,18 +79,27 @@ def dense(value: object) -> np.ndarray:
 
 
 def transposed(array: np.ndarray) -> np.ndarray:
-    """A contiguous copy of a 2-D array's transpose, tile by tile (numpy's own strided copy
-    of a large matrix is 1.5-3x slower: every row it writes misses the cache). Where the
-    source's rows are a multiple of 2 KiB apart (every real Grok-1 width), tall tiles alias
-    in the cache, so those are read 16 rows at a time; both tile shapes were the fastest
-    measured here for their case (BENCHMARKS.md)."""
-    rows, cols = array.shape
-    if (cols * array.itemsize) % 2048 == 0:
+    """A contiguous copy of a 2-D array's transpose."""
+    return transposed_bands(array.shape, array.dtype, lambda r0, r1: array[r0:r1])
+
+
+def transposed_bands(shape: tuple[int, int], dtype: Any,
+                     band: Callable[[int, int], np.ndarray]) -> np.ndarray:
+    """The transpose [cols, rows] of a [rows, cols] matrix that `band(r0, r1)` gives a band
+    of rows at a time, copied tile by tile (numpy's own strided copy of a large matrix is 1.5-3x
+    slower: every row it writes misses the cache). Where the rows are a multiple of 2 KiB apart
+    (every real Grok-1 width), tall tiles alias in the cache, so bands are 16 rows and tiles
+    1024 columns there; elsewhere tiles are 256 bytes, or 128 elements, a side (both the
+    fastest measured here for their case)."""
+    rows, cols = shape
+    itemsize = np.dtype(dtype).itemsize
+    if (cols * itemsize) % 2048 == 0:
         tile_rows, tile_cols = 16, 1024
     else:
-        tile_rows = tile_cols = 256 if array.itemsize == 1 else 128
-    out = np.empty((cols, rows), array.dtype)
+        tile_rows = tile_cols = 256 if itemsize == 1 else 128
+    out = np.empty((cols, rows), dtype)
     for i in range(0, rows, tile_rows):
+        rows_i = band(i, min(i + tile_rows, rows))
         for j in range(0, cols, tile_cols):
-            out[j:j + tile_cols, i:i + tile_rows] = array[i:i + tile_rows, j:j + tile_cols].T
+            out[j:j + tile_cols, i:i + tile_rows] = rows_i[:, j:j + tile_cols].T
     return out
