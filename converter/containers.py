@@ -26,7 +26,7 @@ from converter.dtypes import DTYPES, DType, by_safetensors, by_torch
 from converter.errors import MalformedFileError, ShapeMismatchError, UsageError
 
 __all__ = ["Entry", "SafetensorsReader", "SafetensorsWriter", "TorchShardReader",
-           "TorchShardWriter", "as_numpy"]
+           "TorchShardWriter", "as_numpy", "tensor_digest"]
 
 _MAX_HEADER = 100 << 20
 
@@ -57,6 +57,12 @@ class Entry:
         return math.prod(self.shape) * _numpy(self.dtype).itemsize
 
 
+def tensor_digest(array: np.ndarray) -> str:
+    """The sha256 of the bytes a writer stores for this array (so that threads making tensors
+    can hash them, instead of the one thread writing)."""
+    return hashlib.sha256(np.ascontiguousarray(array).reshape(-1).view(np.uint8)).hexdigest()
+
+
 def _raw(entry: Entry, array: np.ndarray, path: Path) -> memoryview:
     array = np.asarray(array)
     if array.shape != entry.shape or array.dtype != _numpy(entry.dtype):
@@ -83,10 +89,11 @@ class _PhasedWriter:
         self.next += 1
         return self.entries[self.next - 1]
 
-    def _next(self, name: str, array: np.ndarray) -> memoryview:
-        """The raw bytes of the next planned tensor, checked and hashed."""
+    def _next(self, name: str, array: np.ndarray, digest: str | None) -> memoryview:
+        """The raw bytes of the next planned tensor, checked and hashed (unless the caller
+        hashed them already, with `tensor_digest`)."""
         raw = _raw(self._expect(name), array, self.path)
-        self.digests[name] = hashlib.sha256(raw).hexdigest()
+        self.digests[name] = digest or hashlib.sha256(raw).hexdigest()
         return raw
 
     def __exit__(self, *exc: Any) -> None:
@@ -126,9 +133,9 @@ class SafetensorsWriter(_PhasedWriter):
         self._hash = hashlib.sha256(self._header)
         return self
 
-    def write(self, name: str, array: np.ndarray) -> None:
-        """Append the next tensor's bytes."""
-        raw = self._next(name, array)
+    def write(self, name: str, array: np.ndarray, digest: str | None = None) -> None:
+        """Append the next tensor's bytes (`digest`: their sha256, if already known)."""
+        raw = self._next(name, array, digest)
         self._file.write(raw)
         self._hash.update(raw)
 
@@ -322,9 +329,10 @@ class TorchShardWriter(_PhasedWriter):
             digest.update(chunk)
         return digest.hexdigest()
 
-    def write(self, name: str, array: np.ndarray) -> None:
-        """Write the next tensor's bytes into its storage record."""
-        raw = self._next(name, array)
+    def write(self, name: str, array: np.ndarray, digest: str | None = None) -> None:
+        """Write the next tensor's bytes into its storage record (`digest`: their sha256,
+        if already known)."""
+        raw = self._next(name, array, digest)
         info, data_at = self._records[self.next - 1]
         self._file.seek(data_at)
         self._file.write(raw)

@@ -38,6 +38,7 @@ from converter.containers import (
     SafetensorsWriter,
     TorchShardReader,
     TorchShardWriter,
+    tensor_digest,
 )
 from converter.dtypes import FLOATS, by_safetensors, by_torch
 from converter.errors import (
@@ -476,9 +477,9 @@ class ShardedTarget:
         # the making, look as many parts ahead.
         ahead = self.threads * max(len(f.parts()) for f in self.linears.formats.values())
         with self.container.writer(dst / unit.path, [o.entry for o in unit.items]) as writer:
-            for out, array in ordered_map(lambda o: produce(o.spec, o.origin), unit.items,
-                                          ahead):
-                writer.write(out.origin.name, array)
+            for out, (array, digest) in ordered_map(lambda o: _hashed(produce(o.spec, o.origin)),
+                                                    unit.items, ahead):
+                writer.write(out.origin.name, array, digest)
         return {"sha256": writer.file_sha256, "tensors": writer.digests, **produce.summary()}
 
     def final_files(self, units: list[Unit]) -> list[str]:
@@ -515,6 +516,10 @@ class ShardedTarget:
             _write_json(dst / self.container.index_name, {
                 "metadata": {"total_size": sum(u.nbytes for u in units)},
                 "weight_map": weight_map})
+
+
+def _hashed(array: np.ndarray) -> tuple[np.ndarray, str]:
+    return array, tensor_digest(array)
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
