@@ -36,7 +36,8 @@ from quant.schemes import QuantScheme
 __all__ = ["BAND", "NotFinite", "SourceRows", "quantize_cpu"]
 
 BAND = 128  # input rows per piece
-MSE_BAND = 1 << 17  # elements of one group's column band in the mse search
+MSE_BAND = 1 << 19  # at most this many elements of a group's columns at once in the mse search
+MSE_KEEP = 256 << 20  # the mse search keeps a float32 copy of matrices up to this size
 
 
 class NotFinite(ValueError):
@@ -99,9 +100,27 @@ class _GroupErrors:
 
     def __init__(self, source: SourceRows, scheme: QuantScheme) -> None:
         self.source, self.scheme = source, scheme
-        self.width = max(64, MSE_BAND // source.group)
+        bands = math.ceil(source.cols * min(source.group, source.rows) / MSE_BAND)
+        self.width = math.ceil(source.cols / bands)
         shape = (min(source.group, source.rows), min(self.width, source.cols))
         self.x, self.ratio, self.work = (np.empty(shape, np.float32) for _ in range(3))
+        self.weights: np.ndarray | None = None  # the float32 matrix, when small enough to keep
+        if source.rows * source.cols * 4 <= MSE_KEEP:
+            self.weights = np.empty((source.rows, source.cols), np.float32)
+            for _, r0, r1 in source.pieces:
+                source.fill(r0, r1, 0, source.cols, self.weights[r0:r1])
+
+    def _rows(self, g: int, c0: int, c1: int) -> np.ndarray:
+        """Group g's rows, columns [c0, c1), as float32."""
+        source = self.source
+        top = g * source.group
+        bottom = min(top + source.group, source.rows)
+        if self.weights is not None:
+            return self.weights[top:bottom, c0:c1]
+        x = self.x[:bottom - top, :c1 - c0]
+        for r0, r1 in source.pieces_of[g]:
+            source.fill(r0, r1, c0, c1, x[r0 - top:r1 - top])
+        return x
 
     def __call__(self, bits: np.ndarray, zero: np.ndarray) -> np.ndarray:
         source, scheme = self.source, self.scheme
@@ -109,14 +128,10 @@ class _GroupErrors:
         for c0 in range(0, source.cols, self.width):
             c1 = min(c0 + self.width, source.cols)
             for g in range(source.groups):
-                top = g * source.group
-                bottom = min(top + source.group, source.rows)
-                x = self.x[:bottom - top, :c1 - c0]
-                for r0, r1 in source.pieces_of[g]:
-                    source.fill(r0, r1, c0, c1, x[r0 - top:r1 - top])
+                x = self._rows(g, c0, c1)
                 scale = bf16_bits_to_f32(bits[g, c0:c1])
-                ratio = np.divide(x, scale, out=self.ratio[:bottom - top, :c1 - c0])
-                work = np.rint(ratio, out=self.work[:bottom - top, :c1 - c0])
+                ratio = np.divide(x, scale, out=self.ratio[:x.shape[0], :x.shape[1]])
+                work = np.rint(ratio, out=self.work[:x.shape[0], :x.shape[1]])
                 if scheme.symmetric:
                     np.clip(work, scheme.qmin, scheme.qmax, out=work)
                 else:
@@ -168,7 +183,7 @@ def _encode(source: SourceRows, extremes: tuple[np.ndarray, np.ndarray], bits: n
         w *= scale[g]
         w -= x
         sq_error[g] += np.einsum("ij,ij->j", w, w)
-        norm_sq += float(np.einsum("ij,ij->", x, x, dtype=np.float64))
+        norm_sq += float(np.einsum("ij,ij->j", x, x).sum(dtype=np.float64))
         if w.size:
             max_error = max(max_error, float(w.max()), -float(w.min()))
     packed = PackedLinear(

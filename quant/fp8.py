@@ -129,11 +129,11 @@ def quantize_fp8_cpu(value: Any, block: tuple[int, int] | None) -> tuple[FP8Line
         error = values.take(piece, out=work[:r1 - r0])
         error *= per
         error -= x
-        sq_error += float(np.einsum("ij,ij->", error, error, dtype=np.float64))
-        norm_sq += float(np.einsum("ij,ij->", x, x, dtype=np.float64))
+        sq_error += np.einsum("ij,ij->j", error, error).sum(dtype=np.float64)
+        norm_sq += np.einsum("ij,ij->j", x, x).sum(dtype=np.float64)
         if error.size:
             max_error = max(max_error, float(error.max()), -float(error.min()))
-    stats = {"rel_rms": math.sqrt(sq_error / norm_sq) if norm_sq else 0.0,
+    stats = {"rel_rms": math.sqrt(float(sq_error) / float(norm_sq)) if norm_sq else 0.0,
              "max_abs_err": max_error, "clipped_pct": 0.0, "numel": k * n}
     return FP8Linear(transposed(bits), scale, block), stats
 

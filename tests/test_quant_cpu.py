@@ -82,3 +82,21 @@ def test_negative_scales_keep_their_extremes():
         got, _ = quantize_cpu(value, scheme)
         assert np.array_equal(got.packed, expected.packed)
         assert np.array_equal(got.scale, expected.scale)
+
+
+def test_mse_search_without_the_kept_float32_copy(monkeypatch):
+    """Matrices above MSE_KEEP are dequantized again for every candidate, band by band: the
+    same choice as with the copy kept."""
+    import quant.cpu
+
+    rng = np.random.default_rng(9)
+    value = release_matrix(rng, 344, 300, 8)
+    scheme = QuantScheme(4, 32, False, "mse")
+    kept, _ = quantize_cpu(value, scheme)
+    monkeypatch.setattr(quant.cpu, "MSE_KEEP", 0)
+    monkeypatch.setattr(quant.cpu, "MSE_BAND", 32 * 64)  # several column bands
+    again, _ = quantize_cpu(value, scheme)
+    expected, _ = quantize_linear(dense_transposed(value), scheme)
+    for got in (kept, again):
+        assert np.array_equal(got.packed, expected.packed)
+        assert np.array_equal(got.zero_point, expected.zero_point)
