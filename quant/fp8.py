@@ -22,11 +22,10 @@ from typing import Any
 import numpy as np
 
 from converter.compressed import FP8Linear, LinearFormat, e4m3_to_f32, expand_scale
-from converter.linears import dense_transposed
 from converter.spec import LINEAR_ROLES, TensorSpec
 from converter.tensors import transposed
 from quant.cpu import BAND, NotFinite, SourceRows
-from quant.requantize import ReportedLinears, check_finite, not_finite_error
+from quant.requantize import ReportedLinears, not_finite_error
 
 __all__ = ["E4M3_MAX", "FP8Linears", "e4m3_bits", "fp8_scales", "quantize_fp8", "quantize_fp8_cpu"]
 
@@ -163,10 +162,13 @@ class FP8Linears(ReportedLinears):
              ) -> tuple[dict[str, np.ndarray], dict[str, Any] | None]:
         """weight (e4m3 bits) and weight_scale of one Linear, with its error statistics."""
         if self.device == "cuda":
-            from quant.kernels import fp8_triton
+            import torch
 
-            matrix = dense_transposed(value)
-            check_finite(spec, expert, matrix)
+            from quant.kernels import device_matrix, fp8_triton
+
+            matrix = device_matrix(value, "cuda")
+            if not bool(torch.isfinite(matrix).all()):
+                raise not_finite_error(spec, expert)
             linear, stats = fp8_triton(matrix, self.block)
         else:
             try:

@@ -22,7 +22,7 @@ import triton.language as tl
 from converter.compressed import PackedLinear, pack_zero_points
 from quant.schemes import QuantScheme
 
-__all__ = ["fp8_triton", "requantize_triton"]
+__all__ = ["device_matrix", "fp8_triton", "requantize_triton"]
 
 _MAGIC = 12582912.0  # 1.5 * 2^23: (v + M) - M rounds |v| < 2^22 to nearest even
 
@@ -191,14 +191,35 @@ def _fp8_kernel(x_ptr, s_ptr, out_ptr, N, COLS, S_COLS, B0, B1, BLOCK: tl.conste
     tl.store(out_ptr + offsets, (magnitude | sign).to(tl.uint8), mask=mask)
 
 
-def fp8_triton(matrix: np.ndarray, block: tuple[int, int] | None, *, device: str = "cuda",
-               block_elems: int = 1024) -> tuple[Any, dict[str, float]]:
+def device_matrix(value: Any, device: str) -> torch.Tensor:
+    """float32 [out, in] on the device of a canonical [in, out] Linear: the release's int8
+    codes and bf16 scales are copied as they are (a quarter of the float32 bytes) and
+    dequantized there, exactly (every code times scale fits float32)."""
+    from converter.tensors import QuantizedWeight8bit, dense
+
+    if isinstance(value, QuantizedWeight8bit):
+        k, n = value.weight.shape
+        groups = value.scale_groups
+        codes = torch.from_numpy(np.ascontiguousarray(value.weight)).to(device)
+        bits = torch.from_numpy(np.ascontiguousarray(value.scales).view(np.int16)).to(device)
+        scales = bits.view(torch.bfloat16).float()
+        x = codes.view(groups, k // groups, n).float() * scales.view(groups, 1, n)
+        return x.view(k, n).T.contiguous()
+    matrix = torch.from_numpy(np.ascontiguousarray(dense(value), np.float32))
+    return matrix.to(device).T.contiguous()
+
+
+def fp8_triton(matrix: np.ndarray | torch.Tensor, block: tuple[int, int] | None, *,
+               device: str = "cuda", block_elems: int = 1024) -> tuple[Any, dict[str, float]]:
     """FP8 e4m3 quantization of float32 [out, in] on the device (the same bits as
     `quant.fp8.quantize_fp8`); scales and error statistics are computed there too."""
     from converter.compressed import FP8Linear, e4m3_to_f32
     from quant.fp8 import E4M3_MAX
 
-    x = torch.from_numpy(np.ascontiguousarray(matrix, np.float32)).to(device)
+    if isinstance(matrix, torch.Tensor):
+        x = matrix.to(device, torch.float32).contiguous()
+    else:
+        x = torch.from_numpy(np.ascontiguousarray(matrix, np.float32)).to(device)
     rows, cols = x.shape
     b0, b1 = block if block is not None else (1, cols)
     grid_rows, grid_cols = math.ceil(rows / b0), math.ceil(cols / b1)

@@ -93,6 +93,21 @@ def test_cpu_path_equals_the_reference_and_torch(block):
         assert np.array_equal(got.bits[finite], torch_bits[finite])
 
 
+@pytest.mark.parametrize("block", [None, (128, 128)], ids=str)
+def test_kernel_on_release_codes_copied_as_they_are(block):
+    """The CUDA path copies the release's int8 codes and scales to the device and dequantizes
+    there (`device_matrix`; run here on CPU tensors): the same float32 matrix, the same bits."""
+    from quant.kernels import device_matrix, fp8_triton
+
+    for value in fp8_sources(np.random.default_rng(4))[:2]:
+        matrix = device_matrix(value, "cpu")
+        assert np.array_equal(matrix.numpy(), dense_transposed(value))
+        got, _ = fp8_triton(matrix, block, device="cpu")
+        expected, _ = quantize_fp8_cpu(value, block)
+        assert np.array_equal(got.bits, expected.bits)
+        assert np.array_equal(got.scale, expected.scale)
+
+
 def test_cpu_path_refuses_nan_and_inf():
     rng = np.random.default_rng(3)
     nan = rng.uniform(1e-3, 1e-2, (1, 8)).astype(np.float32)
