@@ -473,13 +473,14 @@ class ShardedTarget:
         """Write one shard, tensor by tensor; returns its sha256, each tensor's, and what the
         Linears reported."""
         produce = Producer(reader, self.linears, self.names)
-        # A Linear's parts are consecutive and made together: to have `threads` Linears in
-        # the making, look as many parts ahead.
-        ahead = self.threads * max(len(f.parts()) for f in self.linears.formats.values())
+
+        def make(outs: list[OutTensor]) -> list[tuple[np.ndarray, str]]:
+            return [_hashed(produce(o.spec, o.origin)) for o in outs]
+
         with self.container.writer(dst / unit.path, [o.entry for o in unit.items]) as writer:
-            for out, (array, digest) in ordered_map(lambda o: _hashed(produce(o.spec, o.origin)),
-                                                    unit.items, ahead):
-                writer.write(out.origin.name, array, digest)
+            for outs, made in ordered_map(make, _made_together(unit.items), self.threads):
+                for out, (array, digest) in zip(outs, made, strict=True):
+                    writer.write(out.origin.name, array, digest)
         return {"sha256": writer.file_sha256, "tensors": writer.digests, **produce.summary()}
 
     def final_files(self, units: list[Unit]) -> list[str]:
@@ -516,6 +517,23 @@ class ShardedTarget:
             _write_json(dst / self.container.index_name, {
                 "metadata": {"total_size": sum(u.nbytes for u in units)},
                 "weight_map": weight_map})
+
+
+def _made_together(items: tuple[OutTensor, ...]) -> list[list[OutTensor]]:
+    """The unit's tensors in order, the consecutive parts of one Linear (one expert's) in one
+    list: what one thread makes at once."""
+    def linear(out: OutTensor) -> tuple[str, int | None] | None:
+        role = ROLE[out.origin.role]
+        return (out.spec.name, out.origin.expert if role.expert else None) if role.linear else None
+
+    groups: list[list[OutTensor]] = []
+    for out in items:
+        key = linear(out)
+        if groups and key is not None and linear(groups[-1][-1]) == key:
+            groups[-1].append(out)
+        else:
+            groups.append([out])
+    return groups
 
 
 def _hashed(array: np.ndarray) -> tuple[np.ndarray, str]:
