@@ -1,22 +1,25 @@
-"""Re-quantization: CPU throughput as a ratio to `convert --to hf --dtype bf16` of the same
-input in the same run, and --method mse error against RTN, on the `bench` preset.
+"""Re-quantization on the CPU: wall time as a ratio to `convert --to hf --dtype bf16` of the
+same input in the same run, CPU seconds per GB, and --method mse against rtn, on `bench`.
 
-    python -m benchmarks.bench_quant [--layers 6] [--mse-layers 2]
+    python -m benchmarks.bench_quant [--layers 6] [--mse-layers 2] [--runs 3]
+    python -m benchmarks.bench_quant --device cuda      # the GPU rows, on a machine with one
 
-Throughput is GB of source weights (the release's int8 Linear bytes) per second of wall time
-for the whole `grok1 quantize` run (reading, quantizing, packing, hashing, writing); the ratio
-is convert's seconds over quantize's on the same input (1.0: as fast as a conversion). GPU rows
-need a CUDA device (`--device cuda`); none was available where these figures were measured.
+Each figure is the run with the median wall time of `--runs`. The ratio is convert's seconds
+over quantize's (1.0: as fast as a conversion; the speed issue asks for 0.8). CPU seconds are
+user + system time of the whole process tree, per GB of the input checkpoint. Throughput counts
+GB of source Linear weights (the release's int8 bytes) per second of wall time for the whole
+run (reading, quantizing, packing, hashing, writing).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import tempfile
 from pathlib import Path
 
-from benchmarks.common import checkpoint, grok1, run_measured
+from benchmarks.common import checkpoint, du, grok1, median_of
 from converter.config import Grok1Config
 from converter.spec import build_spec
 
@@ -25,34 +28,44 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--layers", type=int, default=6)
     parser.add_argument("--mse-layers", type=int, default=2)
+    parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
-    print("| layers | scheme | method | device | linear weights GB | seconds | GB/s | "
-          "ratio to convert bf16 | mean rel RMS | peak RSS MB |")
-    print("| ---: | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| layers | command | device | input GB | Linear weights GB | seconds | GB/s | "
+          "ratio to convert bf16 | CPU s | CPU s per GB in | mean rel RMS | peak RSS MB |")
+    print("| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     runs = [(args.layers, "int8", "rtn"), (args.layers, "int4", "rtn"),
             (args.layers, "fp8", "rtn"), (args.layers, "fp8-block", "rtn"),
             (args.mse_layers, "int4", "rtn"), (args.mse_layers, "int4", "mse")]
     baseline: dict[int, float] = {}
-    for layers, scheme, method in runs:
-        source = checkpoint("bench", layers)
-        if layers not in baseline:
-            with tempfile.TemporaryDirectory() as tmp:
-                baseline[layers], _ = run_measured(grok1(
-                    "convert", str(source), str(Path(tmp) / "bf16"), "--to", "hf", "--dtype",
-                    "bf16", "--quiet"))
-        weights = sum(s.numel for s in build_spec(Grok1Config.preset("bench", layers=layers))
-                      if s.quantized)
-        with tempfile.TemporaryDirectory() as tmp:
-            out = Path(tmp) / "out"
-            seconds, rss = run_measured(grok1("quantize", str(source), str(out), "--scheme",
-                                              scheme, "--method", method, "--device",
-                                              args.device, "--quiet"))
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "out"
+
+        def fresh() -> None:
+            shutil.rmtree(out, ignore_errors=True)
+
+        for layers, scheme, method in runs:
+            source = checkpoint("bench", layers)
+            read = du(source)
+            weights = sum(s.numel for s in build_spec(Grok1Config.preset("bench", layers=layers))
+                          if s.quantized)
+            if layers not in baseline:
+                run = median_of(args.runs, grok1("convert", str(source), str(out), "--to", "hf",
+                                                 "--dtype", "bf16", "--quiet"), fresh)
+                baseline[layers] = run.seconds
+                print(f"| {layers} | convert --dtype bf16 | cpu | {read / 1e9:.2f} | "
+                      f"{weights / 1e9:.2f} | {run.seconds:.1f} | "
+                      f"{weights / run.seconds / 1e9:.3f} | 1.00 | {run.cpu:.1f} | "
+                      f"{run.cpu / (read / 1e9):.2f} | | {run.rss / 1e6:.0f} |", flush=True)
+            run = median_of(args.runs, grok1("quantize", str(source), str(out), "--scheme",
+                                             scheme, "--method", method, "--device",
+                                             args.device, "--quiet"), fresh)
             report = json.loads((out / "quantization_report.json").read_text())["summary"]
-        print(f"| {layers} | {scheme} | {method} | {args.device} | {weights / 1e9:.2f} | "
-              f"{seconds:.1f} | {weights / seconds / 1e9:.3f} | "
-              f"{baseline[layers] / seconds:.2f} | {report['mean_rel_rms']:.5f} | "
-              f"{rss / 1e6:.0f} |", flush=True)
+            print(f"| {layers} | quantize {scheme} {method} | {args.device} | "
+                  f"{read / 1e9:.2f} | {weights / 1e9:.2f} | {run.seconds:.1f} | "
+                  f"{weights / run.seconds / 1e9:.3f} | {baseline[layers] / run.seconds:.2f} | "
+                  f"{run.cpu:.1f} | {run.cpu / (read / 1e9):.2f} | "
+                  f"{report['mean_rel_rms']:.5f} | {run.rss / 1e6:.0f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import resource
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 BIN = Path(sys.executable).parent
 CACHE = Path(os.environ.get("GROK1_BENCH_DIR", Path(__file__).resolve().parent.parent
@@ -36,8 +39,18 @@ def _tree_rss(root: int) -> int:
     return sum(rss.get(pid, 0) for pid in tree)
 
 
-def run_measured(args: list[str], **kwargs) -> tuple[float, int]:
-    """Run a command; return (wall seconds, peak summed RSS in bytes of its process tree)."""
+class Measured(NamedTuple):
+    """One run: wall seconds, peak summed RSS (bytes) of its process tree, and the CPU seconds
+    (user + system) of that tree."""
+
+    seconds: float
+    rss: int
+    cpu: float
+
+
+def run_measured(args: list[str], **kwargs) -> Measured:
+    """Run a command; return its wall time, peak RSS and CPU time."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.Popen(args, **kwargs)
     peak = 0
@@ -45,9 +58,22 @@ def run_measured(args: list[str], **kwargs) -> tuple[float, int]:
         peak = max(peak, _tree_rss(proc.pid))
         time.sleep(0.05)
     seconds = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
         raise SystemExit(f"benchmark command failed: {' '.join(args)}")
-    return seconds, peak
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return Measured(seconds, peak, cpu)
+
+
+def median_of(runs: int, args: list[str], before_each: Callable[[], None] = lambda: None
+              ) -> Measured:
+    """The run with the median wall time of `runs` runs (`before_each` readies each); the
+    command's own output is discarded."""
+    measured = []
+    for _ in range(runs):
+        before_each()
+        measured.append(run_measured(args, stdout=subprocess.DEVNULL))
+    return sorted(measured)[len(measured) // 2]
 
 
 def grok1(*args: str) -> list[str]:

@@ -103,12 +103,13 @@ class _GroupErrors:
         bands = math.ceil(source.cols * min(source.group, source.rows) / MSE_BAND)
         self.width = math.ceil(source.cols / bands)
         shape = (min(source.group, source.rows), min(self.width, source.cols))
-        self.x, self.ratio, self.work = (np.empty(shape, np.float32) for _ in range(3))
-        self.weights: np.ndarray | None = None  # the float32 matrix, when small enough to keep
-        if source.rows * source.cols * 4 <= MSE_KEEP:
-            self.weights = np.empty((source.rows, source.cols), np.float32)
+        self.ratio, self.work = np.empty(shape, np.float32), np.empty(shape, np.float32)
+        if source.rows * source.cols * 4 <= MSE_KEEP:  # keep the float32 matrix
+            self.weights: np.ndarray | None = np.empty((source.rows, source.cols), np.float32)
             for _, r0, r1 in source.pieces:
                 source.fill(r0, r1, 0, source.cols, self.weights[r0:r1])
+        else:  # or fill each group's rows again for every candidate
+            self.weights, self.x = None, np.empty(shape, np.float32)
 
     def _rows(self, g: int, c0: int, c1: int) -> np.ndarray:
         """Group g's rows, columns [c0, c1), as float32."""
