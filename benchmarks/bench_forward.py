@@ -36,7 +36,7 @@ def main() -> None:
             tokens = np.random.default_rng(0).integers(3, config.vocab,
                                                        (args.batch, args.seq_len))
             np.save(Path(tmp) / "tokens.npy", tokens)
-            seconds, rss, _ = run_measured(grok1("logits", str(folder), "--tokens",
+            seconds, rss, *_ = run_measured(grok1("logits", str(folder), "--tokens",
                                               str(Path(tmp) / "tokens.npy"), "--out",
                                               str(Path(tmp) / "logits.npy")))
         n = args.batch * args.seq_len

@@ -26,7 +26,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "ckpt"
             extra = ["--layers", layers] if layers else []
-            seconds, rss, _ = run_measured(grok1("make-tiny", str(out), "--preset", preset,
+            seconds, rss, *_ = run_measured(grok1("make-tiny", str(out), "--preset", preset,
                                               "--quiet", *extra))
             size = du(out)
         print(f"| {preset} | {layers or 'preset'} | {size / 1e9:.2f} | {seconds:.1f} | "

@@ -33,11 +33,11 @@ def main() -> None:
     print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     with tempfile.TemporaryDirectory(dir=args.scratch) as tmp:
         tmp = Path(tmp)
-        cp_seconds, _, _ = run_measured(["sh", "-c", f"cp -r '{source}' '{tmp}/copy' && sync"])
+        cp_seconds, *_ = run_measured(["sh", "-c", f"cp -r '{source}' '{tmp}/copy' && sync"])
         shutil.rmtree(tmp / "copy")
         for dtype in args.dtypes:
             dst = tmp / dtype
-            seconds, rss, _ = run_measured(grok1("convert", str(source), str(dst), "--to", "gguf",
+            seconds, rss, *_ = run_measured(grok1("convert", str(source), str(dst), "--to", "gguf",
                                               "--dtype", dtype, "--quiet"))
             print(f"| {args.preset} | {args.layers} | {dtype} | {du(source) / 1e9:.2f} | "
                   f"{du(dst) / 1e9:.2f} | {seconds:.1f} | {cp_seconds:.1f} | {rss / 1e6:.0f} | "

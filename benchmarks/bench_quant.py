@@ -32,8 +32,10 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     print("| layers | command | device | input GB | Linear weights GB | seconds | GB/s | "
-          "ratio to convert bf16 | CPU s | CPU s per GB in | mean rel RMS | peak RSS MB |")
-    print("| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+          "ratio to convert bf16 | CPU s | of which sys | CPU s per GB in | mean rel RMS | "
+          "peak RSS MB |")
+    print("| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | "
+          "---: |")
     runs = [(args.layers, "int8", "rtn"), (args.layers, "int4", "rtn"),
             (args.layers, "fp8", "rtn"), (args.layers, "fp8-block", "rtn"),
             (args.mse_layers, "int4", "rtn"), (args.mse_layers, "int4", "mse")]
@@ -55,7 +57,7 @@ def main() -> None:
                 baseline[layers] = run.seconds
                 print(f"| {layers} | convert --dtype bf16 | cpu | {read / 1e9:.2f} | "
                       f"{weights / 1e9:.2f} | {run.seconds:.1f} | "
-                      f"{weights / run.seconds / 1e9:.3f} | 1.00 | {run.cpu:.1f} | "
+                      f"{weights / run.seconds / 1e9:.3f} | 1.00 | {run.cpu:.1f} | {run.sys:.1f} | "
                       f"{run.cpu / (read / 1e9):.2f} | | {run.rss / 1e6:.0f} |", flush=True)
             run = median_of(args.runs, grok1("quantize", str(source), str(out), "--scheme",
                                              scheme, "--method", method, "--device",
@@ -64,7 +66,7 @@ def main() -> None:
             print(f"| {layers} | quantize {scheme} {method} | {args.device} | "
                   f"{read / 1e9:.2f} | {weights / 1e9:.2f} | {run.seconds:.1f} | "
                   f"{weights / run.seconds / 1e9:.3f} | {baseline[layers] / run.seconds:.2f} | "
-                  f"{run.cpu:.1f} | {run.cpu / (read / 1e9):.2f} | "
+                  f"{run.cpu:.1f} | {run.sys:.1f} | {run.cpu / (read / 1e9):.2f} | "
                   f"{report['mean_rel_rms']:.5f} | {run.rss / 1e6:.0f} |", flush=True)
 
 

@@ -41,11 +41,12 @@ def _tree_rss(root: int) -> int:
 
 class Measured(NamedTuple):
     """One run: wall seconds, peak summed RSS (bytes) of its process tree, and the CPU seconds
-    (user + system) of that tree."""
+    of that tree: user + system, and system alone (the kernel: reads, writes, page faults)."""
 
     seconds: float
     rss: int
     cpu: float
+    sys: float
 
 
 def run_measured(args: list[str], **kwargs) -> Measured:
@@ -61,8 +62,8 @@ def run_measured(args: list[str], **kwargs) -> Measured:
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
         raise SystemExit(f"benchmark command failed: {' '.join(args)}")
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return Measured(seconds, peak, cpu)
+    system = after.ru_stime - before.ru_stime
+    return Measured(seconds, peak, after.ru_utime - before.ru_utime + system, system)
 
 
 def median_of(runs: int, args: list[str], before_each: Callable[[], None] = lambda: None
