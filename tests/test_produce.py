@@ -115,3 +115,23 @@ def test_a_failed_linear_fails_every_part_and_is_not_kept(reader):
         with pytest.raises(UsageError, match="boom"):
             produce(query, origin("attn_q", 0, None, part))
     assert produce._pending == {}
+
+
+@pytest.mark.parametrize("shape, groups", [((344, 40), 8), ((344, 1024), 8), ((96, 2048), 1),
+                                           ((1, 5), 1)])
+def test_band_by_band_transposes_match_the_plain_ones(shape, groups):
+    """dense_transposed / bf16_transposed dequantize in bands of rows that cross the release's
+    scale blocks (43 rows here) and transpose tile by tile, with both tile shapes (rows 2 KiB
+    apart or not): the same arrays as dequantizing whole and transposing."""
+    from converter.linears import bf16_transposed, dense_transposed
+    from converter.tensors import QuantizedWeight8bit, f32_to_bf16_bits, transposed
+
+    rng = np.random.default_rng(sum(shape))
+    value = QuantizedWeight8bit(rng.integers(-127, 128, shape).astype(np.int8), f32_to_bf16_bits(
+        rng.uniform(1e-3, 1e-2, (groups, shape[1])).astype(np.float32)))
+    whole = value.dequantize()
+    np.testing.assert_array_equal(dense_transposed(value), whole.T)
+    np.testing.assert_array_equal(bf16_transposed(value), f32_to_bf16_bits(whole.T))
+    np.testing.assert_array_equal(dense_transposed(whole), whole.T)
+    codes = np.asarray(value.weight)
+    np.testing.assert_array_equal(transposed(codes), codes.T)
