@@ -5,6 +5,7 @@ cd "$(dirname "$0")/.."
 python -m benchmarks.bench_generate
 python -m benchmarks.bench_forward
 python -m benchmarks.bench_convert --preset bench --depths 6 12
+python -m benchmarks.bench_write
 python -m benchmarks.bench_quant
 python -m benchmarks.bench_convert --preset real --depths 1 --runs 1
 python -m benchmarks.bench_gguf
