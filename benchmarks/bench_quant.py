@@ -2,6 +2,7 @@
 same input in the same run, CPU seconds per GB, and --method mse against rtn, on `bench`.
 
     python -m benchmarks.bench_quant [--layers 6] [--mse-layers 2] [--runs 3]
+    python -m benchmarks.bench_quant --preset real --layers 1 --mse-layers 0 --runs 1
     python -m benchmarks.bench_quant --device cuda      # the GPU rows, on a machine with one
 
 Each figure is the run with the median wall time of `--runs`. The ratio is convert's seconds
@@ -26,8 +27,9 @@ from converter.spec import build_spec
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--preset", default="bench")
     parser.add_argument("--layers", type=int, default=6)
-    parser.add_argument("--mse-layers", type=int, default=2)
+    parser.add_argument("--mse-layers", type=int, default=2, help="0: no mse rows")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
@@ -37,8 +39,9 @@ def main() -> None:
     print("| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | "
           "---: |")
     runs = [(args.layers, "int8", "rtn"), (args.layers, "int4", "rtn"),
-            (args.layers, "fp8", "rtn"), (args.layers, "fp8-block", "rtn"),
-            (args.mse_layers, "int4", "rtn"), (args.mse_layers, "int4", "mse")]
+            (args.layers, "fp8", "rtn"), (args.layers, "fp8-block", "rtn")]
+    if args.mse_layers:
+        runs += [(args.mse_layers, "int4", "rtn"), (args.mse_layers, "int4", "mse")]
     baseline: dict[int, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "out"
@@ -47,10 +50,10 @@ def main() -> None:
             shutil.rmtree(out, ignore_errors=True)
 
         for layers, scheme, method in runs:
-            source = checkpoint("bench", layers)
+            source = checkpoint(args.preset, layers)
             read = du(source)
-            weights = sum(s.numel for s in build_spec(Grok1Config.preset("bench", layers=layers))
-                          if s.quantized)
+            config = Grok1Config.preset(args.preset, layers=layers)
+            weights = sum(s.numel for s in build_spec(config) if s.quantized)
             if layers not in baseline:
                 run = median_of(args.runs, grok1("convert", str(source), str(out), "--to", "hf",
                                                  "--dtype", "bf16", "--quiet"), fresh)
