@@ -19,7 +19,7 @@ from converter.compressed import PackedLinear, pack_codes, pack_zero_points
 from converter.tensors import bf16_bits_to_f32, f32_to_bf16_bits
 from quant.schemes import QuantScheme
 
-__all__ = ["MSE_GRID", "Quantized", "choose_qparams", "dequantize", "error_stats", "grouped",
+__all__ = ["MSE_GRID", "Quantized", "choose_qparams", "error_stats", "grouped",
            "mse_qparams", "quantize", "quantize_linear", "scale_bits_of", "search_clip"]
 
 SMALLEST_SCALE_BITS = np.uint16(0x0080)  # bf16 2^-126
@@ -112,15 +112,6 @@ def quantize(x: np.ndarray, scale_bits: np.ndarray, zero: np.ndarray,
     np.square(work, out=work)
     return Quantized(codes=codes, group_sq_error=work.sum(axis=-1, dtype=np.float64),
                      clipped=clipped, max_error=max_error)
-
-
-def dequantize(codes: np.ndarray, scale_bits: np.ndarray, zero: np.ndarray,
-               group_size: int | None) -> np.ndarray:
-    """float32 [out, in] from codes and bf16 scales."""
-    out, cols = codes.shape
-    g = grouped(codes.astype(np.float32), group_size)
-    values = (g - zero[..., None].astype(np.float32)) * bf16_bits_to_f32(scale_bits)[..., None]
-    return values.reshape(out, -1)[:, :cols]
 
 
 def _group_sq_error(x: np.ndarray, bits: np.ndarray, zero: np.ndarray,
