@@ -1,10 +1,11 @@
-"""Quantization math as pure, vectorised numpy functions: the CPU reference.
+"""Quantization math as pure, vectorised numpy functions: the reference, the oracle the fast
+paths are tested against (the search of --method mse, `search_clip`, is shared with them).
 
 Every function takes a float32 matrix in PyTorch orientation [out, in] and an explicit scheme;
-groups run along the input dimension (the last group may be shorter). The Triton kernels in
-`quant.kernels` compute exactly the same operations in the same order, so results are
-bit-identical: IEEE division, round half to even, bf16 scales rounded to nearest even, and a
-zero bf16 scale replaced by the smallest normal (2^-126).
+groups run along the input dimension (the last group may be shorter). The CPU path in
+`quant.cpu` and the Triton kernels in `quant.kernels` compute exactly the same operations in
+the same order, so results are bit-identical: IEEE division, round half to even, bf16 scales
+rounded to nearest even, and a zero bf16 scale replaced by the smallest normal (2^-126).
 """
 
 from __future__ import annotations
