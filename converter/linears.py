@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from collections.abc import Callable
 from typing import Any, Protocol
 
 import numpy as np
@@ -30,8 +29,8 @@ from converter.tensors import (
     transposed_bands,
 )
 
-__all__ = ["CONVERT_DTYPES", "DenseLinears", "Linears", "ReleaseInt8Linears", "bf16_transposed",
-           "canonical_rows", "convert_linears", "dense_transposed"]
+__all__ = ["CONVERT_DTYPES", "CanonicalRows", "DenseLinears", "Linears", "ReleaseInt8Linears",
+           "bf16_transposed", "convert_linears", "dense_transposed"]
 
 Parts = dict[str, np.ndarray]
 
@@ -54,40 +53,55 @@ class Linears(Protocol):
     def reports(self, records: dict[str, Any]) -> dict[str, str]: ...
 
 
-def canonical_rows(value: Any) -> tuple[tuple[int, int], Callable[[int, int], np.ndarray]]:
-    """The shape of a canonical [in, out] matrix and a function giving its rows [r0, r1) as
-    float32 (the release's int8 dequantized band by band, exactly; anything else dequantized
-    once)."""
-    if isinstance(value, QuantizedWeight8bit):
-        codes, scales = value.weight, bf16_bits_to_f32(value.scales)
-        block = codes.shape[0] // value.scale_groups
+class CanonicalRows:
+    """A canonical [in, out] matrix read as float32 a band of rows at a time: the release's
+    int8 dequantized band by band (exactly: every code times scale fits float32), anything else
+    dequantized once. `codes`, `scales` (float32 [G, out]) and `block` (rows per scale) are the
+    release's; for other values `codes` is None and `full` holds the float32 matrix."""
 
-        def rows(r0: int, r1: int) -> np.ndarray:
-            # (not recursive: a closure that refers to itself would keep the memory-mapped
-            # source alive until the cyclic garbage collector ran)
-            out = np.empty((r1 - r0, codes.shape[1]), np.float32)
-            cuts = [r0, *range((r0 // block + 1) * block, r1, block), r1]
-            for a, b in itertools.pairwise(cuts):
-                np.multiply(codes[a:b], scales[a // block], out=out[a - r0:b - r0],
-                            dtype=np.float32)
+    def __init__(self, value: Any) -> None:
+        if isinstance(value, QuantizedWeight8bit):
+            self.codes: np.ndarray | None = np.asarray(value.weight)
+            self.scales = bf16_bits_to_f32(value.scales)
+            self.shape: tuple[int, int] = self.codes.shape
+            self.block = self.shape[0] // value.scale_groups
+        else:
+            self.codes = None
+            self.full = np.ascontiguousarray(dense(value), np.float32)
+            self.shape = self.full.shape
+            self.block = self.shape[0]
+
+    def fill(self, r0: int, r1: int, c0: int = 0, c1: int | None = None,
+             out: np.ndarray | None = None) -> np.ndarray:
+        """Rows [r0, r1), columns [c0, c1) as float32, into `out` if given (else a new array,
+        or a view of `full`)."""
+        c1 = self.shape[1] if c1 is None else c1
+        if self.codes is None:
+            if out is None:
+                return self.full[r0:r1, c0:c1]
+            out[:] = self.full[r0:r1, c0:c1]
             return out
-
-        return codes.shape, rows
-    full = np.asarray(dense(value), np.float32)
-    return full.shape, lambda r0, r1: full[r0:r1]
+        if out is None:
+            out = np.empty((r1 - r0, c1 - c0), np.float32)
+        cuts = [r0, *range((r0 // self.block + 1) * self.block, r1, self.block), r1]
+        for a, b in itertools.pairwise(cuts):
+            np.multiply(self.codes[a:b, c0:c1], self.scales[a // self.block, c0:c1],
+                        out=out[a - r0:b - r0], dtype=np.float32)
+        return out
 
 
 def dense_transposed(value: Any) -> np.ndarray:
     """float32 [out, in] of a canonical [in, out] matrix."""
-    shape, rows = canonical_rows(value)
-    return transposed_bands(shape, np.float32, rows)
+    rows = CanonicalRows(value)
+    return transposed_bands(rows.shape, np.float32, rows.fill)
 
 
 def bf16_transposed(value: Any) -> np.ndarray:
     """bf16 bits [out, in] of a canonical [in, out] matrix, each weight rounded once (to
     nearest even), band by band in the source's orientation."""
-    shape, rows = canonical_rows(value)
-    return transposed_bands(shape, np.uint16, lambda r0, r1: f32_to_bf16_bits(rows(r0, r1)))
+    rows = CanonicalRows(value)
+    return transposed_bands(rows.shape, np.uint16,
+                            lambda r0, r1: f32_to_bf16_bits(rows.fill(r0, r1)))
 
 
 class _NoReports:

@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 
 from converter.compressed import PackedLinear, pack_codes, pack_zero_points
-from converter.tensors import QuantizedWeight8bit, bf16_bits_to_f32, dense, transposed
+from converter.linears import CanonicalRows
+from converter.tensors import bf16_bits_to_f32, transposed
 from quant.primitives import qparams, search_clip
 from quant.schemes import QuantScheme
 
@@ -44,38 +45,19 @@ class NotFinite(ValueError):
     """NaN or Inf among the weights."""
 
 
-class SourceRows:
-    """A canonical [in, out] Linear, read a band of rows at a time as float32, in pieces that
+class SourceRows(CanonicalRows):
+    """A canonical [in, out] Linear read as float32 a band of rows at a time, in pieces that
     never cross a group of `group` input rows (None: one group) or a release scale block."""
 
     def __init__(self, value: Any, group: int | None) -> None:
-        if isinstance(value, QuantizedWeight8bit):
-            self.codes: np.ndarray | None = np.asarray(value.weight)
-            self.scales = bf16_bits_to_f32(value.scales)
-            self.rows, self.cols = self.codes.shape
-            self.block = self.rows // value.scale_groups
-        else:
-            self.codes = None
-            self.full = np.ascontiguousarray(dense(value), np.float32)
-            self.rows, self.cols = self.full.shape
-            self.block = self.rows
+        super().__init__(value)
+        self.rows, self.cols = self.shape
         self.group = group or self.rows
         self.groups = math.ceil(self.rows / self.group)
         cuts = sorted({*range(0, self.rows, self.group), *range(0, self.rows, self.block),
                        *range(0, self.rows, BAND), self.rows})
         # (group, r0, r1): pieces within one group and one scale block
         self.pieces = [(r0 // self.group, r0, r1) for r0, r1 in itertools.pairwise(cuts)]
-        self.pieces_of = [[(r0, r1) for g, r0, r1 in self.pieces if g == group]
-                          for group in range(self.groups)]
-
-    def fill(self, r0: int, r1: int, c0: int, c1: int, out: np.ndarray) -> np.ndarray:
-        """Rows [r0, r1), columns [c0, c1) (rows within one scale block) into `out`."""
-        if self.codes is None:
-            out[:] = self.full[r0:r1, c0:c1]
-        else:
-            np.multiply(self.codes[r0:r1, c0:c1], self.scales[r0 // self.block, c0:c1],
-                        out=out, dtype=np.float32)
-        return out
 
     def extremes(self) -> tuple[np.ndarray, np.ndarray]:
         """Per group and column, the min and max weight: two float32 [groups, out]."""
@@ -105,9 +87,7 @@ class _GroupErrors:
         shape = (min(source.group, source.rows), min(self.width, source.cols))
         self.ratio, self.work = np.empty(shape, np.float32), np.empty(shape, np.float32)
         if source.rows * source.cols * 4 <= MSE_KEEP:  # keep the float32 matrix
-            self.weights: np.ndarray | None = np.empty((source.rows, source.cols), np.float32)
-            for _, r0, r1 in source.pieces:
-                source.fill(r0, r1, 0, source.cols, self.weights[r0:r1])
+            self.weights: np.ndarray | None = source.fill(0, source.rows)
         else:  # or fill each group's rows again for every candidate
             self.weights, self.x = None, np.empty(shape, np.float32)
 
@@ -118,10 +98,7 @@ class _GroupErrors:
         bottom = min(top + source.group, source.rows)
         if self.weights is not None:
             return self.weights[top:bottom, c0:c1]
-        x = self.x[:bottom - top, :c1 - c0]
-        for r0, r1 in source.pieces_of[g]:
-            source.fill(r0, r1, c0, c1, x[r0 - top:r1 - top])
-        return x
+        return source.fill(top, bottom, c0, c1, self.x[:bottom - top, :c1 - c0])
 
     def __call__(self, bits: np.ndarray, zero: np.ndarray) -> np.ndarray:
         source, scheme = self.source, self.scheme
