@@ -31,7 +31,7 @@ import numpy as np
 from converter.compressed import PackedLinear, pack_codes, pack_zero_points
 from converter.linears import CanonicalRows
 from converter.tensors import bf16_bits_to_f32, transposed
-from quant.primitives import qparams, search_clip
+from quant.primitives import error_stats, qparams, search_clip
 from quant.schemes import QuantScheme
 
 __all__ = ["BAND", "NotFinite", "SourceRows", "quantize_cpu"]
@@ -168,10 +168,7 @@ def _encode(source: SourceRows, extremes: tuple[np.ndarray, np.ndarray], bits: n
         packed=pack_codes(transposed(codes), scheme.bits), scale=np.ascontiguousarray(bits.T),
         shape=(n, k), bits=scheme.bits, group_size=source.group,
         zero_point=None if scheme.symmetric else pack_zero_points(zero.T, scheme.bits))
-    total = float(sq_error.sum())
-    return packed, {"rel_rms": math.sqrt(total / norm_sq) if norm_sq else 0.0,
-                    "max_abs_err": max_error, "clipped_pct": 100.0 * clipped / max(k * n, 1),
-                    "numel": k * n}
+    return packed, error_stats(float(sq_error.sum()), norm_sq, max_error, clipped, k * n)
 
 
 def quantize_cpu(value: Any, scheme: QuantScheme) -> tuple[PackedLinear, dict[str, Any]]:

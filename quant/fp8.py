@@ -25,6 +25,7 @@ from converter.compressed import FP8Linear, LinearFormat, e4m3_to_f32, expand_sc
 from converter.spec import LINEAR_ROLES, TensorSpec
 from converter.tensors import transposed
 from quant.cpu import BAND, NotFinite, SourceRows
+from quant.primitives import error_stats
 from quant.requantize import ReportedLinears, not_finite_error
 
 __all__ = ["E4M3_MAX", "FP8Linears", "e4m3_bits", "fp8_scales", "quantize_fp8", "quantize_fp8_cpu"]
@@ -68,10 +69,9 @@ def quantize_fp8(x: np.ndarray, block: tuple[int, int] | None) -> tuple[FP8Linea
     per = np.ascontiguousarray(expand_scale(scale, x.shape, block))
     bits = e4m3_bits(np.clip(x / per, -E4M3_MAX, E4M3_MAX))
     error = e4m3_to_f32(bits) * per - x
-    norm = float(np.dot(x.reshape(-1), x.reshape(-1)))
-    stats = {"rel_rms": math.sqrt(float(np.square(error, dtype=np.float64).sum()) / norm)
-             if norm else 0.0, "max_abs_err": float(np.abs(error).max()) if error.size else 0.0,
-             "clipped_pct": 0.0, "numel": int(x.size)}
+    stats = error_stats(float(np.square(error, dtype=np.float64).sum()),
+                        float(np.dot(x.reshape(-1), x.reshape(-1))),
+                        float(np.abs(error).max()) if error.size else 0.0, 0, x.size)
     return FP8Linear(bits, scale, block), stats
 
 
@@ -132,8 +132,7 @@ def quantize_fp8_cpu(value: Any, block: tuple[int, int] | None) -> tuple[FP8Line
         norm_sq += np.einsum("ij,ij->j", x, x).sum(dtype=np.float64)
         if error.size:
             max_error = max(max_error, float(error.max()), -float(error.min()))
-    stats = {"rel_rms": math.sqrt(float(sq_error) / float(norm_sq)) if norm_sq else 0.0,
-             "max_abs_err": max_error, "clipped_pct": 0.0, "numel": k * n}
+    stats = error_stats(float(sq_error), float(norm_sq), max_error, 0, k * n)
     return FP8Linear(transposed(bits), scale, block), stats
 
 

@@ -20,6 +20,7 @@ import triton
 import triton.language as tl
 
 from converter.compressed import PackedLinear, pack_zero_points
+from quant.primitives import error_stats
 from quant.schemes import QuantScheme
 
 __all__ = ["device_matrix", "fp8_triton", "requantize_triton"]
@@ -166,10 +167,9 @@ def requantize_triton(source: torch.Tensor, source_scales: torch.Tensor | None,
                           bits=scheme.bits, group_size=group, zero_point=zero_point)
     sums = stats.double().sum(dim=(0, 1))
     numel = k_rows * n_cols
-    return result, {
-        "rel_rms": float(torch.sqrt(sums[0] / sums[1])) if float(sums[1]) else 0.0,
-        "max_abs_err": float(stats[..., 2].max()) if numel else 0.0,
-        "clipped_pct": 100.0 * float(clips.sum()) / max(numel, 1), "numel": numel}
+    return result, error_stats(float(sums[0]), float(sums[1]),
+                               float(stats[..., 2].max()) if numel else 0.0,
+                               int(clips.sum()), numel)
 
 
 @triton.jit
@@ -234,9 +234,7 @@ def fp8_triton(matrix: np.ndarray | torch.Tensor, block: tuple[int, int] | None,
     table = torch.from_numpy(e4m3_to_f32(np.arange(256))).to(device)
     per = scale.repeat_interleave(b0, 0)[:rows].repeat_interleave(b1, 1)[:, :cols]
     error = (table[bits.long()] * per - x).double()
-    norm = float(x.double().square().sum())
-    stats = {"rel_rms": math.sqrt(float(error.square().sum()) / norm) if norm else 0.0,
-             "max_abs_err": float(error.abs().max()) if error.numel() else 0.0,
-             "clipped_pct": 0.0, "numel": rows * cols}
+    stats = error_stats(float(error.square().sum()), float(x.double().square().sum()),
+                        float(error.abs().max()) if error.numel() else 0.0, 0, rows * cols)
     out_scale = scale.cpu().numpy() if block is not None else scale.cpu().numpy().reshape(-1, 1)
     return FP8Linear(bits.cpu().numpy(), out_scale, block), stats

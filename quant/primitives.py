@@ -171,11 +171,13 @@ def mse_qparams(x: np.ndarray, scheme: QuantScheme) -> tuple[np.ndarray, np.ndar
                                                                              scheme))
 
 
-def error_stats(result: Quantized, norm_sq: float, numel: int) -> dict[str, float]:
-    """Relative RMS error (against the input's squared norm), max |error|, % of codes clipped."""
-    return {"rel_rms": float(np.sqrt(result.group_sq_error.sum() / norm_sq)) if norm_sq else 0.0,
-            "max_abs_err": result.max_error,
-            "clipped_pct": 100.0 * result.clipped / max(numel, 1),
+def error_stats(sq_error: float, norm_sq: float, max_error: float, clipped: int,
+                numel: int) -> dict[str, float]:
+    """What every quantizer (reference, CPU path, kernels) reports of one Linear: relative RMS
+    error (summed squared error over the input's squared norm, 0 for an all-zero input), max
+    |error|, % of codes clipped, and the number of weights."""
+    return {"rel_rms": math.sqrt(sq_error / norm_sq) if norm_sq else 0.0,
+            "max_abs_err": float(max_error), "clipped_pct": 100.0 * clipped / max(numel, 1),
             "numel": int(numel)}
 
 
@@ -192,4 +194,5 @@ def quantize_linear(x: np.ndarray, scheme: QuantScheme) -> tuple[PackedLinear, d
         bits=scheme.bits, group_size=scheme.group_size or x.shape[1],
         zero_point=None if scheme.symmetric else pack_zero_points(zero, scheme.bits))
     flat = x.reshape(-1)
-    return packed, error_stats(result, float(np.dot(flat, flat)), x.size)
+    return packed, error_stats(float(result.group_sq_error.sum()), float(np.dot(flat, flat)),
+                               result.max_error, result.clipped, x.size)
