@@ -58,6 +58,11 @@ def fp8_scales(x: np.ndarray, block: tuple[int, int] | None) -> np.ndarray:
         padded = np.zeros((rows * block[0], width * block[1]), np.float32)
         padded[:out, :cols] = a
         amax = padded.reshape(rows, block[0], width, block[1]).max(axis=(1, 3))
+    return _scale_of(amax)
+
+
+def _scale_of(amax: np.ndarray) -> np.ndarray:
+    """max |w| / 448, or 1 where that is 0 (all zero, or so small the division underflows)."""
     scale = amax / np.float32(E4M3_MAX)
     return np.where(scale == 0, np.float32(1), scale).astype(np.float32)
 
@@ -113,8 +118,7 @@ def quantize_fp8_cpu(value: Any, block: tuple[int, int] | None) -> tuple[FP8Line
         padded = np.zeros((amax.shape[0], out_blocks * block[0]), np.float32)
         padded[:, :n] = amax
         amax = padded.reshape(amax.shape[0], out_blocks, block[0]).max(axis=-1)
-    scale = amax / np.float32(E4M3_MAX)
-    scale = np.where(scale == 0, np.float32(1), scale).astype(np.float32).T
+    scale = _scale_of(amax).T
     table, values = _rounding_table(), e4m3_to_f32(np.arange(256, dtype=np.uint8))
     bits = np.empty((k, n), np.uint8)
     rows = np.empty((min(BAND, k), n), np.float32)
