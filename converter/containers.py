@@ -60,7 +60,11 @@ class Entry:
 def tensor_digest(array: np.ndarray) -> str:
     """The sha256 of the bytes a writer stores for this array (so that threads making tensors
     can hash them, instead of the one thread writing)."""
-    return hashlib.sha256(np.ascontiguousarray(array).reshape(-1).view(np.uint8)).hexdigest()
+    return hashlib.sha256(_bytes(array)).hexdigest()
+
+
+def _bytes(array: np.ndarray) -> memoryview:
+    return memoryview(np.ascontiguousarray(array).reshape(-1).view(np.uint8))
 
 
 def _raw(entry: Entry, array: np.ndarray, path: Path) -> memoryview:
@@ -68,7 +72,7 @@ def _raw(entry: Entry, array: np.ndarray, path: Path) -> memoryview:
     if array.shape != entry.shape or array.dtype != _numpy(entry.dtype):
         raise ShapeMismatchError(f"{path}: {entry.name} is {array.dtype}{list(array.shape)}, "
                                  f"the plan says {entry.dtype}{list(entry.shape)}")
-    return memoryview(np.ascontiguousarray(array).reshape(-1).view(np.uint8))
+    return _bytes(array)
 
 
 class _PhasedWriter:
