@@ -239,7 +239,8 @@ def test_report_printed_and_mse_beats_rtn(small_ckpt, tmp_path):
     assert mse < 0.95 * rtn["summary"]["mean_rel_rms"]
 
 
-def test_nan_weights_are_refused_by_name(tiny_ckpt, tmp_path):
+@pytest.mark.parametrize("scheme", ["int4", "fp8"])
+def test_nan_weights_are_refused_by_name(tiny_ckpt, tmp_path, scheme):
     from converter.layouts.xai import XaiCheckpoint, value_payloads, write_leaf
     folder = tmp_path / "nan"
     shutil.copytree(tiny_ckpt, folder)
@@ -251,9 +252,11 @@ def test_nan_weights_are_refused_by_name(tiny_ckpt, tmp_path):
     write_leaf(checkpoint.path_of(spec), spec,
                value_payloads(QuantizedWeight8bit(np.array(value.weight), scales)))
     result = CliRunner().invoke(main, ["quantize", str(folder), str(tmp_path / "out"),
-                                       "--scheme", "int4", "--quiet", "--workers", "1"])
+                                       "--scheme", scheme, "--quiet", "--workers", "1"])
     assert result.exit_code == 2
     assert "decoder_layer_3/multi_head_attention/value/w: NaN or Inf" in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "out" / "model.safetensors").exists()  # nothing half-written
     with pytest.raises(MalformedFileError):
         from quant.requantize import check_finite
         check_finite(spec, None, np.array([np.inf], np.float32))
