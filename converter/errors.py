@@ -11,6 +11,7 @@ __all__ = [
     "CheckpointNotFoundError",
     "ConfigMismatchError",
     "DiskSpaceError",
+    "EngineError",
     "Grok1Error",
     "HubError",
     "HubHttpError",
@@ -67,6 +68,10 @@ class MappingError(Grok1Error, KeyError):
 
 class DiskSpaceError(Grok1Error, OSError):
     """Not enough free disk for the output."""
+
+
+class EngineError(Grok1Error, RuntimeError):
+    """An external engine (llama.cpp) that died or failed on a file: names the file and how."""
 
 
 class HubError(Grok1Error, ConnectionError):

@@ -466,10 +466,10 @@ def gguf_quantize(src: Path, dst: Path, kind: str, batch: int, seq_len: int,
         echo_json(report)
     else:
         m = report["metrics"]
-        click.echo(f"{kind} -> {dst / report['file']}: mean KL {m['kl_mean']:.4g}, top-1 "
-                   f"{m['top1_agreement']:.1%} on {report['tokens']} (profile "
-                   f"{report['profile']}): " + ("verified" if report["verified"] else
-                                                "NOT verified: " + "; ".join(report["reasons"])))
+        measured = (f"mean KL {m['kl_mean']:.4g}, top-1 {m['top1_agreement']:.1%} on "
+                    f"{report['tokens']} (profile {report['profile']})" if m else "not run")
+        click.echo(f"{kind} -> {dst / report['file']}: {measured}: " + (
+            "verified" if report["verified"] else "NOT verified: " + "; ".join(report["reasons"])))
     sys.exit(EXIT_OK if report["verified"] else EXIT_FAILED)
 
 

@@ -1,7 +1,8 @@
-"""Our GGUFs in llama.cpp itself (llama-cpp-python): logits against `grok1 logits` (which
-matches the original JAX code to 1e-4), a split Q8_0 set loaded from its first file, the
-GGUF tokenizer against SentencePiece, and broken GGUFs (swapped experts, a wrong attention
-output scale) that must fail the same bounds."""
+"""Our GGUFs in llama.cpp itself (llama-cpp-python, run in a child process by
+verify.llama_runner): logits against `grok1 logits` (which matches the original JAX code to
+1e-4), a split Q8_0 set loaded from its first file, the GGUF tokenizer against SentencePiece,
+and broken GGUFs (swapped experts, a wrong attention output scale) that must fail the same
+bounds."""
 
 import re
 import shutil
@@ -13,11 +14,12 @@ from click.testing import CliRunner
 from converter.gguf import GGUFReader
 from converter.layouts import open_checkpoint
 from grok1.cli import main
+from verify.llama_runner import available, llama_logits, llama_tokenize
 from verify.metrics import ReferenceLogits, compare_logits
 from verify.tokens import DEFAULT_TEXT, read_documents
 from verify.torch_forward import torch_logits
 
-llama_cpp = pytest.importorskip("llama_cpp")
+pytestmark = pytest.mark.skipif(not available(), reason="needs llama-cpp-python")
 
 F32_BOUNDS = {"max_abs_diff": 0.01, "kl_mean": 1e-5, "top1_agreement": 1.0}
 Q8_BOUNDS = {"kl_mean": 0.01, "top1_agreement": 0.95}
@@ -30,17 +32,10 @@ def gguf(src, dst, dtype, *extra):
     return sorted(dst.glob("*.gguf"))[0]
 
 
-def llama_logits(path, ids):
-    model = llama_cpp.Llama(model_path=str(path), logits_all=True, n_ctx=max(64, len(ids)),
-                            type_k=0, type_v=0, n_threads=2, verbose=False)
-    model.eval(list(map(int, ids)))
-    return np.array(model.scores[:len(ids)], np.float32)
-
-
 def metrics(checkpoint, path, ids):
     ours = torch_logits(open_checkpoint(checkpoint), np.array([ids]))
     reference = ReferenceLogits.from_logits(ours, np.array([ids]), pad_token=0)
-    return compare_logits(reference, llama_logits(path, ids)[None])
+    return compare_logits(reference, llama_logits(path, [ids], threads=2)[0][None])
 
 
 def within(found, bounds):
@@ -76,12 +71,11 @@ def test_second_shape_with_grok_1_vocabulary_and_tokenizer(real_vocab_ckpt, tmp_
 
     path = gguf(real_vocab_ckpt, tmp_path / "g", "f32")
     documents = read_documents(DEFAULT_TEXT)
-    model = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
     sentencepiece = spm.SentencePieceProcessor(model_file=str(GROK1_MODEL))
     texts = documents + [s for d in documents for s in re.split(r"(?<=[.!?])\s+", d)]
-    differ = [t for t in texts
-              if model.tokenize(t.encode(), add_bos=False, special=False)
-              != sentencepiece.encode(t)]
+    ids_by_llama = llama_tokenize(path, texts)
+    differ = [t for t, ids in zip(texts, ids_by_llama, strict=True)
+              if ids != sentencepiece.encode(t)]
     assert differ == [], f"{len(differ)} of {len(texts)} differ, e.g. {differ[:2]!r}"
     ids = np.array(sentencepiece.encode(documents[0])[:40])
     assert within(metrics(real_vocab_ckpt, path, ids), F32_BOUNDS)
@@ -140,3 +134,5 @@ def test_k_quants_are_made_by_llama_cpp_and_verified(small_ckpt, tmp_path, monke
                                         str(tmp_path / "q4s"), "--type", "Q4_K_S"])
     assert refused.exit_code == 1 and "NOT verified" in refused.output
     assert json.loads((tmp_path / "q4s" / "kquant_report.json").read_text())["verified"] is False
+    assert sorted(p.name for p in (tmp_path / "q4s").iterdir()) == [
+        "grok-1-Q4_K_S.gguf.unverified", "kquant_report.json"]
