@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from converter.errors import ConfigMismatchError, MalformedFileError, UsageError
+from converter.safe_read import read_json
 
 __all__ = ["PRESETS", "Grok1Config", "default_ffn_size", "load_sidecar", "save_sidecar"]
 
@@ -188,10 +189,7 @@ def load_sidecar(folder: Path) -> Grok1Config | None:
     path = Path(folder) / SIDECAR_NAME
     if not path.is_file():
         return None
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise MalformedFileError(f"{path}: not valid JSON ({exc})") from None
+    data = read_json(path, "config.json")
     if not isinstance(data, dict):
         raise MalformedFileError(f"{path}: expected a JSON object")
     if "emb" not in data and "layers" not in data:

@@ -24,6 +24,7 @@ import numpy as np
 from converter.atomic import atomic_open
 from converter.dtypes import DTYPES, DType, by_safetensors, by_torch
 from converter.errors import MalformedFileError, ShapeMismatchError, UsageError
+from converter.safe_read import parse_json
 
 __all__ = ["Entry", "SafetensorsReader", "SafetensorsWriter", "TorchShardReader",
            "TorchShardWriter", "as_numpy", "tensor_digest"]
@@ -226,12 +227,8 @@ class SafetensorsReader:
         if length > min(_MAX_HEADER, size - 8):
             raise MalformedFileError(f"{self.path}: header of {length} bytes does not fit a "
                                      f"{size}-byte file (truncated or not safetensors)")
-        try:
-            header = json.loads(os.pread(self._fd, length, 8), object_pairs_hook=_unique_keys)
-        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
-            raise MalformedFileError(f"{self.path}: header is not valid JSON") from None
-        except ValueError as exc:
-            raise MalformedFileError(f"{self.path}: {exc}") from None
+        header = parse_json(os.pread(self._fd, length, 8), f"{self.path}: header",
+                            object_pairs_hook=_unique_keys)
         if not isinstance(header, dict):
             raise MalformedFileError(f"{self.path}: header is not a JSON object")
         metadata = header.pop("__metadata__", {})

@@ -107,22 +107,22 @@ def run_units(source: Path, dst: Path, target: Target, *, workers: int, resume: 
     identity = fingerprint(source_files, Path(source))
     out = OutputFolder(dst)
     finals = target.final_files(units)
-    previous = out.prepare(resume=resume, overwrite=overwrite,
-                           planned=[u.path for u in units] + finals)
-    done: dict[str, Any] = {}
-    if previous is not None:
-        if previous.get("settings") != settings:
-            raise UsageError(f"{dst}: was started with other settings "
-                             f"({previous.get('settings')}); pass --overwrite to start again")
-        if previous.get("source_identity") != identity:
-            raise UsageError(f"{dst}: the source {source} changed since the interrupted run "
-                             "(its files' sizes or times differ); pass --overwrite to start "
-                             "again")
-        done = out.finished_units(previous)
-    todo = [u for u in units if u.path not in done]
-    out.make(sum(u.nbytes for u in todo))
-    out.lock()
+    out.lock()  # before anything in the folder is read, swept or deleted
     try:
+        previous = out.prepare(resume=resume, overwrite=overwrite,
+                               planned=[u.path for u in units] + finals)
+        done: dict[str, Any] = {}
+        if previous is not None:
+            if previous.get("settings") != settings:
+                raise UsageError(f"{dst}: was started with other settings "
+                                 f"({previous.get('settings')}); pass --overwrite to start again")
+            if previous.get("source_identity") != identity:
+                raise UsageError(f"{dst}: the source {source} changed since the interrupted "
+                                 "run (its files' sizes or times differ); pass --overwrite to "
+                                 "start again")
+            done = out.finished_units(previous)
+        todo = [u for u in units if u.path not in done]
+        out.make(sum(u.nbytes for u in todo))
         manifest = {"tool": f"grok1-toolchain {__version__}", "settings": settings,
                     "source_identity": identity, "units": done, "files": finals,
                     "complete": False}

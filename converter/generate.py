@@ -101,24 +101,27 @@ def generate_checkpoint(folder: Path, config: Grok1Config, *, seed: int = 0,
     toolchain holding nothing else.
     """
     out = OutputFolder(Path(folder))
-    out.check_usable()
-    owned: set[str] = set()
-    if not out.is_empty():
-        if not overwrite:
-            raise UsageError(f"{folder}: exists and is not empty; pass --overwrite to replace it")
-        owned = out.replaceable()
     specs = build_spec(config)
     total = sum(s.payload_bytes for s in specs)
-    out.path.parent.mkdir(parents=True, exist_ok=True)
-    check_free_space(out.path.parent, total + (1 << 20))
-    staging = out.path.with_name(f".{out.path.name}.{secrets.token_hex(4)}.incomplete")
+    out.lock()  # before anything in the folder is read or deleted
     try:
-        _write_all(staging, config, specs, seed, quiet)
-        if owned:
-            out.remove(owned)
-        out.replace_with(staging)
+        owned: set[str] = set()
+        if not out.is_empty():
+            if not overwrite:
+                raise UsageError(f"{folder}: exists and is not empty; pass --overwrite to "
+                                 "replace it")
+            owned = out.replaceable()
+        check_free_space(out.path.parent, total + (1 << 20))
+        staging = out.path.with_name(f".{out.path.name}.{secrets.token_hex(4)}.incomplete")
+        try:
+            _write_all(staging, config, specs, seed, quiet)
+            if owned:
+                out.remove(owned)
+            out.replace_with(staging)
+        finally:
+            discard_folder(staging)
     finally:
-        discard_folder(staging)
+        out.unlock()
     return specs
 
 

@@ -9,19 +9,28 @@ in `grok1-download.json`.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import hashlib
 import importlib
 import json
 import os
+import re
 import shlex
 import sys
+from collections.abc import Iterator
 from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
 from converter import __version__
 from converter.atomic import INCOMPLETE_SUFFIX, atomic_open, check_free_space
-from converter.errors import HubError, MalformedFileError, UsageError
+from converter.errors import (
+    CheckpointNotFoundError,
+    Grok1Error,
+    HubError,
+    MalformedFileError,
+    UsageError,
+)
 from converter.output import (
     MANIFEST_NAME,
     MODEL_CARD,
@@ -29,6 +38,7 @@ from converter.output import (
     VERIFY_REPORT_MD,
     file_sha256,
 )
+from converter.safe_read import read_json
 
 __all__ = ["DOWNLOAD_RECORD", "check_repo_id", "download", "invocation", "model_card",
            "recorded_hash_problems", "upload", "upload_files"]
@@ -87,10 +97,25 @@ def _network_errors() -> tuple[type[Exception], ...]:
                                         ConnectionError, TimeoutError]
     for module in ("httpx2", "httpx"):  # huggingface_hub 2.4 ships on httpx2
         try:
-            transport.append(importlib.import_module(module).TransportError)
+            transport.append(importlib.import_module(module).HTTPError)  # redirect loops too
         except ImportError:
             continue
     return tuple(transport)
+
+
+@contextlib.contextmanager
+def _talking_to_hub(repo: str, revision: str | None) -> Iterator[None]:
+    """Every failure of a Hub exchange as one HubError: the network, the HTTP status, and an
+    answer that is not what the API promises (bad JSON, missing fields, deep nesting)."""
+    try:
+        yield
+    except Grok1Error:
+        raise
+    except _network_errors() as exc:
+        raise _hub_error(exc, repo, revision) from None
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+        raise HubError(f"{repo}: the Hub's answer is malformed ({type(exc).__name__}: "
+                       f"{_one_line(str(exc))[:160]})") from None
 
 
 def _remote_files(api: Any, repo: str, sha: str, patterns: tuple[str, ...]) -> list[Any]:
@@ -115,15 +140,20 @@ def download(repo: str, local_dir: Path, *, revision: str | None = None,
     local_dir = Path(local_dir)
     if local_dir.exists() and not local_dir.is_dir():
         raise UsageError(f"{local_dir}: exists and is not a folder")
-    try:
+    with _talking_to_hub(repo, revision):
         sha = api.repo_info(repo, revision=revision).sha
+        if not isinstance(sha, str) or not re.fullmatch(r"[0-9a-f]{40}", sha):
+            raise HubError(f"{repo}: the Hub answered revision {revision or 'main'!r} with "
+                           f"commit {str(sha)[:60]!r}, not a 40-hex id")
         patterns = tuple(include) or DEFAULT_PATTERNS
         files = _remote_files(api, repo, sha, patterns)
         if not any(f.path.startswith("ckpt-0/") for f in files) and not include:
             patterns = LEGACY_PATTERNS
             files = _remote_files(api, repo, sha, patterns)
-    except _network_errors() as exc:
-        raise _hub_error(exc, repo, revision) from None
+        for f in files:
+            if not (isinstance(f.path, str) and isinstance(f.size, int) and f.size >= 0):
+                raise HubError(f"{repo}@{sha[:12]}: the Hub lists an entry without a path and "
+                               "size")
     if not files:
         raise HubError(f"{repo}@{sha[:12]}: no files match {list(patterns)}")
     for f in files:
@@ -141,11 +171,9 @@ def download(repo: str, local_dir: Path, *, revision: str | None = None,
         return summary
     check_free_space(local_dir, summary["bytes"] - summary["present_bytes"])
     before = {f.path: _stamp(local_dir / f.path) for f in files}
-    try:
+    with _talking_to_hub(repo, revision):
         snapshot_download(repo, revision=sha, local_dir=local_dir,
                           allow_patterns=list(patterns), max_workers=workers, endpoint=endpoint)
-    except _network_errors() as exc:
-        raise _hub_error(exc, repo, revision) from None
     if verify:
         _verify_hashes(local_dir, files, workers)
     record = {**summary, "patterns": list(patterns), "tool": f"grok1-toolchain {__version__}",
@@ -179,14 +207,16 @@ def recorded_hash_problems(folder: Path, workers: int = 4) -> list[str]:
     (sha256 for LFS files, the git blob id for the others); one line each."""
     record_path = Path(folder) / DOWNLOAD_RECORD
     try:
-        record = json.loads(record_path.read_text())
+        record = read_json(record_path, "download record")
         expected = [(p, "sha256", h) for p, h in record.get("sha256", {}).items()]
         expected += [(p, "git_sha1", h) for p, h in record.get("git_sha1", {}).items()]
-    except FileNotFoundError:
+    except CheckpointNotFoundError:
         return [f"{record_path}: missing (only a folder made by `grok1 download` has hashes "
                 "to check)"]
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as exc:
-        return [f"{record_path}: not a download record ({exc})"]
+    except MalformedFileError as exc:
+        return [str(exc)]
+    except AttributeError:
+        return [f"{record_path}: not a download record"]
 
     def problem(item: tuple[str, str, str]) -> str | None:
         relative, kind, digest = item
@@ -318,8 +348,8 @@ def _tokenizer_line(folder: Path) -> str:
 
 def _json(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+        data = read_json(path)
+    except (CheckpointNotFoundError, MalformedFileError):
         return {}
     return data if isinstance(data, dict) else {}
 
@@ -375,12 +405,10 @@ def upload(folder: Path, repo: str, *, revision: str | None = None, private: boo
                   for path in upload_files(folder)]
     operations.append(CommitOperationAdd(MODEL_CARD, card))
     api = HfApi(endpoint=endpoint)
-    try:
+    with _talking_to_hub(repo, revision):
         api.create_repo(repo, private=private, exist_ok=True)
         info = api.create_commit(repo, operations, commit_message="Upload with grok1-toolchain",
                                  revision=revision, create_pr=create_pr)
-    except _network_errors() as exc:
-        raise _hub_error(exc, repo, revision) from None
     with atomic_open(folder / MODEL_CARD) as f:
         f.write(card)
     return {"repo": repo, "commit": info.oid, "url": str(info.commit_url),

@@ -28,6 +28,7 @@ from typing import Any
 
 from converter.atomic import INCOMPLETE_SUFFIX, atomic_open, check_free_space
 from converter.errors import MalformedFileError, UsageError
+from converter.safe_read import read_json
 
 __all__ = ["MANIFEST_NAME", "MODEL_CARD", "OWN_FILES", "PROVENANCE_NAME", "VERIFY_REPORT_JSON",
            "VERIFY_REPORT_MD", "OutputFolder", "file_sha256", "fingerprint", "refuse_overlap"]
@@ -89,6 +90,7 @@ class OutputFolder:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._lock_fd: int | None = None
+        self._created = False
 
     @property
     def manifest_path(self) -> Path:
@@ -111,10 +113,9 @@ class OutputFolder:
         if not self.manifest_path.is_file():
             return None
         try:
-            manifest = json.loads(self.manifest_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
-            raise MalformedFileError(f"{self.manifest_path}: not a readable manifest ({exc}); "
-                                     "pass --overwrite to start again") from None
+            manifest = read_json(self.manifest_path, "manifest")
+        except MalformedFileError as exc:
+            raise MalformedFileError(f"{exc}; pass --overwrite to start again") from None
         if not (isinstance(manifest, dict) and isinstance(manifest.get("units"), dict)
                 and isinstance(manifest.get("files", []), list)
                 and all(isinstance(v, dict) for v in manifest["units"].values())):
@@ -218,13 +219,17 @@ class OutputFolder:
         return done
 
     def make(self, needed: int) -> None:
-        """Check free disk for `needed` bytes (nothing is created when it is short), then
-        create the folder."""
+        """Check free disk for `needed` bytes; a folder `lock` created is removed again by
+        `unlock` when this fails."""
         check_free_space(self.path, needed + max(1 << 20, needed // 200))
-        self.path.mkdir(parents=True, exist_ok=True)
 
     def lock(self) -> None:
-        """Hold an exclusive lock on the folder until `unlock` (worker processes inherit it)."""
+        """Hold an exclusive lock on the folder (created if missing) until `unlock`; worker
+        processes inherit it. Taken before anything in the folder is read or deleted."""
+        self.check_usable()
+        if not self.path.exists():
+            self.path.mkdir(parents=True)
+            self._created = True
         fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -237,10 +242,14 @@ class OutputFolder:
         self._lock_fd = fd
 
     def unlock(self) -> None:
-        """Release the lock."""
+        """Release the lock; remove the folder if `lock` created it and nothing was written."""
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+        if self._created:
+            with contextlib.suppress(OSError):
+                self.path.rmdir()
+            self._created = False
 
     def replace_with(self, staged: Path) -> None:
         """Move a fully written folder `staged` into place (after `prepare` cleared the way)."""

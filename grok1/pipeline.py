@@ -8,6 +8,7 @@ nothing is uploaded.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from converter.errors import MalformedFileError, UsageError, VerificationFailed
 from converter.layouts.base import TargetOptions
 from converter.layouts.gguf import DTYPES as GGUF_DTYPES
 from converter.output import MANIFEST_NAME, PROVENANCE_NAME
+from converter.safe_read import read_json
 from quant.requantize import quantize_checkpoint
 from quant.schemes import SCHEMES as QUANT_SCHEMES
 
@@ -38,13 +40,17 @@ def _load_state(path: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        state = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise MalformedFileError(f"{path}: not readable ({exc}); use another --work-dir") from None
+        state = read_json(path, "pipeline run manifest")
+    except MalformedFileError as exc:
+        raise MalformedFileError(f"{exc}; use another --work-dir") from None
     if not (isinstance(state, dict) and isinstance(state.get("steps"), dict)
             and isinstance(state.get("settings"), dict)
             and all(isinstance(s, dict) for s in state["steps"].values())):
         raise MalformedFileError(f"{path}: not a pipeline run manifest; use another --work-dir")
+    download = state["steps"].get("download", {})
+    if download.get("done") and not re.fullmatch(r"[0-9a-f]{40}", str(download.get("commit"))):
+        raise MalformedFileError(f"{path}: the finished download step records no commit (a "
+                                 "40-hex id); use another --work-dir")
     return state
 
 

@@ -24,6 +24,7 @@ from converter.engine import convert
 from converter.errors import MalformedFileError, UsageError
 from converter.layouts import open_checkpoint
 from converter.layouts.base import TargetOptions
+from converter.safe_read import read_json
 from converter.spec import LINEAR_ROLES, TensorSpec
 from converter.tensors import QuantizedWeight8bit, dense
 from quant.cpu import NotFinite, quantize_cpu
@@ -215,6 +216,6 @@ def quantize_checkpoint(source: Path, dst: Path, scheme: str, *, group_size: int
         names=names, linears=linears, shard_size=shard_size, tokenizer=tokenizer), **run)
     summary["scheme"], summary["device"] = linears.label, linears.device
     if not run.get("dry_run"):
-        report = json.loads((Path(dst) / REPORT_NAME).read_text())
+        report = read_json(Path(dst) / REPORT_NAME)
         summary["report"], summary["rows"] = report["summary"], report["tensors"]
     return summary

@@ -156,6 +156,36 @@ def test_a_second_run_cannot_race_the_first(model, tmp_path):
         out.unlock()
 
 
+@pytest.mark.parametrize("flags", [["--overwrite"], ["--resume"]])
+def test_the_lock_comes_before_overwrite_or_resume_touch_anything(model, tmp_path, flags):
+    """A second --overwrite/--resume into the folder of a running conversion deletes nothing."""
+    ok("convert", model, tmp_path / "out", "--dtype", "f32", "--shard-size", "2MB")
+    interrupted(tmp_path / "out")
+    (tmp_path / "out" / f"{shards(tmp_path / 'out')[0]}.0badf00d.incomplete").write_text("x")
+    before = file_digests(tmp_path / "out")
+    running = OutputFolder(tmp_path / "out")
+    running.lock()
+    try:
+        line = bad_input("convert", model, tmp_path / "out", "--dtype", "f32",
+                         "--shard-size", "2MB", *flags)
+    finally:
+        running.unlock()
+    assert "another grok1 process" in line
+    assert file_digests(tmp_path / "out") == before
+
+
+def test_make_tiny_overwrite_waits_for_the_lock_too(tmp_path):
+    ok("make-tiny", tmp_path / "m", "--layers", "1")
+    before = file_digests(tmp_path / "m")
+    running = OutputFolder(tmp_path / "m")
+    running.lock()
+    try:
+        line = bad_input("make-tiny", tmp_path / "m", "--layers", "1", "--overwrite")
+    finally:
+        running.unlock()
+    assert "another grok1 process" in line and file_digests(tmp_path / "m") == before
+
+
 def test_output_that_is_a_file_or_a_link(model, tmp_path):
     (tmp_path / "file").write_text("x")
     assert "not a folder" in bad_input("convert", model, tmp_path / "file")

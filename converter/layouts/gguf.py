@@ -55,6 +55,7 @@ from converter.layouts.base import (
     require_folder,
 )
 from converter.linears import dense_transposed
+from converter.safe_read import parse_json
 from converter.spec import ROLE, TensorSpec, build_spec
 from converter.tensors import QuantizedWeight8bit, dense, transposed
 from converter.tokenizer import read_pieces, resolve_tokenizer
@@ -373,10 +374,7 @@ def _model_files(root: Path) -> list[Path]:
 def _config(meta: dict[str, Any], source: str) -> Grok1Config:
     """The Grok-1 config: exact from `grok1.config`, else from llama.cpp's grok keys."""
     if isinstance(meta.get("grok1.config"), str):
-        try:
-            data = json.loads(meta["grok1.config"])
-        except json.JSONDecodeError:
-            raise MalformedFileError(f"{source}: grok1.config is not JSON") from None
+        data = parse_json(meta["grok1.config"], f"{source}: grok1.config")
         if not isinstance(data, dict):
             raise MalformedFileError(f"{source}: grok1.config is not a JSON object")
         return Grok1Config.from_dict(data, source=source)

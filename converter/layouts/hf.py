@@ -42,6 +42,7 @@ from converter.containers import (
 )
 from converter.dtypes import FLOATS, by_safetensors, by_torch
 from converter.errors import (
+    CheckpointNotFoundError,
     Grok1Error,
     LayoutError,
     MalformedFileError,
@@ -61,6 +62,7 @@ from converter.layouts.base import (
 from converter.linears import Linears, convert_linears
 from converter.names import SCHEMES, NameScheme, OutputName, scheme
 from converter.produce import Producer
+from converter.safe_read import read_json
 from converter.spec import EXPERT_ROLES, LINEAR_ROLES, ROLE, TensorSpec, build_spec
 from converter.tensors import QuantizedWeight8bit, bf16_bits_to_f32, transposed
 from converter.tokenizer import TOKENIZER_FILES, resolve_tokenizer, write_tokenizer
@@ -203,11 +205,9 @@ class HfCheckpoint:
         self.layout = container.name
         config_path = self.root / "config.json"
         try:
-            data = json.loads(config_path.read_text())
-        except FileNotFoundError:
+            data = read_json(config_path, "config.json")
+        except CheckpointNotFoundError:
             raise LayoutError(f"{config_path}: missing (not a Hugging Face checkpoint)") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise MalformedFileError(f"{config_path}: not valid JSON ({exc})") from None
         if not isinstance(data, dict):
             raise MalformedFileError(f"{config_path}: expected a JSON object, found "
                                      f"{type(data).__name__}")
@@ -229,10 +229,10 @@ class HfCheckpoint:
     def _weight_map(self) -> dict[str, str]:
         index = self.root / self.container.index_name
         if index.is_file():
-            try:
-                weight_map = json.loads(index.read_text())["weight_map"]
-            except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
-                raise MalformedFileError(f"{index}: not a valid index ({exc})") from None
+            data = read_json(index, "safetensors index")
+            if not isinstance(data, dict) or "weight_map" not in data:
+                raise MalformedFileError(f"{index}: not an index (no weight_map)")
+            weight_map = data["weight_map"]
             return _checked_weight_map(weight_map, index)
         single = self.root / self.container.single_name
         if single.is_file():  # its reader is kept: opening a torch shard reads it for CRCs
