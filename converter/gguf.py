@@ -33,6 +33,9 @@ MAGIC = b"GGUF"
 VERSION = 3
 ALIGNMENT = 32
 QK = 32  # elements per block of the block types here
+# Metadata and tensor infos together; the real Grok-1's (its 131072-token vocabulary) take
+# about 4 MB. Parsed values take up to about 13x their bytes in Python, so this bounds memory.
+MAX_HEADER = 32 << 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +64,15 @@ _UINT64, _INT64, _FLOAT64 = 10, 11, 12
 _SCALARS = {_UINT8: "<B", _INT8: "<b", _UINT16: "<H", _INT16: "<h", _UINT32: "<I",
             _INT32: "<i", _FLOAT32: "<f", _BOOL: "<?", _UINT64: "<Q", _INT64: "<q",
             _FLOAT64: "<d"}
+_TYPE_NAMES = {_UINT8: "uint8", _INT8: "int8", _UINT16: "uint16", _INT16: "int16",
+               _UINT32: "uint32", _INT32: "int32", _FLOAT32: "float32", _BOOL: "bool",
+               _STRING: "string", _ARRAY: "array", _UINT64: "uint64", _INT64: "int64",
+               _FLOAT64: "float64"}
+# Keys whose type the readers rely on (llama.cpp's loader refuses other types for these too).
+KEY_TYPES = {"general.alignment": (_UINT32,), "general.architecture": (_STRING,),
+             "split.no": (_UINT16,), "split.count": (_UINT16,),
+             "split.tensors.count": (_INT32, _UINT32, _UINT64, _INT64),
+             "grok1.config": (_STRING,)}
 _NUMPY = {_UINT8: "<u1", _INT8: "<i1", _UINT16: "<u2", _INT16: "<i2", _UINT32: "<u4",
           _INT32: "<i4", _FLOAT32: "<f4", _BOOL: "<u1", _UINT64: "<u8", _INT64: "<i8",
           _FLOAT64: "<f8"}
@@ -276,7 +288,8 @@ class GGUFReader:
             self._parse()
         except MalformedFileError:
             raise
-        except (struct.error, UnicodeDecodeError, ValueError, KeyError, OverflowError) as exc:
+        except (struct.error, UnicodeDecodeError, ValueError, KeyError, OverflowError,
+                RecursionError) as exc:
             raise MalformedFileError(f"{self.path}: malformed GGUF near byte {self._pos} "
                                      f"({type(exc).__name__})") from None
 
@@ -284,6 +297,9 @@ class GGUFReader:
         if n < 0 or self._pos + n > len(self._map):
             raise MalformedFileError(f"{self.path}: truncated GGUF (needs byte "
                                      f"{self._pos + n}, file has {len(self._map)})")
+        if self._pos + n > MAX_HEADER:
+            raise MalformedFileError(f"{self.path}: GGUF metadata and tensor infos larger than "
+                                     f"{MAX_HEADER >> 20} MiB; refused")
         chunk = self._map[self._pos:self._pos + n]
         self._pos += n
         return chunk
@@ -301,6 +317,9 @@ class GGUFReader:
             return self._read_string()
         if kind == _ARRAY:
             item, count = self._unpack("<I"), self._unpack("<Q")
+            if item == _ARRAY:
+                raise MalformedFileError(f"{self.path}: an array of arrays (llama.cpp reads "
+                                         "none)")
             if count > len(self._map):
                 raise MalformedFileError(f"{self.path}: an array of {count} items")
             if item in _NUMPY:
@@ -321,10 +340,18 @@ class GGUFReader:
         self.metadata: dict[str, Any] = {}
         for _ in range(n_kv):
             key = self._read_string()
-            self.metadata[key] = self._read_value(self._unpack("<I"))
-        alignment = int(self.metadata.get("general.alignment", ALIGNMENT))
+            if key in self.metadata:
+                raise MalformedFileError(f"{self.path}: metadata key {key!r} appears twice")
+            kind = self._unpack("<I")
+            if kind in KEY_TYPES.get(key, (kind,)):
+                self.metadata[key] = self._read_value(kind)
+            else:
+                expected = " or ".join(_TYPE_NAMES[k] for k in KEY_TYPES[key])
+                raise MalformedFileError(f"{self.path}: metadata key {key!r} is of type "
+                                         f"{_TYPE_NAMES.get(kind, kind)}, expected {expected}")
+        alignment = self.metadata.get("general.alignment", ALIGNMENT)
         if alignment <= 0 or alignment & (alignment - 1):
-            raise MalformedFileError(f"{self.path}: alignment {alignment}")
+            raise MalformedFileError(f"{self.path}: alignment {alignment} is not a power of 2")
         infos = []
         for _ in range(n_tensors):
             name = self._read_string()
@@ -340,6 +367,7 @@ class GGUFReader:
                                      _BY_ID[kind].name), offset))
         data = self._pos + (-self._pos % alignment)
         self.tensors: dict[str, tuple[TensorInfo, int]] = {}
+        expected = 0  # as llama.cpp: each tensor starts where the previous one's padding ends
         for info, offset in infos:
             ggml = GGML_TYPES[info.kind]
             if math.prod(info.shape) % ggml.block or data + offset + info.nbytes > len(
@@ -348,7 +376,12 @@ class GGUFReader:
                                          f"{list(info.shape)}) does not fit the file")
             if info.name in self.tensors:
                 raise MalformedFileError(f"{self.path}: tensor {info.name} appears twice")
+            if offset != expected:
+                raise MalformedFileError(f"{self.path}: tensor {info.name} is at data offset "
+                                         f"{offset}, expected {expected} (tensors must follow "
+                                         "each other, aligned, without overlap)")
             self.tensors[info.name] = (info, data + offset)
+            expected = offset + info.nbytes + (-info.nbytes % alignment)
 
     def raw(self, name: str) -> np.ndarray:
         """The bytes of one tensor (a view of the memory map)."""

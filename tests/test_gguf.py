@@ -156,3 +156,33 @@ def test_pipeline_to_gguf_verifies_lossless_and_publishes_a_llama_cpp_card(small
     card = (root / "me" / "grok-1-gguf" / "README.md").read_text()
     assert "library_name: gguf" in card and "base_model_relation: quantized" in card
     assert "`llama-cli -m grok-1-q8_0.gguf`" in card and "Tokenizer: inside the GGUF" in card
+
+
+def test_gguf_to_gguf_at_the_same_type_keeps_the_blocks(q8, tmp_path):
+    ok("convert", q8, tmp_path / "again", "--to", "gguf", "--dtype", "q8_0", "--shard-size",
+       "20MB")
+    for a, b in zip(sorted(q8.glob("*.gguf")), sorted((tmp_path / "again").glob("*.gguf")),
+                    strict=True):
+        assert a.read_bytes() == b.read_bytes()
+    report = json.loads((tmp_path / "again" / "gguf_report.json").read_text())
+    assert report["fallbacks"] == []
+    assert {e["made"] for e in report["tensors"].values()} == {"the source GGUF's blocks, kept"}
+
+
+def test_every_file_of_a_run_is_the_same_however_it_ran(small_ckpt, q8, tmp_path):
+    """Workers finish in any order and a resumed run records units in another order: the
+    report (and every other file) must still be byte-identical to an uninterrupted run's."""
+    from tests.conftest import file_digests
+
+    skip = lambda p: p.name == "grok1-manifest.json"  # noqa: E731 (records timings)
+    ok("convert", small_ckpt, tmp_path / "one", "--to", "gguf", "--shard-size", "20MB",
+       "--workers", "1")
+    manifest = tmp_path / "one" / "grok1-manifest.json"
+    record = json.loads(manifest.read_text())
+    record["complete"] = False
+    record["units"] = dict(list(record["units"].items())[::-1][:2])
+    manifest.write_text(json.dumps(record))
+    (tmp_path / "one" / "gguf_report.json").unlink()
+    ok("convert", small_ckpt, tmp_path / "one", "--to", "gguf", "--shard-size", "20MB",
+       "--resume")
+    assert file_digests(tmp_path / "one", skip=skip) == file_digests(q8, skip=skip)

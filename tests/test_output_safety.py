@@ -160,8 +160,9 @@ def test_a_second_run_cannot_race_the_first(model, tmp_path):
 def test_the_lock_comes_before_overwrite_or_resume_touch_anything(model, tmp_path, flags):
     """A second --overwrite/--resume into the folder of a running conversion deletes nothing."""
     ok("convert", model, tmp_path / "out", "--dtype", "f32", "--shard-size", "2MB")
+    first = shards(tmp_path / "out")[0]
     interrupted(tmp_path / "out")
-    (tmp_path / "out" / f"{shards(tmp_path / 'out')[0]}.0badf00d.incomplete").write_text("x")
+    (tmp_path / "out" / f"{first}.0badf00d.incomplete").write_text("x")
     before = file_digests(tmp_path / "out")
     running = OutputFolder(tmp_path / "out")
     running.lock()

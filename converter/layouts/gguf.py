@@ -239,11 +239,15 @@ class GgufTarget:
     def finalize(self, reader: CheckpointReader, units: list[Unit], dst: Path,
                  records: dict[str, Any]) -> None:
         """gguf_report.json: each tensor's type and how it was made."""
-        tensors = {name: entry for record in records.values()
-                   for name, entry in record.get("gguf", {}).items()}
+        made = {name: entry for record in records.values()
+                for name, entry in record.get("gguf", {}).items()}
+        # in plan order, each entry's keys in one order (a resumed unit's come from the manifest)
+        tensors = {t.info.name: {"type": made[t.info.name]["type"],
+                                 "made": made[t.info.name]["made"]}
+                   for u in units for t in u.items}
         report = {"dtype": self.dtype, "files": [u.path for u in units],
                   "fallbacks": sorted(n for n, e in tensors.items() if e["made"] not in (
-                      "release int8 codes and scales", "kept F32 (as llama.cpp keeps it)",
+                      RELEASE_CODES, KEPT_BLOCKS, "kept F32 (as llama.cpp keeps it)",
                       e["type"])), "tensors": tensors}
         with atomic_open(dst / REPORT_NAME) as f:
             f.write((json.dumps(report, indent=2) + "\n").encode())
@@ -259,11 +263,22 @@ def _encoded(matrix: np.ndarray, kind: str) -> Any:
         yield encode(matrix[start:start + rows], kind)
 
 
+RELEASE_CODES = "release int8 codes and scales"
+KEPT_BLOCKS = "the source GGUF's blocks, kept"
+
+
 def _pieces(reader: CheckpointReader, tensor: GgufTensor) -> Any:
     """(raw bytes, how they were made) of a planned tensor, one expert and at most about 32 MB
-    of rows at a time."""
+    of rows at a time. A GGUF source tensor already of the target type is copied as it is."""
     spec, kind = tensor.spec, tensor.kind
     role = ROLE[spec.role]
+    if isinstance(reader, GgufCheckpoint):
+        home, info = reader.tensor_info(spec)
+        if info.kind == kind:
+            raw = home.raw(info.name)
+            for start in range(0, raw.size, _CHUNK_BYTES):
+                yield raw[start:start + _CHUNK_BYTES], KEPT_BLOCKS
+            return
     if not role.linear:
         value = dense(reader.read(spec))
         for raw in _encoded(value.T if role.matrix else value, kind):
@@ -276,7 +291,7 @@ def _pieces(reader: CheckpointReader, tensor: GgufTensor) -> Any:
             raw = q8_0_from_release(transposed(np.asarray(value.weight)),
                                     np.ascontiguousarray(np.asarray(value.scales).T))
             if raw is not None:
-                yield raw, "release int8 codes and scales"
+                yield raw, RELEASE_CODES
                 continue
             how = "quantized from floats (a scale is not an exact f16)"
         else:
@@ -301,7 +316,7 @@ class GgufCheckpoint:
                               f"{self.metadata.get('general.architecture')!r}, not {ARCH}")
         self.config = _config(self.metadata, str(self.files[0]))
         self.specs = build_spec(self.config)
-        self.where = {name: reader for reader in self.readers for name in reader.tensors}
+        self.where = _tensor_homes(self.readers)
         names = {tensor_name(s) for s in self.specs}
         unmapped, missing = sorted(set(self.where) - names), sorted(names - set(self.where))
         if unmapped or missing:
@@ -313,7 +328,8 @@ class GgufCheckpoint:
         """The GGUF files."""
         return list(self.files)
 
-    def _info(self, spec: TensorSpec) -> tuple[GGUFReader, TensorInfo]:
+    def tensor_info(self, spec: TensorSpec) -> tuple[GGUFReader, TensorInfo]:
+        """The file holding a spec's tensor and its info, checked against the config."""
         reader = self.where[tensor_name(spec)]
         info, _ = reader.tensors[tensor_name(spec)]
         if info.shape != gguf_shape(spec):
@@ -323,7 +339,7 @@ class GgufCheckpoint:
 
     def read(self, spec: TensorSpec) -> np.ndarray:
         """The canonical float32 value of one spec ([.., in, out] matrices)."""
-        reader, info = self._info(spec)
+        reader, info = self.tensor_info(spec)
         value = reader.read(info.name)
         if not ROLE[spec.role].matrix:
             return value
@@ -333,7 +349,7 @@ class GgufCheckpoint:
         """One expert's canonical [in, out] matrix, decoding only its bytes."""
         from converter.gguf import decode
 
-        reader, info = self._info(spec)
+        reader, info = self.tensor_info(spec)
         per_expert = info.nbytes // info.shape[0]
         raw = reader.raw(info.name)[expert * per_expert:(expert + 1) * per_expert]
         return np.ascontiguousarray(decode(raw, info.kind, info.shape[1:]).T)
@@ -343,7 +359,7 @@ class GgufCheckpoint:
         found = []
         for spec in self.specs:
             try:
-                self._info(spec)
+                self.tensor_info(spec)
             except ShapeMismatchError as exc:
                 found.append(str(exc))
         return found
@@ -369,6 +385,25 @@ def _model_files(root: Path) -> list[Path]:
         missing = sorted(set(range(1, count + 1)) - set(numbers))
         raise LayoutError(f"{root}: split set of {count} files lacks part(s) {missing}")
     return [p for _, p in sorted(splits, key=lambda mp: mp[0].group("no"))]
+
+
+def _tensor_homes(readers: list[GGUFReader]) -> dict[str, GGUFReader]:
+    """Which file holds each tensor, once the files are checked to be one split set as
+    llama.cpp checks it: member i says `split.no` i and every member the same `split.count`
+    (the number of files), and no tensor is in two members."""
+    count = len(readers)
+    where: dict[str, GGUFReader] = {}
+    for number, reader in enumerate(readers):
+        said = (reader.metadata.get("split.no", 0), reader.metadata.get("split.count", 1))
+        if said != (number, count) and not (count == 1 and said[1] in (0, 1)):
+            raise MalformedFileError(f"{reader.path}: says it is split {said[0]} of {said[1]}, "
+                                     f"but it is file {number} of a set of {count}")
+        for name in reader.tensors:
+            if name in where:
+                raise MalformedFileError(f"{reader.path}: tensor {name} is also in "
+                                         f"{where[name].path.name}")
+            where[name] = reader
+    return where
 
 
 def _config(meta: dict[str, Any], source: str) -> Grok1Config:
