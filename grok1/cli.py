@@ -25,6 +25,7 @@ from grok1.pipeline import TARGETS
 from quant.schemes import METHODS
 from quant.schemes import SCHEMES as QUANT_SCHEMES
 from verify.profiles import PROFILES
+from verify.tokens import MAX_TEXT_TOKENS
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 70, 130
 
@@ -105,7 +106,11 @@ text_options = _stack(
                  help="UTF-8 text; each paragraph (blank-line separated) is one document, "
                       "tokenized with Grok-1's tokenizer (no BOS), padded with id 0. "
                       "Repeatable."),
-    click.option("--text", "texts", multiple=True, help="A document given inline. Repeatable."))
+    click.option("--text", "texts", multiple=True, help="A document given inline. Repeatable."),
+    click.option("--max-tokens", type=click.IntRange(min=1), default=MAX_TEXT_TOKENS,
+                 show_default=True,
+                 help="Stop reading text once this many tokens are kept (memory and time "
+                      "grow with it; a file is read only as far as needed)."))
 writer_options = _stack(
     click.option("--workers", type=click.IntRange(min=1),
                  help="Parallel writers (default: cores)."),
@@ -214,7 +219,8 @@ def output_file(path: Path | None, flag: str) -> None:
               show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 def logits(checkpoint: Path, tokens_path: Path | None, text_files: tuple[Path, ...],
-           texts: tuple[str, ...], seq_len: int, out: Path, dtype: str, device: str) -> None:
+           texts: tuple[str, ...], max_tokens: int, seq_len: int, out: Path, dtype: str,
+           device: str) -> None:
     """Run the streamed forward pass and write the full logits.
 
     \b
@@ -226,7 +232,8 @@ def logits(checkpoint: Path, tokens_path: Path | None, text_files: tuple[Path, .
 
     output_file(out, "--out")
     shape, source = write_logits(checkpoint, out, tokens_path=tokens_path,
-                                 text_files=text_files, texts=texts, seq_len=seq_len,
+                                 text_files=text_files, texts=texts, max_tokens=max_tokens,
+                                 seq_len=seq_len,
                                  dtype=dtype, device=device)
     click.echo(f"wrote logits {list(shape)} to {out} ({source})", err=True)
 
@@ -268,7 +275,7 @@ def logits(checkpoint: Path, tokens_path: Path | None, text_files: tuple[Path, .
 @click.option("--markdown", "markdown_path", type=click.Path(path_type=Path),
               help="Write the report as Markdown here.")
 def verify(paths: tuple[Path, ...], tokens_path: Path | None, text_files: tuple[Path, ...],
-           texts: tuple[str, ...], seq_len: int, batch: int,
+           texts: tuple[str, ...], max_tokens: int, seq_len: int, batch: int,
            seed: int, profile_name: str, max_kl: float | None, min_top1: float | None,
            max_ppl_ratio: float | None, max_abs_diff: float | None, per_layer: bool,
            check_tensors: bool | None, save_reference: Path | None,
@@ -300,12 +307,12 @@ def verify(paths: tuple[Path, ...], tokens_path: Path | None, text_files: tuple[
         paths, profile_name=profile_name, overrides={
             "max_kl": max_kl, "min_top1": min_top1, "max_ppl_ratio": max_ppl_ratio,
             "max_abs_diff": max_abs_diff}, tokens_path=tokens_path, text_files=text_files,
-        texts=texts, batch=batch,
+        texts=texts, max_tokens=max_tokens, batch=batch,
         seq_len=seq_len, seed=seed, reference_logits=reference_logits, per_layer=per_layer,
         check_tensors=check_tensors, dtype=dtype, device=device, executor=executor,
-        ray_address=ray_address, workers=workers)
-    if save_reference:
-        result.reference.truncated(top_k).save(save_reference)
+        ray_address=ray_address, workers=workers, keep_top_k=top_k if save_reference else None)
+    if save_reference and result.reference is not None:
+        result.reference.save(save_reference)
     to_stdout = str(json_path) == "-"
     write_reports(result, profile_name, json_path=None if to_stdout else json_path,
                   markdown_path=markdown_path)

@@ -17,7 +17,7 @@ from verify.metrics import ReferenceLogits
 from verify.profiles import profile
 from verify.report import format_markdown
 from verify.run import VerifyResult, run_verification
-from verify.tokens import choose_tokens
+from verify.tokens import MAX_TEXT_TOKENS, choose_tokens
 
 __all__ = ["verify_checkpoints", "write_reports"]
 
@@ -25,11 +25,13 @@ __all__ = ["verify_checkpoints", "write_reports"]
 def verify_checkpoints(paths: tuple[Path, ...], *, profile_name: str = "lossless",
                        overrides: dict[str, float | None] | None = None,
                        tokens_path: Path | None = None, text_files: tuple[Path, ...] = (),
-                       texts: tuple[str, ...] = (), batch: int = 4, seq_len: int = 64,
+                       texts: tuple[str, ...] = (), max_tokens: int = MAX_TEXT_TOKENS,
+                       batch: int = 4, seq_len: int = 64,
                        seed: int = 0, reference_logits: Path | None = None,
                        per_layer: bool = False, check_tensors: bool | None = None,
                        dtype: str = "float32", device: str = "cpu", executor: str = "local",
-                       ray_address: str | None = None, workers: int = 2) -> VerifyResult:
+                       ray_address: str | None = None, workers: int = 2,
+                       keep_top_k: int | None = None) -> VerifyResult:
     """Check a candidate against a reference (`paths` = (REFERENCE, CANDIDATE)), or against a
     stored reference run (`paths` = (CANDIDATE,) with `reference_logits`)."""
     stored = ReferenceLogits.load(reference_logits) if reference_logits else None
@@ -45,6 +47,7 @@ def verify_checkpoints(paths: tuple[Path, ...], *, profile_name: str = "lossless
     if stored is None:
         tokens, source = choose_tokens(candidate.config, tokens_path=tokens_path,
                                        text_files=text_files, texts=texts, batch=batch,
+                                       max_tokens=max_tokens,
                                        seq_len=seq_len, seed=seed)
     limits = profile(profile_name).override(**(overrides or {}))
     if check_tensors is None:
@@ -55,11 +58,13 @@ def verify_checkpoints(paths: tuple[Path, ...], *, profile_name: str = "lossless
         result = run_verification_ray(
             paths[0] if reference is not None else None, paths[-1], tokens, thresholds=limits,
             workers=workers, address=ray_address, reference_logits=stored,
-            per_layer=per_layer, check_tensors=check_tensors, dtype=dtype, device=device)
+            per_layer=per_layer, check_tensors=check_tensors, dtype=dtype, device=device,
+            batch=batch, keep_top_k=keep_top_k)
     else:
         result = run_verification(reference, candidate, tokens, thresholds=limits,
                                   reference_logits=stored, per_layer=per_layer,
-                                  check_tensors=check_tensors, dtype=dtype, device=device)
+                                  check_tensors=check_tensors, dtype=dtype, device=device,
+                                  batch=batch, keep_top_k=keep_top_k)
     result.tokens = source
     return result
 
@@ -89,23 +94,28 @@ def write_output_reports(result: VerifyResult, profile_name: str, folder: Path,
 
 def write_logits(checkpoint: Path, out: Path, *, tokens_path: Path | None = None,
                  text_files: tuple[Path, ...] = (), texts: tuple[str, ...] = (),
-                 seq_len: int = 8192, dtype: str = "float32", device: str = "cpu"
+                 max_tokens: int = MAX_TEXT_TOKENS, seq_len: int = 8192,
+                 dtype: str = "float32", device: str = "cpu", batch: int = 4
                  ) -> tuple[tuple[int, ...], str]:
     """Run the streamed forward on token ids (.npy) or text; write float32 logits [batch, seq,
-    vocab] to `out` (atomically), and the token ids beside it (`<out>.tokens.npy`) when they
-    came from text. Returns the logits' shape and where the tokens came from."""
-    from verify.torch_forward import torch_logits
+    vocab] to `out` (atomically, a few positions at a time: memory does not grow with the
+    text), and the token ids beside it (`<out>.tokens.npy`) when they came from text. Returns
+    the logits' shape and where the tokens came from."""
+    from verify.torch_forward import stream_logits
 
     reader = open_checkpoint(checkpoint)
     if tokens_path is None and not text_files and not texts:
         raise UsageError("give --tokens, --text-file or --text")
     tokens, source = choose_tokens(reader.config, tokens_path=tokens_path,
-                                   text_files=text_files, texts=texts,
+                                   text_files=text_files, texts=texts, max_tokens=max_tokens,
                                    seq_len=min(seq_len, reader.config.max_seq_len))
-    result = torch_logits(reader, tokens, dtype=dtype, device=device)
+    shape = (*tokens.shape, reader.config.vocab)
     with atomic_open(out) as f:
-        np.save(f, result)
+        np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False,
+                                                 "shape": shape})
+        for chunk in stream_logits(reader, tokens, dtype=dtype, device=device, batch=batch):
+            f.write(np.ascontiguousarray(chunk, "<f4").data)
     if tokens_path is None:
         with atomic_open(Path(f"{out}.tokens.npy")) as f:
             np.save(f, tokens)
-    return result.shape, source
+    return shape, source

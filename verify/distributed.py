@@ -47,7 +47,8 @@ def run_verification_ray(reference: Path | None, candidate: Path, tokens: np.nda
                          thresholds: Thresholds, workers: int, address: str | None = None,
                          reference_logits: ReferenceLogits | None = None,
                          per_layer: bool = False, check_tensors: bool = False,
-                         dtype: str = "float32", device: str = "cpu") -> VerifyResult:
+                         dtype: str = "float32", device: str = "cpu", batch: int = 4,
+                         keep_top_k: int | None = None) -> VerifyResult:
     """Split the sequences over `workers` Ray tasks and judge the combined result."""
     start = time.perf_counter()
     tokens = checked_tokens(open_checkpoint(reference) if reference else None,
@@ -55,7 +56,8 @@ def run_verification_ray(reference: Path | None, candidate: Path, tokens: np.nda
     ray = ray_connect(address)
     parts = [p for p in np.array_split(np.arange(len(tokens)), max(1, workers)) if len(p)]
     task = ray.remote(_forward_part)
-    options = {"per_layer": per_layer, "dtype": dtype, "device": device}
+    options = {"per_layer": per_layer, "dtype": dtype, "device": device, "batch": batch,
+               "keep_top_k": keep_top_k}
     refs = [task.remote(str(reference) if reference else None, str(candidate), tokens[rows],
                         _rows(reference_logits, rows) if reference_logits else None, options)
             for rows in parts]

@@ -17,10 +17,10 @@ import torch
 from converter.errors import ConfigMismatchError, UsageError
 from converter.layouts import CheckpointReader
 from converter.tensors import QuantizedWeight8bit
-from verify.metrics import ReferenceLogits, compare_logits
+from verify.metrics import MetricSums, Positions, ReferenceLogits, next_ids
 from verify.profiles import Thresholds, judge
 from verify.tokens import usable_tokens
-from verify.torch_forward import StreamedGrok1
+from verify.torch_forward import HEAD_ENTRIES, StreamedGrok1
 from verify.weights import dense
 
 __all__ = ["VerifyResult", "compare_tensors", "run_verification"]
@@ -36,7 +36,7 @@ class VerifyResult:
     tensor_mismatches: list[str] | None
     thresholds: Thresholds
     seconds: float
-    reference: ReferenceLogits
+    reference: ReferenceLogits | None  # top-k, when asked to keep it (--save-reference)
     tokens: str = ""
 
     @property
@@ -65,28 +65,42 @@ def relative_errors(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
              for k, v in row.items()} for row in rows]
 
 
+def _add_sums(rows: list[dict[str, Any]], row: dict[str, Any]) -> None:
+    """Add a per-layer row of squared sums into `rows` (the same layer's row, if there)."""
+    for existing in rows:
+        if existing["layer"] == row["layer"]:
+            for key, (a, b) in ((k, v) for k, v in row.items() if k != "layer"):
+                existing[key] = [existing[key][0] + a, existing[key][1] + b]
+            return
+    rows.append(row)
+
+
 @dataclasses.dataclass
 class ForwardOutcome:
-    """What one batch of sequences produced: reference distributions, candidate logits, and
-    per-layer squared-error sums (which add across batches)."""
+    """What a run over some sequences produced, already reduced: the metric sums of every real
+    position, per-layer squared-error sums, and the reference's top-k if it is to be kept.
+    Parts of one run over consecutive sequences combine."""
 
-    reference: ReferenceLogits
-    candidate_logits: np.ndarray
+    sums: MetricSums
     layer_sums: list[dict[str, Any]] | None
+    kept: ReferenceLogits | None
 
     @classmethod
     def combine(cls, parts: list[ForwardOutcome]) -> ForwardOutcome:
-        """Concatenate batches (in order); add their squared sums."""
-        refs = [p.reference for p in parts]
-        reference = dataclasses.replace(refs[0], **{
-            name: np.concatenate([getattr(r, name) for r in refs]) for name in (
-                "tokens", "topk_ids", "topk_logits", "topk_logprobs", "next_logprob")})
+        """Concatenate parts (in sequence order); add their squared sums."""
         sums = None
         if parts[0].layer_sums is not None:
-            sums = [{k: (v if k == "layer" else [sum(p.layer_sums[i][k][j] for p in parts)
-                                                 for j in (0, 1)])
-                     for k, v in row.items()} for i, row in enumerate(parts[0].layer_sums)]
-        return cls(reference, np.concatenate([p.candidate_logits for p in parts]), sums)
+            sums = []
+            for part in parts:
+                for row in part.layer_sums or []:
+                    _add_sums(sums, {k: (list(v) if k != "layer" else v) for k, v in row.items()})
+        kept = None
+        if parts[0].kept is not None:
+            refs = [p.kept for p in parts if p.kept is not None]
+            kept = dataclasses.replace(refs[0], **{
+                name: np.concatenate([getattr(r, name) for r in refs]) for name in (
+                    "tokens", "topk_ids", "topk_logits", "topk_logprobs", "next_logprob")})
+        return cls(MetricSums.concat([p.sums for p in parts]), sums, kept)
 
 
 def _check_same_shape(ref: CheckpointReader, cand: CheckpointReader) -> None:
@@ -140,58 +154,105 @@ def compare_tensors(ref: CheckpointReader, cand: CheckpointReader) -> list[str]:
     return mismatches
 
 
+def _chunks(count: int, size: int) -> list[slice]:
+    return [slice(i, min(i + size, count)) for i in range(0, count, max(1, size))]
+
+
 @torch.inference_mode()
 def run_forwards(reference: CheckpointReader | None, candidate: CheckpointReader,
                  tokens: np.ndarray, *, reference_logits: ReferenceLogits | None = None,
-                 per_layer: bool = False, dtype: str = "float32",
-                 device: str = "cpu") -> ForwardOutcome:
-    """Both forwards, layer-major; the reference only when its logits are not given."""
+                 per_layer: bool = False, dtype: str = "float32", device: str = "cpu",
+                 batch: int = 4, keep_top_k: int | None = None) -> ForwardOutcome:
+    """Both forwards, layer-major (each weight read once), the reference only when its logits
+    are not given. Each layer runs on `batch` sequences at a time, and the logits are made and
+    reduced a few positions at a time, so memory holds the hidden states and one chunk's
+    logits, never the whole text's."""
+    config = candidate.config
     cand_model = StreamedGrok1(candidate, dtype=dtype, device=device)
     ref_model = (StreamedGrok1(reference, dtype=dtype, device=device)
                  if reference is not None and (reference_logits is None or per_layer)
                  else None)
-    valid = torch.from_numpy(tokens != candidate.config.pad_token).to(cand_model.device)
+    valid = torch.from_numpy(tokens != config.pad_token).to(cand_model.device)
     h_cand = cand_model.embed(tokens)
     h_ref = ref_model.embed(tokens) if ref_model else None
     rows: list[dict[str, Any]] = []
     if per_layer and h_ref is not None:
         rows.append({"layer": "embed", "hidden": _sq(h_cand, h_ref, valid)})
-    for index in range(candidate.config.layers):
-        out_ref = None
-        if ref_model is not None and h_ref is not None:
-            out_ref = ref_model.layer(ref_model.load_layer(index), h_ref, valid)
+    groups = _chunks(len(tokens), batch)
+    for index in range(config.layers):
+        ref_weights = ref_model.load_layer(index) if ref_model is not None else None
         weights = cand_model.load_layer(index)
-        if per_layer and out_ref is not None and h_ref is not None:
-            alone = cand_model.layer(weights, h_ref, valid)
-            rows.append({"layer": index,
-                         "attention": _sq(alone.attention, out_ref.attention, valid),
-                         "moe": _sq(alone.moe, out_ref.moe, valid),
-                         "hidden": _sq(alone.hidden, out_ref.hidden, valid)})
-        h_cand = cand_model.layer(weights, h_cand, valid).hidden
-        del weights
-        if out_ref is not None:
-            h_ref = out_ref.hidden
-    cand_logits = cand_model.head(h_cand)
-    if reference_logits is None:
-        if ref_model is None or h_ref is None:
+        for rows_of in groups:
+            out_ref = None
+            if ref_model is not None and h_ref is not None:
+                out_ref = ref_model.layer(ref_weights, h_ref[rows_of], valid[rows_of])
+            if per_layer and out_ref is not None and h_ref is not None:
+                alone = cand_model.layer(weights, h_ref[rows_of], valid[rows_of])
+                _add_sums(rows, {"layer": index,
+                                 "attention": _sq(alone.attention, out_ref.attention,
+                                                  valid[rows_of]),
+                                 "moe": _sq(alone.moe, out_ref.moe, valid[rows_of]),
+                                 "hidden": _sq(alone.hidden, out_ref.hidden, valid[rows_of])})
+            h_cand[rows_of] = cand_model.layer(weights, h_cand[rows_of], valid[rows_of]).hidden
+            if out_ref is not None and h_ref is not None:
+                h_ref[rows_of] = out_ref.hidden
+        del weights, ref_weights
+    return _reduce_head(cand_model, ref_model, h_cand, h_ref, tokens, reference_logits,
+                        rows if per_layer else None, keep_top_k)
+
+
+def _reduce_head(cand_model: StreamedGrok1, ref_model: StreamedGrok1 | None,
+                 h_cand: torch.Tensor, h_ref: torch.Tensor | None, tokens: np.ndarray,
+                 stored: ReferenceLogits | None, rows: list[dict[str, Any]] | None,
+                 keep_top_k: int | None) -> ForwardOutcome:
+    """Logits a chunk of real positions at a time, each chunk reduced to metric sums (and the
+    reference's top-k, when kept) before the next is made."""
+    config = cand_model.config
+    flat_tokens = tokens.reshape(-1)
+    positions = np.flatnonzero(flat_tokens != config.pad_token)
+    following = next_ids(tokens, config.pad_token).reshape(-1)
+    hc = h_cand.reshape(-1, h_cand.shape[-1])
+    hr = h_ref.reshape(-1, h_ref.shape[-1]) if h_ref is not None else None
+    parts, head_sums = [], [0.0, 0.0]
+    kept = None
+    if keep_top_k is not None:
+        k = min(keep_top_k, config.vocab)
+        kept = Positions(np.zeros((flat_tokens.size, k), np.int32),
+                         np.zeros((flat_tokens.size, k), np.float32),
+                         np.zeros((flat_tokens.size, k)), np.full(flat_tokens.size, np.nan))
+    for part in _chunks(positions.size, HEAD_ENTRIES // config.vocab):
+        at = positions[part]
+        index = torch.from_numpy(at).to(hc.device)
+        if stored is not None:
+            ref = stored.at(at)
+        elif ref_model is not None and hr is not None:
+            ref = Positions.of(ref_model.head(hr[index]), following[at])
+        else:
             raise UsageError("a reference checkpoint or --reference-logits is needed")
-        reference_logits = ReferenceLogits.from_logits(
-            ref_model.head(h_ref), tokens, pad_token=candidate.config.pad_token)
-    if per_layer and h_ref is not None:
-        ids = reference_logits.topk_ids
-        mask = tokens != candidate.config.pad_token
-        cand_top = np.take_along_axis(cand_model.head(h_ref), ids, axis=-1)[mask].astype(
-            np.float64)
-        ref_top = reference_logits.topk_logits[mask].astype(np.float64)
-        rows.append({"layer": "head", "hidden": [float(np.square(cand_top - ref_top).sum()),
-                                                  float(np.square(ref_top).sum())]})
-    return ForwardOutcome(reference_logits, cand_logits, rows if per_layer else None)
+        parts.append(MetricSums.of(ref, cand_model.head(hc[index]), following[at],
+                                   exact=ref.ids.shape[-1] == config.vocab))
+        if kept is not None:
+            top = ref.truncated(kept.ids.shape[-1])
+            for name in ("ids", "logits", "logprobs", "next_logprob"):
+                getattr(kept, name)[at] = getattr(top, name)
+        if rows is not None and hr is not None:
+            mine = np.take_along_axis(cand_model.head(hr[index]), ref.ids.astype(np.int64),
+                                      axis=-1).astype(np.float64)
+            theirs = ref.logits.astype(np.float64)
+            head_sums[0] += float(np.square(mine - theirs).sum())
+            head_sums[1] += float(np.square(theirs).sum())
+    if rows is not None:
+        rows.append({"layer": "head", "hidden": head_sums})
+    reference = (ReferenceLogits.from_positions(kept, tokens, vocab=config.vocab,
+                                                pad_token=config.pad_token)
+                 if kept is not None else None)
+    return ForwardOutcome(MetricSums.concat(parts), rows, reference)
 
 
 def judge_outcome(outcome: ForwardOutcome, thresholds: Thresholds, *,
                   mismatches: list[str] | None = None, seconds: float = 0.0) -> VerifyResult:
     """Metrics, per-layer errors and every reason to fail."""
-    metrics = compare_logits(outcome.reference, outcome.candidate_logits)
+    metrics = outcome.sums.metrics()
     reasons = judge(metrics, thresholds)
     layers = relative_errors(outcome.layer_sums) if outcome.layer_sums is not None else None
     if layers is not None:
@@ -206,19 +267,21 @@ def judge_outcome(outcome: ForwardOutcome, thresholds: Thresholds, *,
         reasons.append(f"{len(mismatches)} tensors differ bit for bit, first: {mismatches[0]}")
     return VerifyResult(metrics=metrics, reasons=reasons, per_layer=layers,
                         tensor_mismatches=mismatches, thresholds=thresholds, seconds=seconds,
-                        reference=outcome.reference)
+                        reference=outcome.kept)
 
 
 def run_verification(reference: CheckpointReader | None, candidate: CheckpointReader,
                      tokens: np.ndarray | None, *, thresholds: Thresholds,
                      reference_logits: ReferenceLogits | None = None, per_layer: bool = False,
                      check_tensors: bool = False, dtype: str = "float32",
-                     device: str = "cpu") -> VerifyResult:
+                     device: str = "cpu", batch: int = 4,
+                     keep_top_k: int | None = None) -> VerifyResult:
     """Run the candidate (and the reference unless its logits are given) and judge it."""
     start = time.perf_counter()
     tokens = checked_tokens(reference, candidate, tokens, reference_logits)
     outcome = run_forwards(reference, candidate, tokens, reference_logits=reference_logits,
-                           per_layer=per_layer, dtype=dtype, device=device)
+                           per_layer=per_layer, dtype=dtype, device=device, batch=batch,
+                           keep_top_k=keep_top_k)
     mismatches = (compare_tensors(reference, candidate)
                   if check_tensors and reference is not None else None)
     return judge_outcome(outcome, thresholds, mismatches=mismatches,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -20,10 +21,16 @@ from converter.errors import UsageError
 from converter.layouts import CheckpointReader
 from verify.weights import dense, load_layer
 
-__all__ = ["DTYPES", "LayerOutput", "StreamedGrok1", "torch_logits"]
+__all__ = ["DTYPES", "HEAD_ENTRIES", "LayerOutput", "StreamedGrok1", "stream_logits",
+           "torch_logits"]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 _HEAD_CHUNK = 16384
+# Logits (positions x vocabulary) made at a time: with Grok-1's vocabulary, 32 positions.
+HEAD_ENTRIES = 1 << 22
+# Query positions whose attention logits are made at a time (a 8192-token sequence would need
+# 12 GB of them at once for Grok-1's 48 heads).
+_QUERY_BLOCK = 512
 
 
 @dataclasses.dataclass
@@ -118,13 +125,17 @@ class StreamedGrok1:
         v = (x @ self._tensor(w["attn_v"])).view(b, t, c.kv_heads, c.key_size)
         q, k = _rope(q, c.rope_base), _rope(k, c.rope_base)
         q = q.view(b, t, c.kv_heads, c.q_heads // c.kv_heads, c.key_size)
-        logits = torch.einsum("bthgd,bshd->bhgts", q, k).float() * c.attn_mult
-        logits = c.attn_softcap * torch.tanh(logits / c.attn_softcap)
         causal = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
-        mask = causal[None, None, None] & valid[:, None, None, None, :]
-        probs = torch.softmax(logits.masked_fill(~mask, -1e30), dim=-1).to(x.dtype)
-        out = torch.einsum("bhgts,bshd->bthgd", probs, v).reshape(b, t, c.q_dim)
-        return out @ self._tensor(w["attn_o"])
+        blocks = []
+        for start in range(0, t, _QUERY_BLOCK):  # each query's softmax is its own
+            rows = slice(start, start + _QUERY_BLOCK)
+            logits = torch.einsum("bthgd,bshd->bhgts", q[:, rows], k).float() * c.attn_mult
+            logits = c.attn_softcap * torch.tanh(logits / c.attn_softcap)
+            mask = causal[None, None, None, rows] & valid[:, None, None, None, :]
+            probs = torch.softmax(logits.masked_fill(~mask, -1e30), dim=-1).to(x.dtype)
+            blocks.append(torch.einsum("bhgts,bshd->bthgd", probs, v))
+        out = torch.cat(blocks, dim=1) if len(blocks) > 1 else blocks[0]
+        return out.reshape(b, t, c.q_dim) @ self._tensor(w["attn_o"])
 
     def _moe(self, x: torch.Tensor, w: dict[str, Any]) -> torch.Tensor:
         c = self.config
@@ -147,13 +158,31 @@ class StreamedGrok1:
 
 
 @torch.inference_mode()
-def torch_logits(reader: CheckpointReader, tokens: np.ndarray, *, dtype: str = "float32",
-                 device: str = "cpu") -> np.ndarray:
-    """Logits [batch, seq, vocab] as float32, streaming one layer at a time."""
+def stream_logits(reader: CheckpointReader, tokens: np.ndarray, *, dtype: str = "float32",
+                  device: str = "cpu", batch: int = 4) -> Iterator[np.ndarray]:
+    """Logits float32 [positions, vocab] of every position of `tokens` [B, T] in order, a few
+    positions at a time: each layer is read once and runs on `batch` sequences at a time, and
+    no more than about HEAD_ENTRIES logits are held."""
     model = StreamedGrok1(reader, dtype=dtype, device=device)
     tokens = np.asarray(tokens)
     valid = torch.from_numpy(tokens != model.config.pad_token).to(model.device)
     hidden = model.embed(tokens)
     for layer in range(model.config.layers):
-        hidden = model.layer(model.load_layer(layer), hidden, valid).hidden
-    return model.head(hidden)
+        weights = model.load_layer(layer)
+        for rows in range(0, len(tokens), batch):
+            part = slice(rows, rows + batch)
+            hidden[part] = model.layer(weights, hidden[part], valid[part]).hidden
+        del weights
+    flat = hidden.reshape(-1, hidden.shape[-1])
+    step = max(1, HEAD_ENTRIES // model.config.vocab)
+    for start in range(0, flat.shape[0], step):
+        yield model.head(flat[start:start + step])
+
+
+def torch_logits(reader: CheckpointReader, tokens: np.ndarray, *, dtype: str = "float32",
+                 device: str = "cpu") -> np.ndarray:
+    """Logits [batch, seq, vocab] as float32, streaming one layer at a time (all of them in
+    memory: for small runs; `stream_logits` holds a few positions at a time)."""
+    tokens = np.asarray(tokens)
+    chunks = list(stream_logits(reader, tokens, dtype=dtype, device=device))
+    return np.concatenate(chunks).reshape(*tokens.shape, -1)

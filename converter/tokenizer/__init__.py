@@ -17,12 +17,14 @@ import dataclasses
 import json
 import re
 import struct
+from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from converter.atomic import atomic_open
 from converter.errors import MalformedFileError, UsageError
+from converter.safe_read import read_capped
 
 __all__ = ["GROK1_MODEL", "GROK1_VOCAB", "TOKENIZER_FILES", "Piece", "encoder", "read_pieces",
            "resolve_tokenizer", "tokenizer_json", "write_tokenizer"]
@@ -35,6 +37,10 @@ _NORMAL, _UNKNOWN, _CONTROL, _USER_DEFINED, _UNUSED, _BYTE = 1, 2, 3, 4, 5, 6
 # Pieces SentencePiece never makes from text: special tokens here.
 _SPECIAL = (_UNKNOWN, _CONTROL)
 _MAX_MODEL = 64 << 20
+# Bounds on what is read from a model file (Grok-1's: 131072 pieces of at most 16 characters):
+# building the merges takes time linear in pieces x length, memory linear in pieces.
+MAX_PIECES = 1 << 19
+MAX_PIECE_CHARS = 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,9 +65,9 @@ def _varint(data: bytes, pos: int) -> tuple[int, int]:
             return value, pos
 
 
-def _fields(data: bytes) -> list[tuple[int, int, Any]]:
-    """(field number, wire type, value) of one protobuf message, in order."""
-    out, pos = [], 0
+def _fields(data: bytes) -> Iterator[tuple[int, int, Any]]:
+    """(field number, wire type, value) of one protobuf message, in order, one at a time."""
+    pos = 0
     while pos < len(data):
         key, pos = _varint(data, pos)
         field, wire = key >> 3, key & 7
@@ -78,17 +84,14 @@ def _fields(data: bytes) -> list[tuple[int, int, Any]]:
             raise ValueError(f"unsupported wire type {wire}")
         if pos > len(data):
             raise ValueError("truncated field")
-        out.append((field, wire, value))
-    return out
+        yield field, wire, value
 
 
 def read_pieces(path: Path) -> list[Piece]:
     """The pieces of a SentencePiece model file, in id order (ModelProto field 1)."""
     path = Path(path)
+    data = read_capped(path, _MAX_MODEL, "SentencePiece model")
     try:
-        data = path.read_bytes()
-        if len(data) > _MAX_MODEL:
-            raise ValueError(f"{len(data)} bytes is more than any tokenizer model")
         pieces = []
         for field, wire, value in _fields(data):
             if field != 1 or wire != 2:
@@ -101,7 +104,12 @@ def read_pieces(path: Path) -> list[Piece]:
                     (score,) = struct.unpack("<f", sub_value)
                 elif sub == 3 and sub_wire == 0:
                     kind = sub_value
+            if len(text) > MAX_PIECE_CHARS:
+                raise ValueError(f"piece {len(pieces)} is {len(text):,} characters long (at "
+                                 f"most {MAX_PIECE_CHARS} are read)")
             pieces.append(Piece(text, score, kind))
+            if len(pieces) > MAX_PIECES:
+                raise ValueError(f"more than {MAX_PIECES:,} pieces")
     except (OSError, ValueError, UnicodeDecodeError) as exc:
         raise MalformedFileError(f"{path}: not a SentencePiece model ({exc})") from None
     if not pieces:
