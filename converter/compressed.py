@@ -73,6 +73,22 @@ class LinearFormat:
             return math.ceil(out / self.block[0]), math.ceil(cols / self.block[1])
         return out, self.groups(cols)
 
+    def accepted(self, name: str) -> tuple[str, ...]:
+        """The stored dtypes a reader takes for part `name`: an fp8 weight only as F8_E4M3
+        (a BF16 tensor there would be decoded as fp8 bytes), a dense one as any float."""
+        if name == "weight":
+            return ("F8_E4M3",) if self.kind == "fp8" else FLOATS
+        return PARTS[name].accepted
+
+    def check_block(self, spec: TensorSpec, source: str) -> None:
+        """An fp8 block no larger than the Linear it tiles (checked before any scale is
+        expanded: a block_structure of [1, 4194304] must not allocate gigabytes)."""
+        out, cols = linear_shape(spec)
+        if self.block is not None and (self.block[0] > out or self.block[1] > cols):
+            raise MalformedFileError(f"{source}: fp8 block_structure {list(self.block)} is "
+                                     f"larger than the [out, in] = [{out}, {cols}] Linear "
+                                     f"{spec.role} it tiles")
+
     def part(self, name: str, spec: TensorSpec) -> tuple[str, tuple[int, ...]]:
         """(safetensors dtype, shape) of one part of one (expert's) Linear of `spec`."""
         if name not in PARTS:
@@ -94,7 +110,7 @@ class Part:
 
 
 PARTS: dict[str, Part] = {
-    "weight": Part(None, (*FLOATS, "F8_E4M3"), lambda out, cols, f: (out, cols)),
+    "weight": Part(None, FLOATS, lambda out, cols, f: (out, cols)),
     "weight_packed": Part("I32", ("I32",), lambda out, cols, f: (out, -(-cols * f.bits // 32))),
     "weight_scale": Part(None, FLOATS, lambda out, cols, f: f.scale_shape(out, cols)),
     "weight_shape": Part("I64", ("I64", "I32"), lambda out, cols, f: (2,)),
@@ -228,8 +244,9 @@ def expand_scale(scale: np.ndarray, shape: tuple[int, int], block: tuple[int, in
     """Per-element scales of an [out, in] matrix from per-channel [out, 1] or per-block ones."""
     if block is None:
         return np.broadcast_to(scale, shape)
-    return np.repeat(np.repeat(scale, block[0], axis=0)[:shape[0]], block[1],
-                     axis=1)[:, :shape[1]]
+    rows = np.arange(shape[0]) // block[0]
+    cols = np.arange(shape[1]) // block[1]
+    return scale[rows[:, None], cols[None, :]]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -29,6 +29,9 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
 
 
+_FIRST = 5  # ids the metrics need in order (top-1 and top-5)
+
+
 def next_ids(tokens: np.ndarray, pad: int) -> np.ndarray:
     """The id of the real token after each position, -1 where there is none (int64, like
     `tokens`)."""
@@ -49,7 +52,8 @@ class Positions:
     """Reference distributions at P positions: the k most probable ids (k = vocab: all of
     them), their raw logits and log-probs, and the log-prob of the next real token."""
 
-    ids: np.ndarray             # int32 [P, k], by decreasing probability
+    ids: np.ndarray             # int32 [P, k], by decreasing probability (k = vocab: the
+    #                             first five in order, the rest in any order)
     logits: np.ndarray          # float32 [P, k]
     logprobs: np.ndarray        # float64 [P, k]
     next_logprob: np.ndarray    # float64 [P], NaN where no real next token
@@ -61,8 +65,11 @@ class Positions:
         vocab = logits.shape[-1]
         k = vocab if top_k is None else min(top_k, vocab)
         lp = log_softmax(logits)
-        if k == vocab:
-            ids = np.argsort(-lp, axis=-1, kind="stable")
+        if k == vocab:  # every id, the most probable five first and in order (O(vocab))
+            ids = np.argpartition(-lp, min(_FIRST, vocab) - 1, axis=-1)
+            head = ids[:, :_FIRST]
+            order = np.argsort(-np.take_along_axis(lp, head, axis=-1), axis=-1, kind="stable")
+            ids[:, :_FIRST] = np.take_along_axis(head, order, axis=-1)
         else:
             part = np.argpartition(-lp, k - 1, axis=-1)[..., :k]
             order = np.argsort(-np.take_along_axis(lp, part, axis=-1), axis=-1, kind="stable")

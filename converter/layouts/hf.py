@@ -19,7 +19,6 @@ import numpy as np
 
 from converter.atomic import atomic_open
 from converter.compressed import (
-    PARTS,
     FP8Linear,
     LinearFormat,
     PackedLinear,
@@ -221,6 +220,9 @@ class HfCheckpoint:
         dense = stored.safetensors if stored is not None and stored.floating else "BF16"
         self.formats = formats_from_quantization(data.get("quantization_config"), self.scheme,
                                                  dense, str(config_path))
+        for spec in self.specs:
+            if spec.role in LINEAR_ROLES:
+                self.formats[spec.role].check_block(spec, str(config_path))
         parts = {r: (self.formats[r].parts() if r in LINEAR_ROLES else
                      (self.scheme.plain_part(r),)) for r in (s.role for s in self.specs)}
         self.names = self.scheme.expected(self.specs, parts)
@@ -287,8 +289,8 @@ class HfCheckpoint:
         origin = self.names[name]
         spec = self._spec_of[(origin.role, origin.layer)]
         if origin.role in LINEAR_ROLES:
-            _, shape = self.formats[origin.role].part(origin.part, spec)
-            return PARTS[origin.part].accepted, shape
+            fmt = self.formats[origin.role]
+            return fmt.accepted(origin.part), fmt.part(origin.part, spec)[1]
         shape = spec.shape[::-1] if ROLE[origin.role].matrix else spec.shape
         return FLOATS, shape
 
