@@ -44,6 +44,7 @@ _REGULAR_SUFFIXES = {".json", ".md", ".txt", ".gitattributes", ".py", ".yaml", "
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
 _OID = re.compile(r"^[0-9a-f]{64}$")
 _CHUNK = 1 << 20
+_MAX_NAME = 255  # bytes of one path component (a file name on Linux)
 _MAX_BODY = 64 << 20  # JSON / ndjson request bodies (LFS uploads stream to disk instead)
 
 
@@ -233,6 +234,12 @@ def _place(target: Path, *, data: bytes | None = None, source: Path | None = Non
                 shutil.copyfileobj(staged, f, _CHUNK)
 
 
+def _position(digits: str) -> str:
+    """A range position as digits, a number of 19 or more digits as one past any file (no
+    file here is an exabyte; `int` of thousands of digits is refused by Python)."""
+    return digits if len(digits) < 19 else str(10**18)
+
+
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     """The byte range [first, last] a Range header asks for, per RFC 9110: None to send the
     whole file (no header, or one that is not a valid single bytes range); 416 when nothing of
@@ -242,7 +249,7 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     match = re.fullmatch(r"\s*bytes=(\d*)-(\d*)\s*", header)
     if not match or match.group(1) == match.group(2) == "":
         return None
-    first, last = match.groups()
+    first, last = (_position(g) for g in match.groups())
     if first == "":
         length = int(last)
         if length == 0 or size == 0:
@@ -297,7 +304,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _json(self) -> Any:
         try:
             return json.loads(self._body() or b"{}")
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (ValueError, RecursionError):  # syntax, encoding, depth, huge integers
             raise HubHttpError(400, "request body is not valid JSON") from None
 
     def _require_write(self) -> None:
@@ -317,6 +324,8 @@ class _Handler(BaseHTTPRequestHandler):
             path = unquote(url.path)
             if "\0" in path:
                 raise HubHttpError(400, "refused path with a NUL byte")
+            if any(len(part.encode()) > _MAX_NAME for part in path.split("/")):
+                raise HubHttpError(414, f"a path component longer than {_MAX_NAME} bytes")
             for methods, pattern, handler, writes in _ROUTES:
                 match = pattern.fullmatch(path)
                 if self.command in methods and match:
@@ -325,7 +334,9 @@ class _Handler(BaseHTTPRequestHandler):
                     return handler(self, *match.groups())
             raise HubHttpError(404, f"no such endpoint: {self.command} {self.path}")
         except HubHttpError as exc:
-            headers = {"X-Error-Message": " ".join(str(exc).split())[:500]}
+            # header values are Latin-1 on the wire: anything else is escaped, never a crash
+            message = " ".join(str(exc).split())[:500].encode("ascii", "backslashreplace")
+            headers = {"X-Error-Message": message.decode(), "Connection": "close"}
             if exc.code:
                 headers["X-Error-Code"] = exc.code
             self.close_connection = True  # its body may be unread
@@ -333,9 +344,10 @@ class _Handler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):
             pass
         except Exception as exc:  # never leave a client without an answer
-            with contextlib.suppress(OSError):
-                self._send_json({"error": f"internal error: {type(exc).__name__}"}, 500)
             self.close_connection = True
+            with contextlib.suppress(OSError):
+                self._send_json({"error": f"internal error: {type(exc).__name__}"}, 500,
+                                {"Connection": "close"})
 
     do_GET = do_HEAD = do_POST = do_PUT = _dispatch
 
@@ -374,7 +386,7 @@ class _Handler(BaseHTTPRequestHandler):
         if body.startswith("{"):
             try:
                 form = json.loads(body)
-            except json.JSONDecodeError:
+            except (ValueError, RecursionError):
                 raise HubHttpError(400, "request body is not valid JSON") from None
         else:
             form = parse_qs(body)
@@ -509,7 +521,7 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             operations = [json.loads(line) for line in self._body().splitlines()
                           if line.strip()]
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (ValueError, RecursionError):
             raise HubHttpError(400, "commit body is not ndjson") from None
         create_pr = self.query.get("create_pr", ["0"])[0] == "1"
         sha, pr_number = self.store.commit(repo_id, operations, create_pr=create_pr)

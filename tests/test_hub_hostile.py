@@ -74,6 +74,11 @@ def test_ranges_follow_rfc_9110(hub):
     ("POST", "/api/repos/create", b"", "-5"),
     ("POST", "/api/repos/create", b"", str(1 << 40)),
     ("POST", "/xai-org/grok-1.git/info/lfs/objects/batch", b"{\"objects\": 5}", None),
+    ("POST", "/api/repos/create", b"[" * 100_000 + b"]" * 100_000, None),
+    ("POST", "/api/models/xai-org/grok-1/commit/main", b'{"a": ' + b"9" * 5000 + b"}", None),
+    ("GET", "/xai-org/grok-1/resolve/main/" + "x" * 8192, b"", None),
+    ("GET", "/api/models/xai-org/" + "y" * 8192 + "/revision/main", b"", None),
+    ("GET", "/api/models/%E2%82%AC/%E6%97%A5/revision/main", b"", None),
 ])
 def test_malformed_requests_get_a_4xx(hub, method, path, body, length):
     server, _ = hub
@@ -239,3 +244,33 @@ def test_serve_on_a_port_in_use(tmp_path):
         taken.listen()
         port = taken.getsockname()[1]
         assert f"127.0.0.1:{port}" in bad_input("serve", tmp_path, "--port", port)
+
+
+def test_a_five_thousand_digit_range(hub):
+    server, _ = hub
+    size = (server.root / "xai-org" / "grok-1" / "config.json").stat().st_size
+    status, _, body = request(server, "GET", CONFIG, headers={"Range": f"bytes=0-{'9' * 5000}"})
+    assert status == 206 and len(body) == size
+    status, _, _ = request(server, "GET", CONFIG, headers={"Range": f"bytes={'9' * 5000}-"})
+    assert status == 416
+
+
+def test_an_error_message_outside_latin_1_is_escaped(hub):
+    server, _ = hub
+    status, headers, body = request(server, "GET", "/api/models/%E2%82%AC/x/revision/main")
+    assert 400 <= status < 500 and "\\u20ac" in headers["X-Error-Message"]
+    assert "\u20ac" in json.loads(body)["error"]
+
+
+def test_errors_say_the_connection_closes_and_a_reused_client_recovers(hub):
+    server, _ = hub
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    for _ in range(50):
+        conn.request("GET", "/api/models/nobody/nothing/revision/main")
+        response = conn.getresponse()
+        response.read()
+        assert response.status == 404 and response.getheader("Connection") == "close"
+        conn.request("GET", CONFIG)
+        response = conn.getresponse()
+        assert response.status == 200 and response.read()
+    conn.close()
