@@ -1,5 +1,5 @@
 """`python -m grok1` runs the grok1 command line."""
 
-from grok1.cli import main
+from grok1.entry import run
 
-main()
+run()

@@ -21,13 +21,14 @@ from converter.layouts import DTYPES as LAYOUT_DTYPES
 from converter.layouts import LAYOUTS
 from converter.linears import CONVERT_DTYPES
 from converter.names import SCHEMES as NAME_SCHEMES
+from grok1.entry import EXIT_INTERRUPTED
 from grok1.pipeline import TARGETS
 from quant.schemes import METHODS
 from quant.schemes import SCHEMES as QUANT_SCHEMES
 from verify.profiles import PROFILES
 from verify.tokens import MAX_TEXT_TOKENS
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 70, 130
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 70
 
 
 def _one_line(text: str) -> str:

@@ -137,3 +137,24 @@ def test_inspect_checks_recorded_hashes(tiny_ckpt, tmp_path):
     assert result.exit_code == 2
     problems = json.loads(result.stdout)["problems"]
     assert len(problems) == 1 and "tensor00002_000: sha256" in problems[0]
+
+
+def test_ctrl_c_while_the_cli_imports_exits_130_quietly():
+    """SIGINT arrives while `grok1.cli` is being imported, before the group's handler exists."""
+    import subprocess
+    import sys
+
+    probe = ("import os, signal, sys\n"
+             "class Interrupt:\n"
+             "    def find_spec(self, name, path=None, target=None):\n"
+             "        if name == 'grok1.cli':\n"
+             "            os.kill(os.getpid(), signal.SIGINT)\n"
+             "        return None\n"
+             "sys.meta_path.insert(0, Interrupt())\n"
+             "sys.argv = ['grok1', '--version']\n"
+             "from grok1.entry import run\n"
+             "run()\n")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.returncode == 130, done
+    assert done.stderr == "error: interrupted\n" and "Traceback" not in done.stdout
