@@ -7,6 +7,7 @@ import json
 import math
 import os
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -31,8 +32,12 @@ from verify.tokens import MAX_TEXT_TOKENS
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 70
 
 
+_MAX_ERROR = 400  # characters of an error line: input echoed in a message stays bounded
+
+
 def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
+    line = " ".join(str(text)[:4 * _MAX_ERROR].split())
+    return line if len(line) <= _MAX_ERROR else line[:_MAX_ERROR - 3] + "..."
 
 
 def _os_error(exc: OSError) -> Grok1Error:
@@ -41,7 +46,7 @@ def _os_error(exc: OSError) -> Grok1Error:
     if exc.errno == errno.ENOSPC:
         return DiskSpaceError(f"{where or 'output'}: disk full (no space left on device); free "
                               "space and rerun")
-    reason = exc.strerror or type(exc).__name__
+    reason = exc.strerror or str(exc) or type(exc).__name__
     return UsageError(f"{where}: {reason}" if where else reason)
 
 
@@ -53,6 +58,8 @@ class Grok1Group(click.Group):
     def main(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
         """Run a command with standalone_mode off, and map every failure to one line."""
         kwargs["standalone_mode"] = False
+        if not os.environ.get("GROK1_DEBUG"):  # libraries' warnings are not the user's errors
+            warnings.simplefilter("ignore")
         try:
             return super().main(*args, **kwargs)
         except click.exceptions.NoArgsIsHelpError as exc:

@@ -299,3 +299,20 @@ def test_a_tokenizer_model_is_bounded(tmp_path, pieces, message):
         read_pieces(path)
     assert tracemalloc.get_traced_memory()[1] < 200 << 20
     tracemalloc.stop()
+
+
+def test_an_error_line_is_bounded_however_much_input_it_echoes(hf_out, tmp_path):
+    folder = tmp_path / "hf"
+    shutil.copytree(hf_out, folder)
+    index = json.loads((folder / "model.safetensors.index.json").read_text())
+    name = next(iter(index["weight_map"]))
+    index["weight_map"][name] = "x" * (30 << 20)
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    line = bad_input("convert", folder, tmp_path / "out")
+    assert "model.safetensors.index.json" in line and len(line) <= 420, len(line)
+
+
+def test_a_system_error_without_a_file_keeps_its_message():
+    from grok1.cli import _os_error
+
+    assert str(_os_error(OSError("the device went away"))) == "the device went away"

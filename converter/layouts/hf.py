@@ -408,9 +408,10 @@ def _checked_weight_map(weight_map: Any, index: Path) -> dict[str, str]:
                                  f"found {type(weight_map).__name__}")
     for name, shard in weight_map.items():
         if not isinstance(shard, str) or shard in ("", ".", "..") or Path(shard).name != shard \
-                or "\\" in shard or "\0" in shard:
-            raise MalformedFileError(f"{index}: {name} maps to {shard!r}; shards must be plain "
-                                     "file names inside the checkpoint folder")
+                or "\\" in shard or "\0" in shard or len(shard.encode()) > 255:
+            raise MalformedFileError(f"{index}: {name[:80]} maps to {str(shard)[:80]!r}; shards "
+                                     "must be plain file names (at most 255 bytes) inside the "
+                                     "checkpoint folder")
         shard_path = index.parent / shard
         if shard_path.is_symlink() and index.parent.resolve() != shard_path.resolve().parent:
             raise MalformedFileError(f"{index}: shard {shard} is a link out of the checkpoint "
