@@ -274,3 +274,60 @@ def test_errors_say_the_connection_closes_and_a_reused_client_recovers(hub):
         response = conn.getresponse()
         assert response.status == 200 and response.read()
     conn.close()
+
+
+class _Liar(threading.Thread):
+    """A Hub that answers the revision correctly and then `listing` (raw bytes) for the tree,
+    or redirects every request to itself forever."""
+
+    def __init__(self, listing=None):
+        import http.server
+
+        liar = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                if liar.listing is None:
+                    self.send_response(302)
+                    self.send_header("Location", self.path)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                body = (json.dumps({"id": "a/b", "sha": "0" * 40}).encode()
+                        if "/revision/" in self.path else liar.listing)
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        super().__init__(daemon=True)
+        self.listing = listing
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def run(self):
+        self.server.serve_forever()
+
+
+@pytest.mark.parametrize("listing", [
+    None, b"not json", b'"a string"', b'[{"path": 5, "size": "x", "type": "file"}]',
+    b"[" * 100_000 + b"]" * 100_000, b'[{"type": "file"}]',
+    b'[{"path": "ckpt-0/a", "size": ' + b"9" * 5000 + b', "type": "file", "oid": "x"}]',
+], ids=["redirect loop", "not json", "a string", "wrong types", "nested", "no path",
+        "5000 digits"])
+def test_a_hub_that_answers_nonsense_is_one_line(tmp_path, monkeypatch, listing):
+    liar = _Liar(listing)
+    liar.start()
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    try:
+        line = bad_input("download", "--repo", "a/b", "--local-dir", tmp_path / "d",
+                         "--endpoint", liar.url)
+    finally:
+        liar.server.shutdown()
+    assert "a/b" in line
