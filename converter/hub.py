@@ -259,8 +259,10 @@ def _gguf_scheme(folder: Path) -> tuple[str, list[str], bool] | None:
         return None
     report = _json(folder / "gguf_report.json")
     dtype = str(report.get("dtype", "unknown"))
-    return (f"GGUF for llama.cpp (arch grok), {dtype}, {len(files)} file(s); run it with "
-            f"`llama-cli -m {files[0]}` (llama.cpp finds the other split files)",
+    return (f"GGUF for llama.cpp (arch grok), {dtype}, {len(files)} file(s); serve it with "
+            f"`llama-server -m {files[0]}` (llama.cpp finds the other split files; a base "
+            "model, no chat template). On Intel CPUs with AMX (Sapphire Rapids and newer) add "
+            "`--no-repack`: ggml's AMX kernels crash on some Q8_0 matrices",
             ["grok-1", "gguf", dtype], dtype in ("q8_0", "q4_0"))
 
 

@@ -155,7 +155,8 @@ def test_pipeline_to_gguf_verifies_lossless_and_publishes_a_llama_cpp_card(small
     assert "profile lossless" in done.stdout and "PASS" in done.stdout
     card = (root / "me" / "grok-1-gguf" / "README.md").read_text()
     assert "library_name: gguf" in card and "base_model_relation: quantized" in card
-    assert "`llama-cli -m grok-1-q8_0.gguf`" in card and "Tokenizer: inside the GGUF" in card
+    assert "`llama-server -m grok-1-q8_0.gguf`" in card and "Tokenizer: inside the GGUF" in card
+    assert "`--no-repack`" in card and "AMX" in card
 
 
 def test_gguf_to_gguf_at_the_same_type_keeps_the_blocks(q8, tmp_path):
