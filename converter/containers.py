@@ -238,6 +238,11 @@ class SafetensorsReader:
         self._base = 8 + length
         self.entries = _checked_entries(self.path, header, size - self._base)
 
+    @property
+    def data_start(self) -> int:
+        """Offset in the file of the data section (entries' offsets are relative to it)."""
+        return self._base
+
     def get(self, name: str) -> np.ndarray:
         """One tensor (bf16 as uint16 bits), read into its own buffer."""
         entry, begin = self.entries[name]

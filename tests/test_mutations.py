@@ -107,6 +107,9 @@ class InterleavedScales:
         bits = np.take(groups, np.arange(k) % groups.shape[-2], axis=-2)
         return codes * (bits.astype(np.uint32) << 16).view(np.float32)
 
+    def read_expert(self, spec, expert):
+        return self.read(spec)[expert]
+
 
 def test_wrongly_broadcast_group_scales_fail(upstream):
     reference = open_checkpoint(upstream)

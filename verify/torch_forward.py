@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,15 +20,20 @@ import torch
 from converter.config import Grok1Config
 from converter.errors import UsageError
 from converter.layouts import CheckpointReader
-from verify.weights import dense, load_layer
+from converter.tensors import QuantizedWeight8bit, bf16_bits_to_f32
+from verify.weights import dense, load_layer, prefetch_layer
 
 __all__ = ["DTYPES", "HEAD_ENTRIES", "LayerOutput", "StreamedGrok1", "stream_logits",
            "torch_logits"]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 _HEAD_CHUNK = 16384
-# Logits (positions x vocabulary) made at a time: with Grok-1's vocabulary, 32 positions.
-HEAD_ENTRIES = 1 << 22
+# Logits (positions x vocabulary) made at a time: with Grok-1's vocabulary, 64 positions (each
+# pass of the head reads the whole 3.2 GB embedding, so fewer, larger passes are cheaper).
+HEAD_ENTRIES = 1 << 23
+# float32 elements of a weight matrix dequantized at a time (64 MB), into one reused buffer: a
+# whole real expert matrix would be an 805 MB fresh allocation, 24 of them per layer.
+_BAND_ELEMENTS = 1 << 24
 # Query positions whose attention logits are made at a time (a 8192-token sequence would need
 # 12 GB of them at once for Grok-1's 48 heads).
 _QUERY_BLOCK = 512
@@ -57,6 +63,31 @@ def _rope(x: torch.Tensor, base: float) -> torch.Tensor:
     return (x.float() * phase.cos() + rotated.float() * phase.sin()).to(x.dtype)
 
 
+def _bands(rows: int, cols: int, groups: int) -> Iterator[tuple[int, int, int]]:
+    """(first row, end row, scale group) of the row bands a [rows, cols] weight matrix is
+    multiplied in. No band crosses a scale group, and the bands depend only on the shape, so
+    every source of the same weights (the release's int8, a dense copy of it) sums in the same
+    order and gives the same bits."""
+    per_group = rows // groups
+    step = max(1, min(per_group, _BAND_ELEMENTS // max(cols, 1)))
+    for group in range(groups):
+        end = (group + 1) * per_group
+        for first in range(group * per_group, end, step):
+            yield first, min(first + step, end), group
+
+
+def _fill(buffer: np.ndarray, value: Any, first: int, end: int, group: int) -> np.ndarray:
+    """Rows first:end of a weight matrix as exact float32 ([in, out]), written into `buffer`:
+    the release's int8 codes times their group's bf16 scale, or a dense matrix's rows."""
+    cols = (value.weight if isinstance(value, QuantizedWeight8bit) else value).shape[1]
+    band = buffer[:(end - first) * cols].reshape(end - first, cols)
+    if isinstance(value, QuantizedWeight8bit):
+        np.multiply(value.weight[first:end], bf16_bits_to_f32(value.scales[group]), out=band)
+    else:
+        np.copyto(band, value[first:end])
+    return band
+
+
 class StreamedGrok1:
     """A Grok-1 forward that loads one layer's weights at a time from a checkpoint reader."""
 
@@ -73,8 +104,11 @@ class StreamedGrok1:
         self.dtype = DTYPES[dtype]
         self.device = torch.device(device)
         by_role = {s.role: s for s in reader.specs if s.layer is None}
-        self._embed = reader.read(by_role["embed"])
+        # a view of the file where it is stored float32, else decoded once
+        self._embed = dense(reader.read(by_role["embed"]))
         self._final_norm = dense(reader.read(by_role["final_norm"]))
+        self._groups = {s.role: s.scale_groups for s in reader.specs if s.layer == 0}
+        self._buffer = np.empty(0, np.float32)
 
     def _tensor(self, value: Any, dtype: torch.dtype | None = None) -> torch.Tensor:
         array = np.array(dense(value), dtype=np.float32, order="C", copy=None)
@@ -82,26 +116,56 @@ class StreamedGrok1:
             array = array.copy()
         return torch.from_numpy(array).to(device=self.device, dtype=dtype or self.dtype)
 
+    def _matmul(self, x: torch.Tensor, value: Any, role: str) -> torch.Tensor:
+        """x @ W for a weight in the canonical [in, out] orientation. In float32 on the CPU,
+        W is dequantized a band of rows at a time into one reused buffer and the products
+        accumulate in place; elsewhere it is made whole."""
+        if self.dtype != torch.float32 or self.device.type != "cpu":
+            return x @ self._tensor(value)
+        if not isinstance(value, QuantizedWeight8bit):
+            value = dense(value)
+        rows, cols = (value.weight if isinstance(value, QuantizedWeight8bit) else value).shape
+        flat = x.reshape(-1, rows)
+        out = torch.zeros(flat.shape[0], cols, dtype=torch.float32)
+        need = min(rows, max(1, _BAND_ELEMENTS // max(cols, 1))) * cols
+        if self._buffer.size < need:
+            self._buffer = np.empty(max(need, _BAND_ELEMENTS), np.float32)
+        for first, end, group in _bands(rows, cols, self._groups.get(role, 1)):
+            band = _fill(self._buffer, value, first, end, group)
+            out.addmm_(flat[:, first:end], torch.from_numpy(band))
+        return out.view(*x.shape[:-1], cols)
+
     def embed(self, tokens: np.ndarray) -> torch.Tensor:
         """Scaled token embeddings [B, T, emb] (only the rows used are read)."""
-        rows = np.asarray(dense(self._embed)[np.asarray(tokens)], dtype=np.float32)
+        rows = np.asarray(self._embed[np.asarray(tokens)], dtype=np.float32)
         return torch.from_numpy(rows).to(self.device, self.dtype) * self.config.emb_mult
 
     def head(self, hidden: torch.Tensor) -> np.ndarray:
         """Final norm and tied unembedding, vocabulary in chunks; float32 [B, T, vocab]."""
         c = self.config
         h = _rms_norm(hidden, self._tensor(self._final_norm, torch.float32), c.rms_norm_eps)
-        embed = dense(self._embed)
         out = np.empty((*h.shape[:-1], c.vocab), np.float32)
         for start in range(0, c.vocab, _HEAD_CHUNK):
-            block = self._tensor(embed[start:start + _HEAD_CHUNK])
+            block = self._view(self._embed[start:start + _HEAD_CHUNK])
             logits = (h @ block.T) * c.out_mult
             out[..., start:start + block.shape[0]] = logits.float().cpu().numpy()
         return out
 
+    def _view(self, array: np.ndarray) -> torch.Tensor:
+        """A float32 array as a tensor of the run's dtype and device, without a copy where it
+        can be (a read-only memory map is only ever read)."""
+        if self.dtype != torch.float32 or self.device.type != "cpu" or array.dtype != np.float32:
+            return self._tensor(array)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "not writable": it is never written
+            return torch.from_numpy(np.ascontiguousarray(array))
+
     def load_layer(self, layer: int) -> dict[str, Any]:
-        """One layer's values by role, as the reader returns them (still quantized)."""
-        return load_layer(self.reader, layer)
+        """One layer's values by role (still quantized; experts read when used), and the
+        next layer's bytes asked of the disk in the background."""
+        weights = load_layer(self.reader, layer)
+        prefetch_layer(self.reader, layer + 1)
+        return weights
 
     def layer(self, weights: dict[str, Any], hidden: torch.Tensor,
               valid: torch.Tensor) -> LayerOutput:
@@ -120,9 +184,9 @@ class StreamedGrok1:
     def _attention(self, x: torch.Tensor, w: dict[str, Any], valid: torch.Tensor) -> torch.Tensor:
         c = self.config
         b, t, _ = x.shape
-        q = (x @ self._tensor(w["attn_q"])).view(b, t, c.q_heads, c.key_size)
-        k = (x @ self._tensor(w["attn_k"])).view(b, t, c.kv_heads, c.key_size)
-        v = (x @ self._tensor(w["attn_v"])).view(b, t, c.kv_heads, c.key_size)
+        q = self._matmul(x, w["attn_q"], "attn_q").view(b, t, c.q_heads, c.key_size)
+        k = self._matmul(x, w["attn_k"], "attn_k").view(b, t, c.kv_heads, c.key_size)
+        v = self._matmul(x, w["attn_v"], "attn_v").view(b, t, c.kv_heads, c.key_size)
         q, k = _rope(q, c.rope_base), _rope(k, c.rope_base)
         q = q.view(b, t, c.kv_heads, c.q_heads // c.kv_heads, c.key_size)
         causal = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
@@ -135,7 +199,7 @@ class StreamedGrok1:
             probs = torch.softmax(logits.masked_fill(~mask, -1e30), dim=-1).to(x.dtype)
             blocks.append(torch.einsum("bhgts,bshd->bthgd", probs, v))
         out = torch.cat(blocks, dim=1) if len(blocks) > 1 else blocks[0]
-        return out.reshape(b, t, c.q_dim) @ self._tensor(w["attn_o"])
+        return self._matmul(out.reshape(b, t, c.q_dim), w["attn_o"], "attn_o")
 
     def _moe(self, x: torch.Tensor, w: dict[str, Any]) -> torch.Tensor:
         c = self.config
@@ -149,10 +213,10 @@ class StreamedGrok1:
             if token.numel() == 0:
                 continue
             xe = flat[token]
-            gate = xe @ self._tensor(w["moe_gate"][e])
-            up = xe @ self._tensor(w["moe_up"][e])
+            gate = self._matmul(xe, w["moe_gate"][e], "moe_gate")
+            up = self._matmul(xe, w["moe_up"][e], "moe_up")
             he = torch.nn.functional.gelu(gate, approximate="tanh") * up
-            ye = (he @ self._tensor(w["moe_down"][e])).float() * gates[token, slot, None]
+            ye = self._matmul(he, w["moe_down"][e], "moe_down").float() * gates[token, slot, None]
             out.index_add_(0, token, ye)
         return out.to(x.dtype).view_as(x)
 

@@ -1,18 +1,43 @@
-"""Dequantized float weights of one layer at a time, from any checkpoint reader."""
+"""The weights of one layer at a time, from any checkpoint reader: the layer's values by role,
+experts read one at a time when used, and the next layer asked of the disk ahead of time."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import os
+import threading
 from typing import Any
 
 import numpy as np
 
 from converter.layouts import CheckpointReader
-from converter.spec import TensorSpec
+from converter.spec import EXPERT_ROLES, TensorSpec
 from converter.tensors import dense
 
-__all__ = ["LayerWeights", "dense", "global_weights", "layer_specs", "load_layer"]
+__all__ = ["LayerWeights", "LazyExperts", "dense", "global_weights", "layer_specs",
+           "load_layer", "prefetch_layer"]
 
 LayerWeights = dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class LazyExperts:
+    """A stacked expert tensor whose experts are read only when indexed (one at a time): an
+    expert that receives no token is never read, and no more than one is held."""
+
+    reader: CheckpointReader
+    spec: TensorSpec
+
+    def __getitem__(self, expert: int) -> Any:
+        return self.reader.read_expert(self.spec, expert)
+
+    def __len__(self) -> int:
+        return self.spec.shape[0]
+
+    def dequantize(self) -> np.ndarray:
+        """float32 [E, in, out] (all experts at once: for the small reference forward)."""
+        return np.stack([dense(self[e]) for e in range(len(self))])
 
 
 def layer_specs(reader: CheckpointReader, layer: int) -> dict[str, TensorSpec]:
@@ -21,8 +46,33 @@ def layer_specs(reader: CheckpointReader, layer: int) -> dict[str, TensorSpec]:
 
 
 def load_layer(reader: CheckpointReader, layer: int) -> LayerWeights:
-    """The raw values of one layer by role (quantized values stay quantized until used)."""
-    return {role: reader.read(spec) for role, spec in layer_specs(reader, layer).items()}
+    """The values of one layer by role (quantized values stay quantized until used; experts
+    are read when indexed)."""
+    return {role: (LazyExperts(reader, spec) if role in EXPERT_ROLES else reader.read(spec))
+            for role, spec in layer_specs(reader, layer).items()}
+
+
+def _advise(ranges: list[tuple[Any, int, int]]) -> None:
+    for path, offset, length in ranges:
+        with contextlib.suppress(OSError):
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, offset, length, os.POSIX_FADV_WILLNEED)
+            finally:
+                os.close(fd)
+
+
+def prefetch_layer(reader: CheckpointReader, layer: int) -> threading.Thread | None:
+    """Ask the kernel, from a background thread, to read one layer's bytes into the page cache
+    (POSIX_FADV_WILLNEED), so that the disk reads layer L+1 while layer L computes. Readers
+    that cannot say where a spec's bytes are (torch shards) are not prefetched."""
+    if layer >= reader.config.layers or not hasattr(reader, "byte_ranges"):
+        return None
+    ranges = [r for spec in layer_specs(reader, layer).values()
+              for r in reader.byte_ranges(spec)]
+    thread = threading.Thread(target=_advise, args=(ranges,), daemon=True)
+    thread.start()
+    return thread
 
 
 def global_weights(reader: CheckpointReader) -> tuple[np.ndarray, np.ndarray]:

@@ -337,6 +337,11 @@ class GgufCheckpoint:
                                      f" the config implies {list(gguf_shape(spec))}")
         return reader, info
 
+    def byte_ranges(self, spec: TensorSpec) -> list[tuple[Path, int, int]]:
+        """(file, offset, length) of the tensor `read(spec)` decodes."""
+        reader, info = self.tensor_info(spec)
+        return [(reader.path, reader.tensors[info.name][1], info.nbytes)]
+
     def read(self, spec: TensorSpec) -> np.ndarray:
         """The canonical float32 value of one spec ([.., in, out] matrices)."""
         reader, info = self.tensor_info(spec)

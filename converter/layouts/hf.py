@@ -381,6 +381,19 @@ class HfCheckpoint:
             zero_point=None if fmt.symmetric else self._tensor(name("weight_zero_point")))
         return _as_release_int8(packed, spec) or packed
 
+    def byte_ranges(self, spec: TensorSpec) -> list[tuple[Path, int, int]]:
+        """(file, offset, length) of every stored tensor `read(spec)` reads (safetensors
+        shards; none for torch shards, whose storages are not laid out by name)."""
+        ranges = []
+        for name, origin in self.names.items():
+            if (origin.role, origin.layer) != (spec.role, spec.layer):
+                continue
+            shard = self.shard(self.weight_map[name])
+            if isinstance(shard, SafetensorsReader):
+                entry, begin = shard.entries[name]
+                ranges.append((shard.path, shard.data_start + begin, entry.nbytes))
+        return ranges
+
     def read_expert(self, spec: TensorSpec, expert: int) -> Any:
         """One expert's canonical value ([in, out])."""
         return self._linear(spec, expert)

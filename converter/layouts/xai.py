@@ -109,6 +109,11 @@ class XaiCheckpoint:
         check_value(path, spec, value, self.config_source)
         return value
 
+    def byte_ranges(self, spec: TensorSpec) -> list[tuple[Path, int, int]]:
+        """(file, offset, length) of what `read(spec)` reads: its whole leaf file."""
+        path = self.path_of(spec)
+        return [(path, 0, path.stat().st_size)] if path.is_file() else []
+
     def read_expert(self, spec: TensorSpec, expert: int) -> Value:
         """One expert's slice of a stacked leaf (still a zero-copy view). The last leaf read
         this way is kept, so its experts do not each parse the file again."""
