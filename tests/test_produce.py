@@ -87,24 +87,26 @@ class Counting:
 
 
 def test_each_linear_is_made_once_by_concurrent_threads(reader):
+    # every part of four experts' Linears asked for at once, each part once (as writers do)
     linears = Counting(ReleaseInt8Linears.for_specs(reader.specs))
     produce = Producer(reader, linears, SCHEMES["hpcai"])
     gate = find(reader, "moe_gate", 1)
-    parts = ("weight_packed", "weight_scale", "weight_shape") * 4
-    barrier = threading.Barrier(len(parts))
+    asks = [(e, p) for e in (3, 4, 5, 6) for p in ("weight_packed", "weight_scale",
+                                                  "weight_shape")]
+    barrier = threading.Barrier(len(asks))
 
-    def ask(part):
+    def ask(expert, part):
         barrier.wait()
-        return produce(gate, origin("moe_gate", 1, 6, part))
+        return produce(gate, origin("moe_gate", 1, expert, part))
 
-    threads = [threading.Thread(target=ask, args=(p,)) for p in parts]
+    threads = [threading.Thread(target=ask, args=a) for a in asks]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert linears.calls == 1
-    assert produce.summary() == {"stats": {"model.layers.1.moe_block.experts.6.linear":
-                                           {"rel_rms": 0.0}}}
+    assert linears.calls == 4
+    assert produce.summary() == {"stats": {
+        f"model.layers.1.moe_block.experts.{e}.linear": {"rel_rms": 0.0} for e in (3, 4, 5, 6)}}
 
 
 def test_a_failed_linear_fails_every_part_and_is_not_kept(reader):
