@@ -21,7 +21,7 @@ import numpy as np
 from converter.dtypes import FLOATS
 from converter.errors import MalformedFileError
 from converter.names import NameScheme
-from converter.spec import LINEAR_ROLES, TensorSpec
+from converter.spec import EXPERT_ROLES, LINEAR_ROLES, TensorSpec
 from converter.tensors import bf16_bits_to_f32, dense
 
 __all__ = [
@@ -272,13 +272,18 @@ def pack_zero_points(zero_points: np.ndarray, bits: int) -> np.ndarray:
 
 
 def config_groups(scheme: NameScheme, formats: dict[str, LinearFormat]) -> list[dict[str, Any]]:
-    """compressed-tensors config groups: one per distinct format, targeting its roles."""
+    """compressed-tensors config groups: one per distinct format. The experts' group targets
+    the class `Linear` (vLLM's fused MoE looks its scheme up by class, never by a module
+    regex); any other group names its roles by regex, which takes precedence over a class
+    target in compressed-tensors and vLLM alike."""
     by_format: dict[LinearFormat, list[str]] = {}
     for role in LINEAR_ROLES:
         by_format.setdefault(formats[role], []).append(role)
-    single = len(by_format) == 1
-    return [{"targets": ["Linear"] if single else [scheme.module_pattern(r) for r in roles],
-             **_group(fmt)} for fmt, roles in by_format.items()]
+    experts = {formats[r] for r in EXPERT_ROLES}
+    by_class = next(iter(experts)) if len(experts) == 1 else None
+    return [{"targets": ["Linear"] if fmt == by_class else
+             [scheme.module_pattern(r) for r in roles], **_group(fmt)}
+            for fmt, roles in by_format.items()]
 
 
 def _group(fmt: LinearFormat) -> dict[str, Any]:
@@ -380,10 +385,14 @@ def formats_from_quantization(quantization: Any, scheme: NameScheme, dense_dtype
         raise MalformedFileError(f"{source}: quantization format {quantization.get('format')!r}"
                                  " is not supported (pack-quantized and float-quantized are)")
     formats: dict[str, LinearFormat] = {}
+    named: set[str] = set()  # roles a regex names: a class target does not override them
     for name, group in groups.items():
         targets, fmt = _group_format(name, group, source)
         for role in LINEAR_ROLES:
-            if targets == ["Linear"] or scheme.module_pattern(role) in targets:
+            if scheme.module_pattern(role) in targets:
+                formats[role] = fmt
+                named.add(role)
+            elif "Linear" in targets and role not in named:
                 formats[role] = fmt
     missing = [r for r in LINEAR_ROLES if r not in formats]
     if missing:

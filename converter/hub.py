@@ -39,6 +39,7 @@ from converter.output import (
     file_sha256,
 )
 from converter.safe_read import read_json
+from converter.serving import how_to_serve, kind_of, library_name
 
 __all__ = ["DOWNLOAD_RECORD", "check_repo_id", "download", "invocation", "model_card",
            "recorded_hash_problems", "upload", "upload_files"]
@@ -259,10 +260,8 @@ def _gguf_scheme(folder: Path) -> tuple[str, list[str], bool] | None:
         return None
     report = _json(folder / "gguf_report.json")
     dtype = str(report.get("dtype", "unknown"))
-    return (f"GGUF for llama.cpp (arch grok), {dtype}, {len(files)} file(s); serve it with "
-            f"`llama-server -m {files[0]}` (llama.cpp finds the other split files; a base "
-            "model, no chat template). On Intel CPUs with AMX (Sapphire Rapids and newer) add "
-            "`--no-repack`: ggml's AMX kernels crash on some Q8_0 matrices",
+    return (f"GGUF for llama.cpp (arch grok), {dtype}, {len(files)} file(s) (llama.cpp finds "
+            "the other split files from the first; a base model, no chat template)",
             ["grok-1", "gguf", dtype], dtype in ("q8_0", "q4_0"))
 
 
@@ -285,7 +284,7 @@ def _scheme(config: dict[str, Any], source: Path) -> tuple[str, list[str], bool]
         layout = f"{block[0]}x{block[1]} blocks" if block else "one scale per output channel"
         return (f"compressed-tensors float-quantized, FP8 e4m3 weights ({layout}) with "
                 "dynamic FP8 activations: needs FP8 tensor cores (NVIDIA Hopper, H100/H200, or "
-                "newer); serve with `vllm serve` on such a GPU",
+                "newer) to be served",
                 ["grok-1", "compressed-tensors", "fp8"], True)
     size = weights.get("group_size")
     scheme = (f"compressed-tensors {quant.get('format', 'unknown')}, int{weights['num_bits']} "
@@ -313,7 +312,7 @@ def model_card(folder: Path, repo: str, *, command: list[str] | None = None) -> 
     front = ["---", "base_model: xai-org/grok-1"]
     if quantized:
         front.append("base_model_relation: quantized")
-    library = "gguf" if "gguf" in tags else "vllm"
+    library = library_name(kind_of(folder))
     front += ["license: apache-2.0", f"library_name: {library}", "tags:",
               *[f"  - {tag}" for tag in tags], "---", ""]
     lines = [
@@ -326,6 +325,7 @@ def model_card(folder: Path, repo: str, *, command: list[str] | None = None) -> 
         f"- Tool: grok1-toolchain {__version__}",
         f"- Command: `{invocation(command or sys.argv)}`", "",
     ]
+    lines += how_to_serve(folder)
     report = folder / VERIFY_REPORT_MD
     if report.is_file():
         lines += [report.read_text().strip(), ""]

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from converter.errors import UsageError
 from converter.spec import ROLE, TensorSpec
 
-__all__ = ["SCHEMES", "NameScheme", "OutputName", "scheme"]
+__all__ = ["SCHEMES", "LayerModules", "NameScheme", "OutputName", "scheme"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +38,7 @@ class NameScheme:
     tied_lm_head: str | None = None  # an explicit copy of the embeddings under this name
     presharded_moe: bool | None = None  # config.json `load_presharded_moe`, when the loader
     # reads it (SGLang: experts are one tensor each, not pre-split per tensor-parallel rank)
+    layer_modules: LayerModules | None = None
 
     def module(self, role: str, layer: int | None = None, expert: int | None = None) -> str:
         """The module name of a role's tensor."""
@@ -82,40 +83,50 @@ class NameScheme:
         return table
 
 
-_L = "model.layers.{layer}"
+@dataclasses.dataclass(frozen=True)
+class LayerModules:
+    """The module names inside one decoder layer: what a model class names its attributes.
+    config.json carries them (`grok1_modules`), so the shipped transformers model builds the
+    same tree."""
+
+    attention: str
+    moe: str
+    gate: str
+    up: str
+    down: str
+    norm: str
+
+    def templates(self) -> dict[str, str]:
+        """Module name templates by role, with `{layer}` and `{expert}`."""
+        layer = "model.layers.{layer}"
+        attn, experts = f"{layer}.{self.attention}", f"{layer}.{self.moe}.experts.{{expert}}"
+        return {
+            "embed": "model.embed_tokens", "final_norm": "model.norm",
+            "attn_q": f"{attn}.q_proj", "attn_k": f"{attn}.k_proj",
+            "attn_v": f"{attn}.v_proj", "attn_o": f"{attn}.o_proj",
+            "router": f"{layer}.{self.moe}.gate",
+            "moe_gate": f"{experts}.{self.gate}", "moe_up": f"{experts}.{self.up}",
+            "moe_down": f"{experts}.{self.down}",
+            **{norm: f"{layer}.{norm}" for norm in (
+                "pre_attn_norm", "post_attn_norm", "pre_moe_norm", "post_moe_norm")},
+        }
+
+
+def _scheme(name: str, modules: LayerModules, tied_lm_head: str | None = None,
+            presharded_moe: bool | None = None) -> NameScheme:
+    return NameScheme(name=name, modules=modules.templates(), norm_suffix=modules.norm,
+                      tied_lm_head=tied_lm_head, presharded_moe=presharded_moe,
+                      layer_modules=modules)
+
+
 SCHEMES: dict[str, NameScheme] = {
-    "hpcai": NameScheme(
-        name="hpcai",
-        modules={
-            "embed": "model.embed_tokens", "final_norm": "model.norm",
-            "attn_q": f"{_L}.attn.q_proj", "attn_k": f"{_L}.attn.k_proj",
-            "attn_v": f"{_L}.attn.v_proj", "attn_o": f"{_L}.attn.o_proj",
-            "router": f"{_L}.moe_block.gate",
-            "moe_gate": f"{_L}.moe_block.experts.{{expert}}.linear",
-            "moe_up": f"{_L}.moe_block.experts.{{expert}}.linear_v",
-            "moe_down": f"{_L}.moe_block.experts.{{expert}}.linear_1",
-            "pre_attn_norm": f"{_L}.pre_attn_norm", "post_attn_norm": f"{_L}.post_attn_norm",
-            "pre_moe_norm": f"{_L}.pre_moe_norm", "post_moe_norm": f"{_L}.post_moe_norm",
-        },
-        norm_suffix="scale",
-    ),
-    "sglang": NameScheme(
-        name="sglang",
-        modules={
-            "embed": "model.embed_tokens", "final_norm": "model.norm",
-            "attn_q": f"{_L}.self_attn.q_proj", "attn_k": f"{_L}.self_attn.k_proj",
-            "attn_v": f"{_L}.self_attn.v_proj", "attn_o": f"{_L}.self_attn.o_proj",
-            "router": f"{_L}.block_sparse_moe.gate",
-            "moe_gate": f"{_L}.block_sparse_moe.experts.{{expert}}.w1",
-            "moe_up": f"{_L}.block_sparse_moe.experts.{{expert}}.w3",
-            "moe_down": f"{_L}.block_sparse_moe.experts.{{expert}}.w2",
-            "pre_attn_norm": f"{_L}.pre_attn_norm", "post_attn_norm": f"{_L}.post_attn_norm",
-            "pre_moe_norm": f"{_L}.pre_moe_norm", "post_moe_norm": f"{_L}.post_moe_norm",
-        },
-        norm_suffix="weight",
-        tied_lm_head="lm_head.weight",
-        presharded_moe=False,
-    ),
+    # vLLM <= 0.24 and hpcai-tech's Grok-1 port
+    "hpcai": _scheme("hpcai", LayerModules(attention="attn", moe="moe_block", gate="linear",
+                                           up="linear_v", down="linear_1", norm="scale")),
+    # SGLang's Grok1ForCausalLM (Mixtral's expert names, an explicit lm_head)
+    "sglang": _scheme("sglang", LayerModules(attention="self_attn", moe="block_sparse_moe",
+                                             gate="w1", up="w3", down="w2", norm="weight"),
+                      tied_lm_head="lm_head.weight", presharded_moe=False),
 }
 
 

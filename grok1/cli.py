@@ -22,6 +22,7 @@ from converter.layouts import DTYPES as LAYOUT_DTYPES
 from converter.layouts import LAYOUTS
 from converter.linears import CONVERT_DTYPES
 from converter.names import SCHEMES as NAME_SCHEMES
+from converter.serving import OutputKind, unserved_warning
 from grok1.entry import EXIT_INTERRUPTED
 from grok1.pipeline import TARGETS
 from quant.schemes import METHODS
@@ -433,6 +434,9 @@ def quantize(src: Path, dst: Path, scheme_name: str, group_size: int | None, sym
     from converter.sizes import parse_size
     from quant.requantize import quantize_checkpoint
 
+    asymmetric = not symmetric and not QUANT_SCHEMES[scheme_name].fp8
+    warning = unserved_warning(OutputKind("hf", names, scheme_name + (
+        "-asym" if asymmetric else "")))
     summary = quantize_checkpoint(src, dst, scheme_name, group_size=group_size,
                                   symmetric=symmetric, method=method, names=names,
                                   shard_size=parse_size(shard_size), tokenizer=tokenizer,
@@ -441,8 +445,10 @@ def quantize(src: Path, dst: Path, scheme_name: str, group_size: int | None, sym
                                   quiet=quiet, executor=executor, ray_address=ray_address)
     rows = summary.pop("rows")
     if as_json:
-        echo_json(summary)
+        echo_json({**summary, "serving_warning": warning})
         return
+    if warning:
+        click.echo(warning, err=True)
     click.echo(f"{summary['scheme']} on {summary['device']}: {summary['tensors']} tensors into "
                f"{summary['units']} files in {summary['seconds']:.1f}s -> {dst}")
     click.echo(f"{'tensor':<60} {'rel RMS':>9} {'max err':>10} {'clipped':>8}")
@@ -663,8 +669,10 @@ def pipeline(to: str, repo: str, revision: str | None, work_dir: Path, upload_re
       grok1 pipeline --to int4 --work-dir ./work --upload me/grok-1-w4a16
     """
     from converter.engine import default_workers
-    from grok1.pipeline import run_pipeline
+    from grok1.pipeline import GGUF_TARGETS, run_pipeline
 
+    warning = unserved_warning(OutputKind("gguf", None, GGUF_TARGETS[to]) if to in GGUF_TARGETS
+                               else OutputKind("hf", names, dtype if to == "hf" else to))
     state = run_pipeline(to=to, repo=repo, revision=revision, work_dir=work_dir,
                          upload_repo=upload_repo, endpoint=endpoint, dtype=dtype, names=names,
                          tokenizer=tokenizer, workers=workers or default_workers(),
@@ -672,6 +680,43 @@ def pipeline(to: str, repo: str, revision: str | None, work_dir: Path, upload_re
                          seed=seed, quiet=quiet, executor=executor, ray_address=ray_address,
                          echo=(lambda _: None) if as_json else click.echo)
     if as_json:
-        echo_json(state)
+        echo_json({**state, "serving_warning": warning})
+        return
+    if warning:
+        click.echo(warning, err=True)
+    click.echo(f"pipeline {to}: done ({', '.join(s for s in state['steps'])})")
+
+
+@main.command()
+@click.argument("folder", required=False, type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True)
+def serving(folder: Path | None, as_json: bool) -> None:
+    """How to serve an output folder, or (without FOLDER) the whole serving table.
+
+    The table gives, for every output kind (layout, tensor names, weights), the engines that
+    load it with their versions, and the real model's weight bytes per GPU.
+
+    \b
+    Examples:
+      grok1 serving ./grok-1-fp8       # engines, commands and caveats for this folder
+      grok1 serving                    # the table the README shows
+    """
+    from converter.serving import how_to_serve, kind_of, serving_engines, serving_table
+    from grok1.sizes import real_model_sizes
+
+    if folder is None:
+        lines = serving_table(real_model_sizes())
+        click.echo(json.dumps(lines) if as_json else "\n".join(lines))
+        return
+    if not folder.is_dir():
+        raise UsageError(f"{folder}: not a folder")
+    kind = kind_of(folder)
+    if kind is None:
+        raise UsageError(f"{folder}: not an output of grok1-toolchain (no Grok-1 config.json, "
+                         "GGUF or ckpt-0/)")
+    if as_json:
+        echo_json({"kind": kind.label(), "engines": [
+            {"name": e.name, "versions": e.versions, "serves": e.serves,
+             "command": e.command.format(path=folder)} for e in serving_engines(kind)]})
     else:
-        click.echo(f"pipeline {to}: done ({', '.join(s for s in state['steps'])})")
+        click.echo("\n".join(how_to_serve(folder)).strip())

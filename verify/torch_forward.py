@@ -19,6 +19,14 @@ import torch
 
 from converter.config import Grok1Config
 from converter.errors import UsageError
+from converter.hf_model.grok1_layers import (
+    attend,
+    gated_gelu,
+    rms_norm,
+    rope,
+    route,
+    unembed_logits,
+)
 from converter.layouts import CheckpointReader
 from converter.tensors import QuantizedWeight8bit, bf16_bits_to_f32
 from verify.weights import dense, load_layer, prefetch_layer
@@ -46,21 +54,6 @@ class LayerOutput:
     hidden: torch.Tensor
     attention: torch.Tensor
     moe: torch.Tensor
-
-
-def _rms_norm(x: torch.Tensor, scale: torch.Tensor, eps: float) -> torch.Tensor:
-    xf = x.float()
-    normed = xf * torch.rsqrt(xf.square().mean(-1, keepdim=True) + eps)
-    return (normed * scale.float()).to(x.dtype)
-
-
-def _rope(x: torch.Tensor, base: float) -> torch.Tensor:
-    d = x.shape[-1]
-    inv_freq = 1.0 / (base ** (torch.arange(0, d, 2, dtype=torch.float32, device=x.device) / d))
-    phase = torch.arange(x.shape[1], dtype=torch.float32, device=x.device)[:, None] * inv_freq
-    phase = torch.cat([phase, phase], dim=-1)[None, :, None, :]
-    rotated = torch.cat([-x[..., d // 2:], x[..., : d // 2]], dim=-1)
-    return (x.float() * phase.cos() + rotated.float() * phase.sin()).to(x.dtype)
 
 
 def _bands(rows: int, cols: int, groups: int) -> Iterator[tuple[int, int, int]]:
@@ -143,12 +136,12 @@ class StreamedGrok1:
     def head(self, hidden: torch.Tensor) -> np.ndarray:
         """Final norm and tied unembedding, vocabulary in chunks; float32 [B, T, vocab]."""
         c = self.config
-        h = _rms_norm(hidden, self._tensor(self._final_norm, torch.float32), c.rms_norm_eps)
+        h = rms_norm(hidden, self._tensor(self._final_norm, torch.float32), c.rms_norm_eps)
         out = np.empty((*h.shape[:-1], c.vocab), np.float32)
         for start in range(0, c.vocab, _HEAD_CHUNK):
             block = self._view(self._embed[start:start + _HEAD_CHUNK])
-            logits = (h @ block.T) * c.out_mult
-            out[..., start:start + block.shape[0]] = logits.float().cpu().numpy()
+            logits = unembed_logits(h, block, c.out_mult)
+            out[..., start:start + block.shape[0]] = logits.cpu().numpy()
         return out
 
     def _view(self, array: np.ndarray) -> torch.Tensor:
@@ -173,12 +166,12 @@ class StreamedGrok1:
         c = self.config
         norm = {r: self._tensor(weights[r], torch.float32) for r in (
             "pre_attn_norm", "post_attn_norm", "pre_moe_norm", "post_moe_norm")}
-        attn = self._attention(_rms_norm(hidden, norm["pre_attn_norm"], c.rms_norm_eps),
+        attn = self._attention(rms_norm(hidden, norm["pre_attn_norm"], c.rms_norm_eps),
                                weights, valid)
-        attn = _rms_norm(attn, norm["post_attn_norm"], c.rms_norm_eps)
+        attn = rms_norm(attn, norm["post_attn_norm"], c.rms_norm_eps)
         hidden = hidden + attn
-        moe = self._moe(_rms_norm(hidden, norm["pre_moe_norm"], c.rms_norm_eps), weights)
-        moe = _rms_norm(moe, norm["post_moe_norm"], c.rms_norm_eps)
+        moe = self._moe(rms_norm(hidden, norm["pre_moe_norm"], c.rms_norm_eps), weights)
+        moe = rms_norm(moe, norm["post_moe_norm"], c.rms_norm_eps)
         return LayerOutput(hidden=hidden + moe, attention=attn, moe=moe)
 
     def _attention(self, x: torch.Tensor, w: dict[str, Any], valid: torch.Tensor) -> torch.Tensor:
@@ -187,17 +180,15 @@ class StreamedGrok1:
         q = self._matmul(x, w["attn_q"], "attn_q").view(b, t, c.q_heads, c.key_size)
         k = self._matmul(x, w["attn_k"], "attn_k").view(b, t, c.kv_heads, c.key_size)
         v = self._matmul(x, w["attn_v"], "attn_v").view(b, t, c.kv_heads, c.key_size)
-        q, k = _rope(q, c.rope_base), _rope(k, c.rope_base)
+        positions = torch.arange(t, device=x.device)
+        q, k = rope(q, positions, c.rope_base), rope(k, positions, c.rope_base)
         q = q.view(b, t, c.kv_heads, c.q_heads // c.kv_heads, c.key_size)
         causal = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
         blocks = []
         for start in range(0, t, _QUERY_BLOCK):  # each query's softmax is its own
             rows = slice(start, start + _QUERY_BLOCK)
-            logits = torch.einsum("bthgd,bshd->bhgts", q[:, rows], k).float() * c.attn_mult
-            logits = c.attn_softcap * torch.tanh(logits / c.attn_softcap)
-            mask = causal[None, None, None, rows] & valid[:, None, None, None, :]
-            probs = torch.softmax(logits.masked_fill(~mask, -1e30), dim=-1).to(x.dtype)
-            blocks.append(torch.einsum("bhgts,bshd->bthgd", probs, v))
+            mask = causal[None, rows] & valid[:, None, :]
+            blocks.append(attend(q[:, rows], k, v, mask, c.attn_mult, c.attn_softcap))
         out = torch.cat(blocks, dim=1) if len(blocks) > 1 else blocks[0]
         return self._matmul(out.reshape(b, t, c.q_dim), w["attn_o"], "attn_o")
 
@@ -205,8 +196,7 @@ class StreamedGrok1:
         c = self.config
         flat = x.reshape(-1, x.shape[-1])
         router = self._tensor(w["router"], torch.float32)
-        probs = torch.softmax(flat.float() @ router, dim=-1)  # upstream ignores padding here
-        gates, chosen = torch.topk(probs, c.topk, dim=-1)
+        gates, chosen = route(flat.float() @ router, c.topk)  # upstream ignores padding here
         out = torch.zeros(flat.shape, dtype=torch.float32, device=x.device)
         for e in range(c.experts):
             token, slot = torch.nonzero(chosen == e, as_tuple=True)
@@ -215,7 +205,7 @@ class StreamedGrok1:
             xe = flat[token]
             gate = self._matmul(xe, w["moe_gate"][e], "moe_gate")
             up = self._matmul(xe, w["moe_up"][e], "moe_up")
-            he = torch.nn.functional.gelu(gate, approximate="tanh") * up
+            he = gated_gelu(gate, up)
             ye = self._matmul(he, w["moe_down"][e], "moe_down").float() * gates[token, slot, None]
             out.index_add_(0, token, ye)
         return out.to(x.dtype).view_as(x)

@@ -50,6 +50,7 @@ from converter.errors import (
     UsageError,
 )
 from converter.executors import ordered_map
+from converter.hf_model import AUTO_MAP, MODEL_FILES, write_model_files
 from converter.layouts.base import (
     CheckpointReader,
     Layout,
@@ -131,10 +132,15 @@ def plan_outputs(specs: list[TensorSpec], scheme: NameScheme,
 
 def hf_config(config: Grok1Config, scheme: NameScheme, torch_dtype: str,
               quantization: dict[str, Any] | None = None) -> dict[str, Any]:
-    """config.json for vLLM / SGLang, plus the exact Grok-1 config under `grok1`."""
+    """config.json for transformers (our shipped model, through `auto_map`), SGLang and
+    vLLM <= 0.24, plus the exact Grok-1 config under `grok1`. Each engine reads its own keys:
+    SGLang's `grok.py` every key it reads below, with Grok-1's values; vLLM 0.24 scales attention
+    logits by head_dim ** -0.5 and then multiplies the attention output by
+    `attn_output_multiplier` (so 1.0), and reads the router's soft cap and renormalisation."""
     data: dict[str, Any] = {
         "architectures": ["Grok1ModelForCausalLM"],
         "model_type": "grok-1",
+        "auto_map": dict(AUTO_MAP),
         "vocab_size": config.vocab,
         "hidden_size": config.emb,
         "intermediate_size": config.ffn_size,
@@ -145,18 +151,30 @@ def hf_config(config: Grok1Config, scheme: NameScheme, torch_dtype: str,
         "num_experts": config.experts,
         "num_local_experts": config.experts,
         "num_experts_per_tok": config.topk,
-        "attn_output_multiplier": config.attn_mult,
+        "attention_multiplier": config.attn_mult,
+        "attn_output_multiplier": 1.0,
+        "attn_logit_softcapping": config.attn_softcap,
+        "attn_logit_softcapping_method": "tanh",
+        "attn_temperature_len": -1,
         "max_attn_value": config.attn_softcap,
+        "router_logit_softcapping": 0.0,
+        "moe_router_renormalize": False,
+        "residual_moe": False,
         "embedding_multiplier_scale": config.emb_mult,
         "output_multiplier_scale": config.out_mult,
         "rms_norm_eps": config.rms_norm_eps,
         "rope_theta": config.rope_base,
+        "rope_rotate_half_dims": False,
         "max_position_embeddings": config.max_seq_len,
         "tie_word_embeddings": scheme.tied_lm_head is None,
         "torch_dtype": torch_dtype,
         "pad_token_id": config.pad_token,
         "bos_token_id": config.bos_token,
         "eos_token_id": config.eos_token,
+        "load_presharded_attn": False,
+        "load_presharded_mlp": False,
+        "load_presharded_embedding": False,
+        "grok1_modules": dataclasses.asdict(scheme.layer_modules),
         "grok1": config.to_dict(),
         "grok1_names": scheme.name,
     }
@@ -183,7 +201,8 @@ def config_from_hf(data: dict[str, Any], source: str) -> Grok1Config:
             ffn_size=data["intermediate_size"],
             emb_mult=data.get("embedding_multiplier_scale", Grok1Config.emb_mult),
             out_mult=data.get("output_multiplier_scale", Grok1Config.out_mult),
-            attn_mult=data.get("attn_output_multiplier", Grok1Config.attn_mult),
+            attn_mult=data.get("attention_multiplier",  # ours; hpcai's port calls it:
+                               data.get("attn_output_multiplier", Grok1Config.attn_mult)),
             attn_softcap=data.get("max_attn_value", 30.0),
             rope_base=data.get("rope_theta", 10000.0), rms_norm_eps=data.get("rms_norm_eps", 1e-5),
             pad_token=data.get("pad_token_id", 0), bos_token=data.get("bos_token_id", 1),
@@ -501,7 +520,7 @@ class ShardedTarget:
 
     def final_files(self, units: list[Unit]) -> list[str]:
         """The files `finalize` writes, known before any unit is."""
-        names = ["config.json", "generation_config.json"]
+        names = ["config.json", "generation_config.json", *MODEL_FILES]
         if self.tokenizer is not None:
             names += list(TOKENIZER_FILES)
         names += self.linears.report_files()
@@ -523,6 +542,7 @@ class ShardedTarget:
         _write_json(dst / "generation_config.json", {
             "bos_token_id": c.bos_token, "eos_token_id": c.eos_token,
             "pad_token_id": c.pad_token, "_from_model_config": True})
+        write_model_files(dst)
         if self.tokenizer is not None:
             write_tokenizer(dst, self.tokenizer, max_length=c.max_seq_len)
         for name, text in self.linears.reports(records).items():

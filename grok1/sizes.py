@@ -1,0 +1,29 @@
+"""The real Grok-1's weight bytes in each output kind, from the plan of its tensors (nothing is
+read or written): what the serving table says each output needs."""
+
+from __future__ import annotations
+
+from converter.config import Grok1Config
+from converter.layouts.hf import plan_outputs
+from converter.linears import convert_linears
+from converter.names import SCHEMES
+from converter.serving import weights_name
+from converter.spec import build_spec
+from quant.schemes import SCHEMES as QUANT_SCHEMES
+
+__all__ = ["real_model_sizes"]
+
+
+def real_model_sizes() -> dict[str, int]:
+    """Bytes of the real model's hf output by weights (f32, bf16, int8, int4, ...)."""
+    specs = build_spec(Grok1Config())
+    linears = [convert_linears(dtype, specs) for dtype in ("f32", "bf16")]
+    for entry in QUANT_SCHEMES.values():
+        linears.append(entry.linears(specs))
+        if not entry.fp8:
+            linears.append(entry.linears(specs, symmetric=False))
+    sizes = {}
+    for made in linears:
+        outputs = plan_outputs(specs, SCHEMES["hpcai"], made.formats)
+        sizes[weights_name(made.formats["moe_gate"])] = sum(o.entry.nbytes for o in outputs)
+    return sizes
