@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from converter.compressed import PackedLinear
 from converter.config import Grok1Config
 from converter.errors import UsageError
 from converter.hf_model.grok1_layers import (
@@ -28,6 +29,7 @@ from converter.hf_model.grok1_layers import (
     unembed_logits,
 )
 from converter.layouts import CheckpointReader
+from converter.progress import step_bar
 from converter.tensors import QuantizedWeight8bit, bf16_bits_to_f32
 from verify.weights import dense, load_layer, prefetch_layer
 
@@ -69,16 +71,61 @@ def _bands(rows: int, cols: int, groups: int) -> Iterator[tuple[int, int, int]]:
             yield first, min(first + step, end), group
 
 
+def _shape(value: Any) -> tuple[int, int]:
+    """[in, out] of a weight in the canonical orientation."""
+    return value.weight.shape if isinstance(value, QuantizedWeight8bit) else value.shape
+
+
 def _fill(buffer: np.ndarray, value: Any, first: int, end: int, group: int) -> np.ndarray:
     """Rows first:end of a weight matrix as exact float32 ([in, out]), written into `buffer`:
     the release's int8 codes times their group's bf16 scale, or a dense matrix's rows."""
-    cols = (value.weight if isinstance(value, QuantizedWeight8bit) else value).shape[1]
+    cols = _shape(value)[1]
     band = buffer[:(end - first) * cols].reshape(end - first, cols)
     if isinstance(value, QuantizedWeight8bit):
         np.multiply(value.weight[first:end], bf16_bits_to_f32(value.scales[group]), out=band)
     else:
         np.copyto(band, value[first:end])
     return band
+
+
+def _packed_bands(value: PackedLinear) -> Iterator[tuple[int, int]]:
+    """Row bands of a pack-quantized Linear (canonical rows = its input columns): whole scale
+    groups, about _BAND_ELEMENTS elements each."""
+    cols, rows = value.shape
+    unit = value.group_size if value.scale.shape[1] > 1 else 32 // value.bits
+    step = max(unit, _BAND_ELEMENTS // max(cols, 1) // unit * unit)
+    for first in range(0, rows, step):
+        yield first, min(first + step, rows)
+
+
+def _packed_rows(value: PackedLinear, first: int, end: int) -> torch.Tensor:
+    """Canonical rows first:end of a pack-quantized Linear, transposed ([out, end - first]
+    float32; `first` on a scale group's start): `PackedLinear.rows` in torch, whose
+    elementwise kernels run on every core and allocate no page-faulting numpy temporaries;
+    the same values bit for bit."""
+    per_word = 32 // value.bits
+    raw = torch.from_numpy(np.ascontiguousarray(
+        value.packed[:, first // per_word:-(-end // per_word)]).view(np.uint8))
+    if value.bits == 8:
+        codes = (raw ^ 0x80).view(torch.int8)
+    else:
+        codes = torch.stack([(raw & 0x0F).to(torch.int8), (raw >> 4).to(torch.int8)],
+                            dim=-1).reshape(raw.shape[0], -1) - 8
+    values = codes[:, :end - first].float()
+    scale = torch.from_numpy(value.scale_f32())
+    if value.scale.shape[1] == 1:  # one scale per output channel
+        zero = (torch.from_numpy(value.zero_points().astype(np.float32))
+                if value.zero_point is not None else None)
+        if zero is not None:
+            values -= zero
+        return values.mul_(scale)
+    size = value.group_size
+    grouped = values.view(values.shape[0], -1, size)
+    window = slice(first // size, end // size)
+    if value.zero_point is not None:
+        grouped -= torch.from_numpy(value.zero_points().astype(np.float32))[:, window, None]
+    grouped.mul_(scale[:, window, None])
+    return values
 
 
 class StreamedGrok1:
@@ -115,9 +162,16 @@ class StreamedGrok1:
         accumulate in place; elsewhere it is made whole."""
         if self.dtype != torch.float32 or self.device.type != "cpu":
             return x @ self._tensor(value)
+        if isinstance(value, PackedLinear) and value.shape[1] % (
+                value.group_size if value.scale.shape[1] > 1 else 32 // value.bits) == 0:
+            flat = x.reshape(-1, value.shape[1])
+            out = torch.zeros(flat.shape[0], value.shape[0], dtype=torch.float32)
+            for first, end in _packed_bands(value):  # x @ band.T: no transposed copy
+                out.addmm_(flat[:, first:end], _packed_rows(value, first, end).T)
+            return out.view(*x.shape[:-1], value.shape[0])
         if not isinstance(value, QuantizedWeight8bit):
             value = dense(value)
-        rows, cols = (value.weight if isinstance(value, QuantizedWeight8bit) else value).shape
+        rows, cols = _shape(value)
         flat = x.reshape(-1, rows)
         out = torch.zeros(flat.shape[0], cols, dtype=torch.float32)
         need = min(rows, max(1, _BAND_ELEMENTS // max(cols, 1))) * cols
@@ -213,24 +267,29 @@ class StreamedGrok1:
 
 @torch.inference_mode()
 def stream_logits(reader: CheckpointReader, tokens: np.ndarray, *, dtype: str = "float32",
-                  device: str = "cpu", batch: int = 4) -> Iterator[np.ndarray]:
+                  device: str = "cpu", batch: int = 4, quiet: bool = True
+                  ) -> Iterator[np.ndarray]:
     """Logits float32 [positions, vocab] of every position of `tokens` [B, T] in order, a few
     positions at a time: each layer is read once and runs on `batch` sequences at a time, and
-    no more than about HEAD_ENTRIES logits are held."""
+    no more than about HEAD_ENTRIES logits are held. Unless `quiet`, a progress bar counts
+    layers on a terminal."""
     model = StreamedGrok1(reader, dtype=dtype, device=device)
     tokens = np.asarray(tokens)
     valid = torch.from_numpy(tokens != model.config.pad_token).to(model.device)
     hidden = model.embed(tokens)
-    for layer in range(model.config.layers):
-        weights = model.load_layer(layer)
-        for rows in range(0, len(tokens), batch):
-            part = slice(rows, rows + batch)
-            hidden[part] = model.layer(weights, hidden[part], valid[part]).hidden
-        del weights
-    flat = hidden.reshape(-1, hidden.shape[-1])
-    step = max(1, HEAD_ENTRIES // model.config.vocab)
-    for start in range(0, flat.shape[0], step):
-        yield model.head(flat[start:start + step])
+    with step_bar(model.config.layers + 1, "logits", "layer", quiet=quiet) as bar:
+        for layer in range(model.config.layers):
+            weights = model.load_layer(layer)
+            for rows in range(0, len(tokens), batch):
+                part = slice(rows, rows + batch)
+                hidden[part] = model.layer(weights, hidden[part], valid[part]).hidden
+            del weights
+            bar.update()
+        flat = hidden.reshape(-1, hidden.shape[-1])
+        step = max(1, HEAD_ENTRIES // model.config.vocab)
+        for start in range(0, flat.shape[0], step):
+            yield model.head(flat[start:start + step])
+        bar.update()
 
 
 def torch_logits(reader: CheckpointReader, tokens: np.ndarray, *, dtype: str = "float32",
