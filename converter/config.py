@@ -176,6 +176,10 @@ def _scaled(emb: int, q_heads: int, kv_heads: int, key_size: int, vocab: int, la
 PRESETS: dict[str, dict[str, Any]] = {
     # The shared fixture's dimensions: 12 layers so that lexicographic file order matters.
     "tiny": _scaled(emb=64, q_heads=16, kv_heads=8, key_size=16, vocab=256, layers=12),
+    # About 35 MB with Grok-1's 131072-token vocabulary, so text and the shipped tokenizer can
+    # be tried quickly; query heads x head size = embedding size, as llama.cpp's grok needs,
+    # and every width a multiple of 8, as the original code's sharding needs.
+    "text": _scaled(emb=64, q_heads=8, kv_heads=8, key_size=8, vocab=131072, layers=2),
     # About 50 MB: pipeline and quantization tests.
     "small": _scaled(emb=256, q_heads=16, kv_heads=8, key_size=16, vocab=4096, layers=5),
     # About 2.2 GB, 12 layers, the real model's ratios (q/kv heads 6, ffn 16/3 emb): benchmarks.

@@ -30,8 +30,8 @@ from converter.executors import (
 )
 from converter.layouts import CheckpointReader, layout, open_checkpoint
 from converter.layouts.base import Target, TargetOptions, Unit
-from converter.output import MANIFEST_NAME, OutputFolder, fingerprint, refuse_overlap
-from converter.progress import byte_bar
+from converter.output import MANIFEST_NAME, OutputFolder, fingerprint, origin_of, refuse_overlap
+from converter.progress import byte_bar, file_growth
 
 __all__ = ["MANIFEST_NAME", "Target", "Unit", "convert", "default_workers", "run_units"]
 
@@ -85,9 +85,11 @@ def _on_ray(ray: Any, source: Path, target: Target, todo: list[Unit], dst: Path)
 def run_units(source: Path, dst: Path, target: Target, *, workers: int, resume: bool = False,
               overwrite: bool = False, dry_run: bool = False, quiet: bool = False,
               executor: str = "local", ray_address: str | None = None,
-              reader: CheckpointReader | None = None) -> dict[str, Any]:
+              reader: CheckpointReader | None = None, label: str = "convert",
+              command: str | None = None) -> dict[str, Any]:
     """Convert `source` into `dst` with `target`; returns a summary. `reader`: the source,
-    when the caller has already opened it."""
+    when the caller has already opened it; `label`: the progress bar's; `command`: the
+    command line to record (the manifest also records where the source came from)."""
     if executor not in EXECUTORS:
         raise UsageError(f"unknown executor {executor!r}; known: {', '.join(EXECUTORS)}")
     ray = ray_connect(ray_address) if executor == "ray" and not dry_run else None
@@ -125,7 +127,8 @@ def run_units(source: Path, dst: Path, target: Target, *, workers: int, resume: 
         out.make(sum(u.nbytes for u in todo))
         manifest = {"tool": f"grok1-toolchain {__version__}", "settings": settings,
                     "source_identity": identity, "units": done, "files": finals,
-                    "complete": False}
+                    "command": (previous or {}).get("command", command),  # what began it
+                    "origin": origin_of(Path(source)), "complete": False}
         out.save_manifest(manifest)
         if ray is not None:
             results = _on_ray(ray, source, target, todo, dst)
@@ -134,12 +137,12 @@ def run_units(source: Path, dst: Path, target: Target, *, workers: int, resume: 
         else:
             results = _in_processes(source, target, todo, dst, workers)
         sizes = {u.path: u.nbytes for u in todo}
-        with byte_bar(total, "convert", quiet=quiet) as bar:
-            bar.update(total - sum(sizes.values()))
+        with byte_bar(total, label, quiet=quiet) as bar, file_growth(
+                bar, dst, sizes, already=total - sum(sizes.values())) as finished:
             for path, result in results:
                 manifest["units"][path] = {"bytes": (dst / path).stat().st_size, **result}
                 out.save_manifest(manifest)
-                bar.update(sizes[path])
+                finished(path)
         if ray is not None:
             out.sweep_temporaries({u.path for u in units})  # killed attempts' leftovers
         target.finalize(reader, units, dst, manifest["units"])

@@ -52,10 +52,26 @@ class GgmlType:
         return count // self.block * self.block_bytes
 
 
+# Every float and block type of ggml's file format (ggml.h; the gguf package's
+# GGML_QUANT_SIZES): id, elements per block, bytes per block. We write the first five and decode
+# them ourselves; the rest (K-quants, i-quants, ...) are what llama.cpp's quantizer makes, read
+# through the gguf package's reference dequantizers.
 GGML_TYPES: dict[str, GgmlType] = {t.name: t for t in (
     GgmlType("F32", 0, 1, 4), GgmlType("F16", 1, 1, 2), GgmlType("Q4_0", 2, QK, 18),
     GgmlType("Q8_0", 8, QK, 34), GgmlType("BF16", 30, 1, 2),
+    GgmlType("Q4_1", 3, 32, 20), GgmlType("Q5_0", 6, 32, 22), GgmlType("Q5_1", 7, 32, 24),
+    GgmlType("Q8_1", 9, 32, 40), GgmlType("Q2_K", 10, 256, 84),
+    GgmlType("Q3_K", 11, 256, 110), GgmlType("Q4_K", 12, 256, 144),
+    GgmlType("Q5_K", 13, 256, 176), GgmlType("Q6_K", 14, 256, 210),
+    GgmlType("Q8_K", 15, 256, 292), GgmlType("IQ2_XXS", 16, 256, 66),
+    GgmlType("IQ2_XS", 17, 256, 74), GgmlType("IQ3_XXS", 18, 256, 98),
+    GgmlType("IQ1_S", 19, 256, 50), GgmlType("IQ4_NL", 20, 32, 18),
+    GgmlType("IQ3_S", 21, 256, 110), GgmlType("IQ2_S", 22, 256, 82),
+    GgmlType("IQ4_XS", 23, 256, 136), GgmlType("F64", 28, 1, 8),
+    GgmlType("IQ1_M", 29, 256, 56), GgmlType("TQ1_0", 34, 256, 54),
+    GgmlType("TQ2_0", 35, 256, 66), GgmlType("MXFP4", 39, 32, 17),
 )}
+OWN_TYPES = ("F32", "F16", "Q4_0", "Q8_0", "BF16")  # encoded and decoded here
 _BY_ID = {t.id: t for t in GGML_TYPES.values()}
 
 # GGUF value types
@@ -132,17 +148,29 @@ def decode(raw: np.ndarray, kind: str, shape: tuple[int, ...]) -> np.ndarray:
         return raw.view(np.float16).astype(np.float32).reshape(shape)
     if kind == "BF16":
         return bf16_bits_to_f32(raw.view(np.uint16)).reshape(shape)
+    if kind not in OWN_TYPES:
+        return _decode_with_gguf(raw, kind, shape)
     block = GGML_TYPES[kind].block_bytes
     blocks = raw.reshape(-1, block)
     d = blocks[:, :2].copy().view(np.float16).astype(np.float32)
     if kind == "Q8_0":
         codes = blocks[:, 2:].view(np.int8).astype(np.float32)
-    elif kind == "Q4_0":
+    else:
         q = blocks[:, 2:]
         codes = np.concatenate([q & 0x0F, q >> 4], axis=1).astype(np.float32) - 8
-    else:
-        raise MalformedFileError(f"cannot decode GGUF type {kind}")
     return (codes * d).reshape(shape)
+
+
+def _decode_with_gguf(raw: np.ndarray, kind: str, shape: tuple[int, ...]) -> np.ndarray:
+    """A type llama.cpp's quantizer makes, through the gguf package's dequantizer."""
+    try:
+        from gguf.constants import GGMLQuantizationType
+        from gguf.quants import dequantize
+    except ImportError:
+        raise UsageError(f"reading GGUF type {kind} needs the gguf package by the llama.cpp "
+                         "authors: pip install 'grok1-toolchain[gguf]'") from None
+    rows = raw.reshape(-1, GGML_TYPES[kind].nbytes(shape[-1]))
+    return np.asarray(dequantize(rows, GGMLQuantizationType[kind]), np.float32).reshape(shape)
 
 
 def q8_0_from_release(codes: np.ndarray, scales_bits: np.ndarray) -> np.ndarray | None:
@@ -361,8 +389,8 @@ class GGUFReader:
             dims = struct.unpack(f"<{n_dims}Q", self._take(8 * n_dims))
             kind, offset = self._unpack("<I"), self._unpack("<Q")
             if kind not in _BY_ID:
-                raise MalformedFileError(f"{self.path}: {name} has ggml type {kind}, which this "
-                                         f"tool does not read ({', '.join(GGML_TYPES)})")
+                raise MalformedFileError(f"{self.path}: {name} has ggml type id {kind}, which "
+                                         "is not a float or block type of ggml")
             infos.append((TensorInfo(name, tuple(int(d) for d in dims[::-1]),
                                      _BY_ID[kind].name), offset))
         data = self._pos + (-self._pos % alignment)

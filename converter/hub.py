@@ -32,11 +32,14 @@ from converter.errors import (
     UsageError,
 )
 from converter.output import (
+    DOWNLOAD_RECORD,
     MANIFEST_NAME,
     MODEL_CARD,
-    PROVENANCE_NAME,
+    QUANT_PLOT,
+    VERIFY_PLOT,
     VERIFY_REPORT_MD,
     file_sha256,
+    origin_of,
 )
 from converter.safe_read import read_json
 from converter.serving import how_to_serve, kind_of, library_name
@@ -44,13 +47,21 @@ from converter.serving import how_to_serve, kind_of, library_name
 __all__ = ["DOWNLOAD_RECORD", "check_repo_id", "download", "invocation", "model_card",
            "recorded_hash_problems", "upload", "upload_files"]
 
-DOWNLOAD_RECORD = "grok1-download.json"
 DEFAULT_PATTERNS = ("ckpt-0/*", "config.json")
 LEGACY_PATTERNS = ("ckpt/*", "config.json")
 
 
 def _hub_error(exc: Exception, repo: str, revision: str | None) -> HubError:
-    """One line for what went wrong talking to the Hub."""
+    """One line for what went wrong talking to the Hub (with what to set, when the Hub speaks
+    LFS only and huggingface_hub asked it for Xet storage)."""
+    error = _plain_hub_error(exc, repo, revision)
+    if "xet" in str(exc).lower() and "HF_HUB_DISABLE_XET" not in str(error):
+        return HubError(f"{error}; this Hub does not speak Xet (a `grok1 serve` mirror speaks "
+                        "LFS only): set HF_HUB_DISABLE_XET=1")
+    return error
+
+
+def _plain_hub_error(exc: Exception, repo: str, revision: str | None) -> HubError:
     from huggingface_hub import errors
 
     if isinstance(exc, errors.RevisionNotFoundError):
@@ -203,22 +214,41 @@ def _git_sha1(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _manifest_hashes(folder: Path) -> list[tuple[str, str, str]] | None:
+    """(file, "sha256", digest) of every weight file a conversion's manifest recorded; None
+    when the folder has no manifest of this toolchain."""
+    manifest = _json(Path(folder) / MANIFEST_NAME)
+    units = manifest.get("units")
+    if not isinstance(units, dict):
+        return None
+    return [(str(name), "sha256", str(unit.get("sha256"))) for name, unit in units.items()
+            if isinstance(unit, dict) and unit.get("sha256")]
+
+
 def recorded_hash_problems(folder: Path, workers: int = 4) -> list[str]:
-    """Files of a download whose bytes no longer hash to what `grok1-download.json` recorded
-    (sha256 for LFS files, the git blob id for the others); one line each."""
+    """Files whose bytes no longer hash to what was recorded when they were made: by
+    `grok1-download.json` (sha256 for LFS files, the git blob id for the others), or by a
+    conversion's manifest (every weight file's sha256); one line each."""
     record_path = Path(folder) / DOWNLOAD_RECORD
+    from_manifest = _manifest_hashes(folder)
+    if from_manifest is not None and not record_path.is_file():
+        return _hash_problems(folder, from_manifest, workers)
     try:
         record = read_json(record_path, "download record")
         expected = [(p, "sha256", h) for p, h in record.get("sha256", {}).items()]
         expected += [(p, "git_sha1", h) for p, h in record.get("git_sha1", {}).items()]
     except CheckpointNotFoundError:
-        return [f"{record_path}: missing (only a folder made by `grok1 download` has hashes "
-                "to check)"]
+        return [f"{record_path}: missing (only a folder made by `grok1 download`, `convert` "
+                "or `quantize` has hashes to check)"]
     except MalformedFileError as exc:
         return [str(exc)]
     except AttributeError:
         return [f"{record_path}: not a download record"]
+    return _hash_problems(folder, expected, workers)
 
+
+def _hash_problems(folder: Path, expected: list[tuple[str, str, str]],
+                   workers: int) -> list[str]:
     def problem(item: tuple[str, str, str]) -> str | None:
         relative, kind, digest = item
         path = Path(folder) / relative
@@ -308,7 +338,7 @@ def model_card(folder: Path, repo: str, *, command: list[str] | None = None) -> 
     folder = Path(folder)
     config = _json(folder / "config.json")
     scheme, tags, quantized = _scheme(config, folder / "config.json")
-    source = _provenance(folder)
+    source, made_by = _provenance(folder)
     front = ["---", "base_model: xai-org/grok-1"]
     if quantized:
         front.append("base_model_relation: quantized")
@@ -318,12 +348,11 @@ def model_card(folder: Path, repo: str, *, command: list[str] | None = None) -> 
     lines = [
         f"# {repo}", "",
         "Grok-1 (xai-org/grok-1, 314B mixture-of-experts) converted by grok1-toolchain.", "",
-        f"- Source: `{source.get('repo', 'unknown')}` at commit "
-        f"`{source.get('commit', 'unknown')}`",
+        f"- Source: {source}",
         f"- Format: {scheme}",
         f"- Tokenizer: {_tokenizer_line(folder)}",
         f"- Tool: grok1-toolchain {__version__}",
-        f"- Command: `{invocation(command or sys.argv)}`", "",
+        f"- Command: `{made_by or invocation(command or sys.argv)}`", "",
     ]
     lines += how_to_serve(folder)
     report = folder / VERIFY_REPORT_MD
@@ -331,6 +360,10 @@ def model_card(folder: Path, repo: str, *, command: list[str] | None = None) -> 
         lines += [report.read_text().strip(), ""]
     else:
         lines += ["No verification report was found in the uploaded folder.", ""]
+    for name, alt in ((VERIFY_PLOT, "Per-layer relative error against the reference"),
+                      (QUANT_PLOT, "Quantization error of each expert Linear")):
+        if (folder / name).is_file():
+            lines += [f"![{alt}]({name})", ""]
     return "\n".join(front + lines)
 
 
@@ -356,13 +389,19 @@ def _json(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _provenance(folder: Path) -> dict[str, str]:
-    """Where a folder's weights came from: the pipeline or download record, if any."""
-    for name in (PROVENANCE_NAME, DOWNLOAD_RECORD):
-        data = _json(folder / name)
-        if data:
-            return {"repo": str(data.get("repo", "")), "commit": str(data.get("commit", ""))}
-    return {}
+def _provenance(folder: Path) -> tuple[str, str | None]:
+    """The card's source line, and the command that made the folder (None when unknown)."""
+    origin = origin_of(folder)
+    manifest = _json(folder / MANIFEST_NAME)
+    command = str(manifest["command"])[:300] if manifest.get("command") else None
+    if origin.get("repo"):
+        source = f"`{origin['repo']}` at commit `{origin.get('commit') or 'unknown'}`"
+    else:
+        source = f"a local checkpoint (`{origin.get('local')}`)"
+    earlier = [step for step in origin["steps"] if step != command]
+    if earlier:
+        source += ", through " + " then ".join(f"`{step}`" for step in earlier)
+    return source, command
 
 
 _NOT_UPLOADED = (".cache", MANIFEST_NAME, MODEL_CARD)
@@ -387,12 +426,27 @@ def upload_files(folder: Path) -> list[Path]:
     return files
 
 
+def check_publishable(folder: Path) -> None:
+    """A folder `upload` publishes without being told otherwise: a finished output of this
+    toolchain (a complete manifest) in which `grok1 inspect` finds no problem."""
+    from converter.inspect import inspect_checkpoint
+
+    if not _json(folder / MANIFEST_NAME).get("complete"):
+        raise UsageError(f"{folder}: not a finished output of grok1-toolchain (no complete "
+                         f"{MANIFEST_NAME}); pass --any-folder to publish it anyway")
+    problems = inspect_checkpoint(folder)["problems"]
+    if problems:
+        raise UsageError(f"{folder}: `grok1 inspect` finds {len(problems)} problem(s), first: "
+                         f"{problems[0]}; pass --any-folder to publish it anyway")
+
+
 def upload(folder: Path, repo: str, *, revision: str | None = None, private: bool = False,
            create_pr: bool = False, endpoint: str | None = None,
-           command: list[str] | None = None) -> dict[str, Any]:
+           command: list[str] | None = None, any_folder: bool = False) -> dict[str, Any]:
     """Create the repo if needed and commit the folder with a generated model card (rerun to
     resume: files already on the Hub are not sent again). The card is written into the folder
-    only once the upload succeeded."""
+    only once the upload succeeded. Unless `any_folder`, only a checked output of this
+    toolchain is published (`check_publishable`)."""
     from huggingface_hub import CommitOperationAdd, HfApi
     from huggingface_hub.utils import disable_progress_bars
 
@@ -402,6 +456,8 @@ def upload(folder: Path, repo: str, *, revision: str | None = None, private: boo
     folder = Path(folder)
     if not folder.is_dir():
         raise UsageError(f"{folder}: not a folder")
+    if not any_folder:
+        check_publishable(folder)
     card = model_card(folder, repo, command=command).encode()
     operations = [CommitOperationAdd(path.as_posix(), folder / path)
                   for path in upload_files(folder)]
@@ -413,6 +469,9 @@ def upload(folder: Path, repo: str, *, revision: str | None = None, private: boo
                                  revision=revision, create_pr=create_pr)
     with atomic_open(folder / MODEL_CARD) as f:
         f.write(card)
+    warning = (None if (folder / VERIFY_REPORT_MD).is_file() else
+               f"warning: {folder} has no verification report; the card says so (run "
+               "`grok1 verify REFERENCE FOLDER --markdown FOLDER/verification_report.md`)")
     return {"repo": repo, "commit": info.oid, "url": str(info.commit_url),
-            "pr_url": info.pr_url, "files": len(operations),
+            "pr_url": info.pr_url, "files": len(operations), "warning": warning,
             "endpoint": endpoint or os.environ.get("HF_ENDPOINT", "https://huggingface.co")}

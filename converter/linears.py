@@ -50,7 +50,7 @@ class Linears(Protocol):
 
     def report_files(self) -> list[str]: ...
 
-    def reports(self, records: dict[str, Any]) -> dict[str, str]: ...
+    def reports(self, records: dict[str, Any]) -> dict[str, str | bytes]: ...
 
 
 class CanonicalRows:
@@ -114,7 +114,7 @@ class _NoReports:
         """None."""
         return []
 
-    def reports(self, records: dict[str, Any]) -> dict[str, str]:
+    def reports(self, records: dict[str, Any]) -> dict[str, str | bytes]:
         """None."""
         return {}
 
@@ -191,5 +191,6 @@ def convert_linears(dtype: str, specs: list[TensorSpec]) -> Linears:
     if dtype == "int8":
         return ReleaseInt8Linears.for_specs(specs)
     if dtype not in CONVERT_DTYPES:
-        raise UsageError(f"unknown dtype {dtype!r}; known: {', '.join(CONVERT_DTYPES)}")
+        raise UsageError(f"--to hf and --to torch take --dtype {', '.join(CONVERT_DTYPES)}, "
+                         f"not {dtype} (q8_0, f16 and q4_0 are for --to gguf)")
     return DenseLinears(dtype)

@@ -30,19 +30,58 @@ from converter.atomic import INCOMPLETE_SUFFIX, atomic_open, check_free_space
 from converter.errors import MalformedFileError, UsageError
 from converter.safe_read import read_json
 
-__all__ = ["MANIFEST_NAME", "MODEL_CARD", "OWN_FILES", "PROVENANCE_NAME", "VERIFY_REPORT_JSON",
-           "VERIFY_REPORT_MD", "OutputFolder", "file_sha256", "fingerprint", "refuse_overlap"]
+__all__ = ["DOWNLOAD_RECORD", "MANIFEST_NAME", "MODEL_CARD", "OWN_FILES", "PROVENANCE_NAME",
+           "QUANT_PLOT", "VERIFY_PLOT", "VERIFY_REPORT_JSON", "VERIFY_REPORT_MD", "OutputFolder",
+           "file_sha256", "fingerprint", "origin_of", "refuse_overlap"]
 
 MANIFEST_NAME = "grok1-manifest.json"
 MODEL_CARD = "README.md"
 PROVENANCE_NAME = "grok1-provenance.json"
+DOWNLOAD_RECORD = "grok1-download.json"
 VERIFY_REPORT_MD = "verification_report.md"
 VERIFY_REPORT_JSON = "verification_report.json"
+VERIFY_PLOT = "verification_layers.png"
+QUANT_PLOT = "quantization_errors.png"  # written by quantize beside quantization_report.json
 # Files this toolchain's other commands add to an output folder (reports, the model card, the
 # pipeline's provenance): ours to replace as well.
 OWN_FILES = frozenset({MANIFEST_NAME, MODEL_CARD, PROVENANCE_NAME, VERIFY_REPORT_MD,
-                       VERIFY_REPORT_JSON})
+                       VERIFY_REPORT_JSON, VERIFY_PLOT})
 _TEMPORARY = re.compile(r"^(?P<base>.+)\.[0-9a-f]{8}" + re.escape(INCOMPLETE_SUFFIX) + "$")
+
+
+def _record(path: Path) -> dict[str, Any]:
+    """A JSON object this toolchain wrote, or {} (missing, malformed or not an object)."""
+    try:
+        data = read_json(path) if path.is_file() else {}
+    except (OSError, MalformedFileError, UsageError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _text(value: Any) -> str:
+    return str(value)[:300] if value is not None else ""
+
+
+def origin_of(source: Path) -> dict[str, Any]:
+    """Where a checkpoint came from, as its own records say: the Hub repo and commit of a
+    download (or of the download an output was made from), and the toolchain commands that
+    made it, oldest first. A folder with no records is a local checkpoint of that name."""
+    folder = Path(source)
+    for name in (PROVENANCE_NAME, DOWNLOAD_RECORD):
+        data = _record(folder / name)
+        if data.get("repo"):
+            return {"repo": _text(data["repo"]), "commit": _text(data.get("commit")),
+                    "steps": []}
+    manifest = _record(folder / MANIFEST_NAME)
+    origin = manifest.get("origin") if isinstance(manifest.get("origin"), dict) else {}
+    steps = origin.get("steps") if isinstance(origin.get("steps"), list) else []
+    steps = [_text(s) for s in steps[:64]]
+    if manifest.get("command"):
+        steps.append(_text(manifest["command"]))
+    if origin.get("repo"):
+        return {"repo": _text(origin["repo"]), "commit": _text(origin.get("commit")),
+                "steps": steps}
+    return {"local": _text(origin.get("local") or folder.name), "steps": steps}
 
 
 def file_sha256(path: Path) -> str:

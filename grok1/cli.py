@@ -18,6 +18,7 @@ from converter import __version__
 from converter.config import PRESETS, Grok1Config
 from converter.errors import DiskSpaceError, Grok1Error, UsageError
 from converter.executors import EXECUTORS
+from converter.hub import invocation
 from converter.layouts import DTYPES as LAYOUT_DTYPES
 from converter.layouts import LAYOUTS
 from converter.linears import CONVERT_DTYPES
@@ -56,8 +57,21 @@ class Grok1Group(click.Group):
     0 ok, 1 verification failed, 2 bad input or usage, 130 interrupted, 70 an internal error
     (a bug: GROK1_DEBUG=1 shows its traceback)."""
 
+    # `--help` lists commands in the order of the work, not alphabetically
+    ORDER = ("download", "serve", "inspect", "convert", "quantize", "gguf-quantize", "logits",
+             "verify", "serving", "upload", "pipeline", "tokenizer", "make-tiny")
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        """The commands in the order of the work, any unlisted one last."""
+        known = super().list_commands(ctx)
+        return [c for c in self.ORDER if c in known] + [c for c in known if c not in self.ORDER]
+
+    argv: tuple[str, ...] = ("grok1",)  # the command line being run, as the manifest records it
+
     def main(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
         """Run a command with standalone_mode off, and map every failure to one line."""
+        given = args[0] if args else kwargs.get("args")
+        self.argv = ("grok1", *(sys.argv[1:] if given is None else given))
         kwargs["standalone_mode"] = False
         if not os.environ.get("GROK1_DEBUG"):  # libraries' warnings are not the user's errors
             warnings.simplefilter("ignore")
@@ -130,15 +144,26 @@ writer_options = _stack(
 @click.group(cls=Grok1Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="grok1")
 def main() -> None:
-    """Download, convert, quantize, verify and publish Grok-1 checkpoints."""
+    """Download, convert, quantize, verify and publish Grok-1 checkpoints.
+
+    \b
+    Getting started (no download needed):
+      grok1 make-tiny ./tiny --preset text      # a small Grok-1 in the release's format
+      grok1 convert ./tiny ./tiny-hf --to hf --dtype f32
+      grok1 verify ./tiny ./tiny-hf             # exit 0: the same logits
+      grok1 serving ./tiny-hf                   # how to serve it
+    """
 
 
 @main.command("make-tiny")
 @click.argument("folder", type=click.Path(path_type=Path))
 @click.option("--preset", type=click.Choice(list(PRESETS)), default="tiny", show_default=True,
-              help="Model size: tiny (7.5 MB), small (46 MB), bench (2.2 GB), real.")
+              help="Model size: tiny (7.5 MB, the upstream fixture's shapes), text (35 MB, "
+                   "Grok-1's vocabulary and tokenizer, GGUF-ready), small (46 MB), bench "
+                   "(2.2 GB, the real model's ratios), real (the real dimensions).")
 @click.option("--layers", type=click.IntRange(min=1), help="Override the preset's layer count.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Random seed of the weights (the same seed, the same bytes).")
 @click.option("--overwrite", is_flag=True, help="Replace FOLDER (an earlier make-tiny output).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
@@ -227,9 +252,10 @@ def output_file(path: Path | None, flag: str) -> None:
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16"]), default="float32",
               show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
 def logits(checkpoint: Path, tokens_path: Path | None, text_files: tuple[Path, ...],
            texts: tuple[str, ...], max_tokens: int, seq_len: int, out: Path, dtype: str,
-           device: str) -> None:
+           device: str, quiet: bool) -> None:
     """Run the streamed forward pass and write the full logits.
 
     \b
@@ -242,8 +268,7 @@ def logits(checkpoint: Path, tokens_path: Path | None, text_files: tuple[Path, .
     output_file(out, "--out")
     shape, source = write_logits(checkpoint, out, tokens_path=tokens_path,
                                  text_files=text_files, texts=texts, max_tokens=max_tokens,
-                                 seq_len=seq_len,
-                                 dtype=dtype, device=device)
+                                 seq_len=seq_len, dtype=dtype, device=device, quiet=quiet)
     click.echo(f"wrote logits {list(shape)} to {out} ({source})", err=True)
 
 
@@ -254,13 +279,20 @@ def logits(checkpoint: Path, tokens_path: Path | None, text_files: tuple[Path, .
 @text_options
 @click.option("--seq-len", type=click.IntRange(min=2), default=64, show_default=True,
               help="Tokens per sequence (random ids), or kept per document (text).")
-@click.option("--batch", type=click.IntRange(min=1), default=4, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--batch", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Sequences of random ids (toy vocabularies); also how many run together.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the random token ids.")
 @click.option("--profile", "profile_name", type=click.Choice(list(PROFILES)),
-              default="lossless", show_default=True)
-@click.option("--max-kl", type=FiniteFloat(), help="Override the profile's mean-KL limit.")
+              help="Pass/fail limits (default: inferred from how CANDIDATE was made: "
+                   "lossless for f32/int8 conversions, int8 for bf16, the scheme's for "
+                   "quantize outputs).")
+@click.option("--max-kl", type=FiniteFloat(),
+              help="Override the profile's mean-KL limit (" + ", ".join(
+                  f"{name} {limits.max_kl:g}" for name, limits in PROFILES.items()) + ").")
 @click.option("--min-top1", type=FiniteFloat(),
-              help="Override the profile's top-1 agreement floor.")
+              help="Override the profile's top-1 agreement floor (" + ", ".join(
+                  f"{name} {limits.min_top1:g}" for name, limits in PROFILES.items()) + ").")
 @click.option("--max-ppl-ratio", type=FiniteFloat(), help="Override the perplexity-ratio limit.")
 @click.option("--max-abs-diff", type=FiniteFloat(), help="Override the max |logit diff| limit.")
 @click.option("--per-layer", is_flag=True,
@@ -283,14 +315,17 @@ def logits(checkpoint: Path, tokens_path: Path | None, text_files: tuple[Path, .
               help="Write the report as JSON here ('-' for stdout).")
 @click.option("--markdown", "markdown_path", type=click.Path(path_type=Path),
               help="Write the report as Markdown here.")
+@click.option("--plot", "plot_path", type=click.Path(path_type=Path),
+              help="With --per-layer: draw the per-layer errors (PNG) here.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
 def verify(paths: tuple[Path, ...], tokens_path: Path | None, text_files: tuple[Path, ...],
            texts: tuple[str, ...], max_tokens: int, seq_len: int, batch: int,
-           seed: int, profile_name: str, max_kl: float | None, min_top1: float | None,
+           seed: int, profile_name: str | None, max_kl: float | None, min_top1: float | None,
            max_ppl_ratio: float | None, max_abs_diff: float | None, per_layer: bool,
            check_tensors: bool | None, save_reference: Path | None,
            reference_logits: Path | None, top_k: int, dtype: str, device: str, executor: str,
            ray_address: str | None, workers: int, json_path: Path | None,
-           markdown_path: Path | None) -> None:
+           markdown_path: Path | None, plot_path: Path | None, quiet: bool) -> None:
     """Check CANDIDATE against REFERENCE: usage `grok1 verify [REFERENCE] CANDIDATE`.
 
     Runs both forwards layer-major and compares logits at non-pad positions. Without --tokens
@@ -309,8 +344,10 @@ def verify(paths: tuple[Path, ...], tokens_path: Path | None, text_files: tuple[
     from verify.api import report_dict, verify_checkpoints, write_reports
     from verify.report import format_table
 
+    if plot_path is not None and not per_layer:
+        raise UsageError("--plot draws the per-layer errors: add --per-layer")
     for path, flag in ((json_path, "--json"), (markdown_path, "--markdown"),
-                       (save_reference, "--save-reference")):
+                       (plot_path, "--plot"), (save_reference, "--save-reference")):
         output_file(path, flag)
     result = verify_checkpoints(
         paths, profile_name=profile_name, overrides={
@@ -319,13 +356,14 @@ def verify(paths: tuple[Path, ...], tokens_path: Path | None, text_files: tuple[
         texts=texts, max_tokens=max_tokens, batch=batch,
         seq_len=seq_len, seed=seed, reference_logits=reference_logits, per_layer=per_layer,
         check_tensors=check_tensors, dtype=dtype, device=device, executor=executor,
-        ray_address=ray_address, workers=workers, keep_top_k=top_k if save_reference else None)
+        ray_address=ray_address, workers=workers, keep_top_k=top_k if save_reference else None,
+        quiet=quiet)
     if save_reference and result.reference is not None:
         result.reference.save(save_reference)
     to_stdout = str(json_path) == "-"
-    write_reports(result, profile_name, json_path=None if to_stdout else json_path,
-                  markdown_path=markdown_path)
-    click.echo(json.dumps(report_dict(result, profile_name), indent=2) if to_stdout
+    write_reports(result, json_path=None if to_stdout else json_path,
+                  markdown_path=markdown_path, plot_path=plot_path)
+    click.echo(json.dumps(report_dict(result), indent=2) if to_stdout
                else format_table(result))
     sys.exit(EXIT_OK if result.passed else EXIT_FAILED)
 
@@ -352,13 +390,17 @@ def _print_run(summary: dict[str, Any], dst: Path, as_json: bool) -> None:
               help="Output layout: " + "; ".join(f"{e.name}: {e.summary}"
                                                  for e in LAYOUTS.values()) + ".")
 @click.option("--names", type=click.Choice(list(NAME_SCHEMES)), default="hpcai",
-              show_default=True, help="Tensor names for hf/torch output.")
+              show_default=True,
+              help="Tensor names for hf/torch output: hpcai (vLLM <= 0.24, hpcai-tech's port) "
+                   "or sglang (SGLang's Grok1ForCausalLM); `grok1 serving` says which engine "
+                   "takes what.")
 @click.option("--dtype", type=click.Choice(LAYOUT_DTYPES),
               help="Linear weights. hf/torch: bf16 (rounded as the release ran; the default), "
                    "f32 (exact), or int8 (the release's codes and scales as compressed-tensors, "
                    "lossless). gguf: q8_0 (the release's codes, exact; the default), f32, f16, "
                    "bf16, q4_0.")
-@click.option("--shard-size", default="5GB", show_default=True)
+@click.option("--shard-size", default="5GB", show_default=True,
+              help="Largest output file: bytes, or with a unit (500MB, 5GB, 2GiB).")
 @click.option("--tokenizer", metavar="PATH|none",
               help="Tokenizer files to ship: by default Grok-1's when the model's vocabulary "
                    "is Grok-1's (131072); a SentencePiece .model; or none.")
@@ -389,8 +431,13 @@ def convert(src: Path, dst: Path, to: str, names: str, dtype: str | None, shard_
                             tokenizer=tokenizer)
     summary = run(src, dst, to=to, options=options, workers=workers, resume=resume,
                   overwrite=overwrite, dry_run=dry_run, quiet=quiet, executor=executor,
-                  ray_address=ray_address)
-    _print_run(summary, dst, as_json)
+                  ray_address=ray_address, command=invocation(list(main.argv)))
+    made = str(summary.get("dtype"))
+    lossy = made in ("bf16", "f16", "q4_0") and not dry_run
+    warning = _lossy_on_lossy(src, f"--dtype {made}") if lossy else None
+    _print_run({**summary, "warning": warning} if as_json else summary, dst, as_json)
+    if warning and not as_json:
+        click.echo(warning, err=True)
 
 
 @main.command()
@@ -407,8 +454,11 @@ def convert(src: Path, dst: Path, to: str, names: str, dtype: str | None, shard_
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
               show_default=True, help="auto picks the Triton kernel when a GPU is present.")
 @click.option("--names", type=click.Choice(list(NAME_SCHEMES)), default="hpcai",
-              show_default=True)
-@click.option("--shard-size", default="5GB", show_default=True)
+              show_default=True,
+              help="Tensor names: hpcai (vLLM <= 0.24, hpcai-tech's port) or sglang "
+                   "(SGLang's Grok1ForCausalLM); `grok1 serving` says which engine takes what.")
+@click.option("--shard-size", default="5GB", show_default=True,
+              help="Largest output file: bytes, or with a unit (500MB, 5GB, 2GiB).")
 @click.option("--tokenizer", metavar="PATH|none",
               help="Tokenizer files to ship: by default Grok-1's when the model's vocabulary "
                    "is Grok-1's (131072); a SentencePiece .model; or none.")
@@ -442,14 +492,18 @@ def quantize(src: Path, dst: Path, scheme_name: str, group_size: int | None, sym
                                   shard_size=parse_size(shard_size), tokenizer=tokenizer,
                                   device=device,
                                   workers=workers, resume=resume, overwrite=overwrite,
-                                  quiet=quiet, executor=executor, ray_address=ray_address)
+                                  quiet=quiet, executor=executor, ray_address=ray_address,
+                                  command=invocation(list(main.argv)))
     rows = summary.pop("rows")
+    lossy = _lossy_on_lossy(src, f"--scheme {scheme_name}")
     if as_json:
-        echo_json({**summary, "serving_warning": warning})
+        echo_json({**summary, "serving_warning": warning, "warning": lossy})
         return
-    if warning:
-        click.echo(warning, err=True)
-    click.echo(f"{summary['scheme']} on {summary['device']}: {summary['tensors']} tensors into "
+    for line in (warning, lossy):
+        if line:
+            click.echo(line, err=True)
+    click.echo(f"{summary['scheme']} on {summary['device']}: {summary['report']['tensors']} "
+               f"Linears quantized, {summary['tensors']} tensors written into "
                f"{summary['units']} files in {summary['seconds']:.1f}s -> {dst}")
     click.echo(f"{'tensor':<60} {'rel RMS':>9} {'max err':>10} {'clipped':>8}")
     for row in rows[:10]:
@@ -557,7 +611,10 @@ def serve(folder: Path, host: str, port: int, rate_limit: int, token: str | None
         server = make_server(folder, host, port, rate_limit, token=token)
     except OSError as exc:
         raise UsageError(f"{host}:{port}: cannot listen ({exc.strerror or exc})") from None
-    click.echo(f"serving {folder} at http://{host}:{server.server_address[1]}", err=False)
+    loopback = host in ("127.0.0.1", "::1", "localhost")
+    mode = ("" if loopback or token else
+            " (read-only: uploads need --token when serving beyond loopback)")
+    click.echo(f"serving {folder} at http://{host}:{server.server_address[1]}{mode}", err=False)
     sys.stdout.flush()
     try:
         server.serve_forever()
@@ -615,9 +672,12 @@ def download(repo: str, revision: str | None, local_dir: Path, include: tuple[st
 @click.option("--private", is_flag=True)
 @click.option("--create-pr", is_flag=True, help="Open a pull request instead of committing.")
 @click.option("--endpoint", help="Hub URL (default: HF_ENDPOINT or huggingface.co).")
+@click.option("--any-folder", is_flag=True,
+              help="Publish a folder this toolchain did not write, or one `grok1 inspect` "
+                   "rejects (refused otherwise).")
 @click.option("--json", "as_json", is_flag=True)
 def upload(folder: Path, repo: str, revision: str | None, private: bool, create_pr: bool,
-           endpoint: str | None, as_json: bool) -> None:
+           endpoint: str | None, any_folder: bool, as_json: bool) -> None:
     """Upload FOLDER with a generated model card; rerun to resume.
 
     \b
@@ -627,7 +687,9 @@ def upload(folder: Path, repo: str, revision: str | None, private: bool, create_
     from converter.hub import upload as run
 
     info = run(folder, repo, revision=revision, private=private, create_pr=create_pr,
-               endpoint=endpoint)
+               endpoint=endpoint, any_folder=any_folder)
+    if info["warning"] and not as_json:
+        click.echo(info["warning"], err=True)
     if as_json:
         echo_json(info)
     else:
@@ -645,14 +707,18 @@ def upload(folder: Path, repo: str, revision: str | None, private: bool, create_
 @click.option("--dtype", type=click.Choice(CONVERT_DTYPES), default="bf16",
               show_default=True, help="For --to hf.")
 @click.option("--names", type=click.Choice(list(NAME_SCHEMES)), default="hpcai",
-              show_default=True)
+              show_default=True,
+              help="Tensor names: hpcai (vLLM <= 0.24, hpcai-tech's port) or sglang "
+                   "(SGLang's Grok1ForCausalLM); `grok1 serving` says which engine takes what.")
 @click.option("--tokenizer", metavar="PATH|none",
               help="Tokenizer files to ship (default: Grok-1's for a 131072-token vocabulary).")
 @click.option("--endpoint", help="Hub URL (default: HF_ENDPOINT or huggingface.co).")
 @click.option("--workers", type=click.IntRange(min=1), help="Default: cores.")
 @click.option("--seq-len", type=click.IntRange(min=2), default=64, show_default=True)
-@click.option("--batch", type=click.IntRange(min=1), default=4, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--batch", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Sequences of random ids (toy vocabularies); also how many run together.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the random token ids.")
 @executor_options
 @click.option("--quiet", is_flag=True)
 @click.option("--json", "as_json", is_flag=True)
@@ -684,7 +750,21 @@ def pipeline(to: str, repo: str, revision: str | None, work_dir: Path, upload_re
         return
     if warning:
         click.echo(warning, err=True)
-    click.echo(f"pipeline {to}: done ({', '.join(s for s in state['steps'])})")
+    made = "quantize" if to in QUANT_SCHEMES else "convert"
+    steps = [made if step == "convert" else step for step in state["steps"]]
+    click.echo(f"pipeline {to}: done ({', '.join(steps)})")
+
+
+def _lossy_on_lossy(source: Path, step: str) -> str | None:
+    """A warning when a lossy step is applied to a source that is itself lossy."""
+    from verify.profiles import infer_profile
+
+    profile, why = infer_profile(source) if Path(source).is_dir() else ("lossless", "")
+    if profile == "lossless":
+        return None
+    return (f"warning: {source} is already lossy ({why}); {step} adds its own error on top "
+            "(make it from the original release instead; the output's manifest records both "
+            "steps)")
 
 
 @main.command()

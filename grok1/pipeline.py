@@ -54,17 +54,6 @@ def _load_state(path: Path) -> dict[str, Any] | None:
     return state
 
 
-def _profile(to: str, dtype: str) -> str:
-    """The verify profile of a pipeline target: its scheme's, or lossless for an exact layout
-    change (bf16 rounds, so it is judged as int8 is)."""
-    if to in QUANT_SCHEMES:
-        return QUANT_SCHEMES[to].profile
-    if to in GGUF_TARGETS:
-        return {"f32": "lossless", "q8_0": "lossless", "q4_0": "int4"}.get(
-            GGUF_TARGETS[to], "int8")
-    return "lossless" if dtype in ("f32", "int8") else "int8"
-
-
 def run_pipeline(*, to: str, repo: str, revision: str | None, work_dir: Path,
                  upload_repo: str | None, endpoint: str | None, dtype: str = "bf16",
                  names: str = "hpcai", tokenizer: str | None = None, workers: int = 1,
@@ -114,9 +103,9 @@ def run_pipeline(*, to: str, repo: str, revision: str | None, work_dir: Path,
         finished("convert", seconds=summary["seconds"], bytes=summary["bytes"])
 
     if not steps.get("verify", {}).get("done"):
-        echo(f"[3/4] verify {output} against {source} (profile {_profile(to, dtype)})")
-        result = _verify(source, output, _profile(to, dtype), seq_len, batch, seed, echo,
-                         executor, ray_address, workers)
+        echo(f"[3/4] verify {output} against {source}")
+        result = _verify(source, output, seq_len, batch, seed, echo, executor, ray_address,
+                         workers, quiet)
         steps["verify"] = {"done": result.passed, "passed": result.passed,
                            "metrics": result.metrics, "reasons": result.reasons}
         _save(work, state)
@@ -151,16 +140,18 @@ def _convert(to: str, dtype: str, names: str, tokenizer: str | None, source: Pat
     return quantize_checkpoint(source, output, to, names=names, tokenizer=tokenizer, **run)
 
 
-def _verify(source: Path, output: Path, profile_name: str, seq_len: int, batch: int, seed: int,
+def _verify(source: Path, output: Path, seq_len: int, batch: int, seed: int,
             echo: Callable[[str], None], executor: str, ray_address: str | None,
-            workers: int) -> Any:
+            workers: int, quiet: bool) -> Any:
     from verify.api import verify_checkpoints, write_output_reports
     from verify.report import format_table
 
-    result = verify_checkpoints((source, output), profile_name=profile_name, batch=batch,
+    result = verify_checkpoints((source, output), batch=batch,
                                 seq_len=seq_len, seed=seed, per_layer=True,
-                                executor=executor, ray_address=ray_address, workers=workers)
-    echo(format_table(result))
-    write_output_reports(result, profile_name, output, title=(
-        f"Verification ({profile_name} profile, {batch}x{seq_len} tokens)"))
+                                executor=executor, ray_address=ray_address, workers=workers,
+                                quiet=quiet)
+    echo(format_table(result) if not quiet else "PASS" if result.passed else
+         "FAIL: " + "; ".join(result.reasons))
+    write_output_reports(result, output, title=(
+        f"Verification ({result.profile} profile, {batch}x{seq_len} tokens)"))
     return result

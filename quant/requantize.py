@@ -24,6 +24,8 @@ from converter.engine import convert
 from converter.errors import MalformedFileError, UsageError
 from converter.layouts import open_checkpoint
 from converter.layouts.base import TargetOptions
+from converter.output import QUANT_PLOT
+from converter.plots import expert_heatmap
 from converter.safe_read import read_json
 from converter.spec import LINEAR_ROLES, TensorSpec
 from converter.tensors import QuantizedWeight8bit, dense
@@ -100,15 +102,21 @@ class ReportedLinears:
         check_finite(spec, None, array)
 
     def report_files(self) -> list[str]:
-        """quantization_report.json."""
-        return [REPORT_NAME]
+        """quantization_report.json and its picture."""
+        return [REPORT_NAME, QUANT_PLOT]
 
-    def reports(self, records: dict[str, Any]) -> dict[str, str]:
-        """The per-tensor error report of the whole output."""
+    def reports(self, records: dict[str, Any]) -> dict[str, str | bytes]:
+        """The per-tensor error report of the whole output, and a layer x expert heat map of
+        the expert Linears' errors."""
         stats = {name: s for record in records.values()
                  for name, s in record.get("stats", {}).items()}
         report = build_report(stats, self.label, self.device)
-        return {REPORT_NAME: json.dumps(report, indent=2) + "\n"}
+        files: dict[str, str | bytes] = {REPORT_NAME: json.dumps(report, indent=2) + "\n"}
+        picture = expert_heatmap({name: s["rel_rms"] for name, s in stats.items()},
+                                 f"Quantization error, {self.label}")
+        if picture is not None:
+            files[QUANT_PLOT] = picture
+        return files
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,7 +221,8 @@ def quantize_checkpoint(source: Path, dst: Path, scheme: str, *, group_size: int
     linears = SCHEMES[scheme].linears(reader.specs, group_size=group_size, symmetric=symmetric,
                                       method=method, device=resolve_device(device))
     summary = convert(source, dst, to=to, reader=reader, options=TargetOptions(
-        names=names, linears=linears, shard_size=shard_size, tokenizer=tokenizer), **run)
+        names=names, linears=linears, shard_size=shard_size, tokenizer=tokenizer),
+        label="quantize", **run)
     summary["scheme"], summary["device"] = linears.label, linears.device
     if not run.get("dry_run"):
         report = read_json(Path(dst) / REPORT_NAME)

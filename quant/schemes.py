@@ -64,11 +64,11 @@ class QuantScheme:
 
 @dataclasses.dataclass(frozen=True)
 class SchemeEntry:
-    """One registered scheme: what it is, its defaults, how it makes Linears, its profile."""
+    """One registered scheme: what it is, its defaults, how it makes Linears (its verify
+    profile is `verify.profiles.SCHEME_PROFILES`)."""
 
     name: str
     summary: str
-    profile: str
     bits: int = 8
     default_group_size: int | None = None
     fp8_block: tuple[int, int] | None = None
@@ -95,13 +95,13 @@ class SchemeEntry:
 
 
 SCHEMES: dict[str, SchemeEntry] = {entry.name: entry for entry in (
-    SchemeEntry("int8", "8-bit weights, one scale per output channel (vLLM W8A16)", "int8"),
-    SchemeEntry("int4", "4-bit weights, groups of 128 input columns (vLLM W4A16)", "int4",
+    SchemeEntry("int8", "8-bit weights, one scale per output channel (vLLM W8A16)"),
+    SchemeEntry("int4", "4-bit weights, groups of 128 input columns (vLLM W4A16)",
                 bits=4, default_group_size=128),
     SchemeEntry("fp8", "float8 e4m3 weights, one scale per output channel, dynamic per-token "
-                "FP8 activations (W8A8-FP8; Hopper or newer)", "fp8", fp8=True),
+                "FP8 activations (W8A8-FP8; Hopper or newer)", fp8=True),
     SchemeEntry("fp8-block", "float8 e4m3 weights in 128x128 blocks, dynamic group-128 FP8 "
-                "activations (DeepSeek-V3 style; Hopper or newer)", "fp8", fp8=True,
+                "activations (DeepSeek-V3 style; Hopper or newer)", fp8=True,
                 fp8_block=(128, 128)),
 )}
 

@@ -275,7 +275,15 @@ def test_killed_conversion_resumes_to_identical_output(small_ckpt, tmp_path, to)
     assert json.loads(final.stdout)["resumed_units"] >= 2
     clean_args = [a if a != str(tmp_path / "out") else str(tmp_path / "clean") for a in args]
     subprocess.run([*GROK1, *clean_args], env=env, check=True)
-    assert file_digests(tmp_path / "out") == file_digests(tmp_path / "clean")
+    def manifest(folder):  # the command it records names the folder and says --resume
+        return {k: v for k, v in json.loads((folder / "grok1-manifest.json").read_text(
+        )).items() if k != "command"}
+
+    skip = {"skip": lambda path: path.name == "grok1-manifest.json"}
+    assert file_digests(tmp_path / "out", **skip) == file_digests(tmp_path / "clean", **skip)
+    assert manifest(tmp_path / "out") == manifest(tmp_path / "clean")
+    recorded = json.loads((tmp_path / "out" / "grok1-manifest.json").read_text())["command"]
+    assert recorded.startswith("grok1 convert") and "--resume" not in recorded
 
 
 def test_inspect_reads_hf_and_torch_layouts(upstream, tmp_path):
@@ -342,3 +350,31 @@ def test_shard_writers_enforce_the_plan(writer, tmp_path):
     with pytest.raises(UsageError, match="planned twice"):
         cls(path, plan + plan[:1])
     assert list(tmp_path.iterdir()) == []
+
+
+def test_verify_judges_a_bf16_conversion_as_lossy_and_says_so(small_ckpt, tmp_path):
+    out = tmp_path / "bf16"
+    assert CliRunner().invoke(main, ["convert", str(small_ckpt), str(out), "--to", "hf",
+                                     "--quiet"]).exit_code == 0
+    args = ["verify", str(small_ckpt), str(out), "--seq-len", "16", "--batch", "2"]
+    inferred = CliRunner().invoke(main, args)
+    assert inferred.exit_code == 0, inferred.output
+    assert "profile: int8 (inferred: made by `convert --dtype bf16`)" in inferred.output
+    strict = CliRunner().invoke(main, [*args, "--profile", "lossless"])
+    assert strict.exit_code == 1
+    fail = next(line for line in strict.output.splitlines() if line.startswith("FAIL: "))
+    assert "the candidate is lossy" in fail and "--dtype f32 or int8 is lossless" in fail
+
+
+def test_check_hashes_finds_a_flipped_byte_in_a_converted_folder(small_ckpt, tmp_path):
+    out = tmp_path / "hf"
+    assert CliRunner().invoke(main, ["convert", str(small_ckpt), str(out), "--to", "hf",
+                                     "--dtype", "f32", "--quiet"]).exit_code == 0
+    clean = CliRunner().invoke(main, ["inspect", str(out), "--check-hashes"])
+    assert clean.exit_code == 0, clean.output
+    shard = out / "model.safetensors"
+    data = bytearray(shard.read_bytes())
+    data[-1] ^= 0x01
+    shard.write_bytes(bytes(data))
+    flipped = CliRunner().invoke(main, ["inspect", str(out), "--check-hashes"])
+    assert flipped.exit_code == 2 and "model.safetensors: sha256" in flipped.output

@@ -97,6 +97,23 @@ def test_split_files_carry_llama_cpp_split_keys(q8):
     assert Theirs(files[0]).fields["split.tensors.count"].parts[-1][0] == total
 
 
+def test_a_gguf_is_read_from_its_file_path_the_first_split_finding_the_rest(small_ckpt, q8,
+                                                                          tmp_path):
+    files = sorted(q8.glob("*.gguf"))
+    folder = open_checkpoint(q8)
+    by_file = open_checkpoint(files[0])
+    assert by_file.files == folder.files and by_file.config == folder.config
+    spec = next(s for s in folder.specs if s.role == "moe_gate" and s.layer == 2)
+    assert np.array_equal(by_file.read(spec), folder.read(spec))
+    np.save(tmp_path / "tokens.npy", np.array([[5, 9, 13, 7]]))
+    result = CliRunner().invoke(main, ["logits", str(files[0]), "--tokens",
+                                       str(tmp_path / "tokens.npy"), "--out",
+                                       str(tmp_path / "l.npy")])
+    assert result.exit_code == 0, result.output
+    shutil.copy(files[0], tmp_path / files[0].name)  # the first file alone: the rest missing
+    assert "lacks part(s)" in bad_input("inspect", tmp_path / files[0].name)
+
+
 def test_retyping_a_gguf_and_hf_int8_to_gguf(small_ckpt, q8, tmp_path):
     ok("convert", q8, tmp_path / "f16", "--to", "gguf", "--dtype", "f16")
     ok("convert", small_ckpt, tmp_path / "hf8", "--dtype", "int8")
@@ -152,7 +169,7 @@ def test_pipeline_to_gguf_verifies_lossless_and_publishes_a_llama_cpp_card(small
                      "--seq-len", "16", check=0)
     finally:
         server.stop()
-    assert "profile lossless" in done.stdout and "PASS" in done.stdout
+    assert "profile: lossless" in done.stdout and "PASS" in done.stdout
     card = (root / "me" / "grok-1-gguf" / "README.md").read_text()
     assert "library_name: gguf" in card and "base_model_relation: quantized" in card
     assert "`llama-server -m grok-1-q8_0.gguf`" in card and "Tokenizer: inside the GGUF" in card

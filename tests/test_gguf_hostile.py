@@ -122,3 +122,13 @@ def test_a_tensor_in_two_members_is_refused(split_set, tmp_path):
     files[1].write_bytes(data.replace(string(mine), string(theirs), 1))
     line = bad_input("convert", broken, tmp_path / "out")
     assert f"tensor {theirs} is also in {files[0].name}" in line
+
+
+def test_the_type_table_is_ggmls():
+    from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    from converter.gguf import GGML_TYPES
+
+    for name, kind in GGML_TYPES.items():
+        assert GGMLQuantizationType[name].value == kind.id, name
+        assert GGML_QUANT_SIZES[GGMLQuantizationType[name]] == (kind.block, kind.block_bytes)

@@ -186,8 +186,11 @@ def test_pipeline_publishes_verified_weights_and_resumes(hub):
     done = grok1(server, tmp, "pipeline", "--to", "int8", "--work-dir", work, "--upload",
                  "me/grok-1-w8a16", "--seq-len", "24", "--batch", "2", check=0)
     assert "PASS" in done.stdout and "[4/4] upload" in done.stdout
-    card = (server.root / "me" / "grok-1-w8a16" / "README.md").read_text()
+    repo = server.root / "me" / "grok-1-w8a16"
+    card = (repo / "README.md").read_text()
     assert "base_model_relation: quantized" in card and "Result: **passed**" in card
+    for picture in ("verification_layers.png", "quantization_errors.png"):
+        assert f"]({picture})" in card and (repo / picture).read_bytes()[:4] == b"\x89PNG"
     again = grok1(server, tmp, "pipeline", "--to", "int8", "--work-dir", work, "--upload",
                   "me/grok-1-w8a16", "--seq-len", "24", "--batch", "2", check=0)
     assert "[1/4]" not in again.stdout and "[4/4]" not in again.stdout
@@ -233,3 +236,46 @@ def test_http_errors_become_one_line_messages(status, words):
     response = httpx2.Response(status, request=httpx2.Request("GET", "http://127.0.0.1/x"))
     error = _hub_error(HfHubHTTPError("boom", response=response), "org/repo", None)
     assert words in str(error) and "\n" not in str(error)
+
+
+def test_upload_refuses_what_the_toolchain_did_not_write_unless_told(hub, tmp_path):
+    server, tmp = hub
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("hello")
+    refused = grok1(server, tmp, "upload", folder, "--repo", "me/notes", check=2)
+    assert "not a finished output of grok1-toolchain" in refused.stderr
+    assert "--any-folder" in refused.stderr and not (server.root / "me" / "notes").exists()
+    forced = grok1(server, tmp, "upload", folder, "--repo", "me/notes", "--any-folder",
+                   check=0)
+    assert "has no verification report" in forced.stderr
+
+
+def test_upload_to_an_lfs_only_hub_says_what_to_set(hub, upstream, tmp_path):
+    server, tmp = hub
+    folder = tmp_path / "out"
+    subprocess.run([*GROK1, "convert", str(upstream), str(folder), "--dtype", "f32",
+                    "--quiet"], check=True)
+    env = {k: v for k, v in env_for(server, tmp).items() if k != "HF_HUB_DISABLE_XET"}
+    result = subprocess.run([*GROK1, "upload", str(folder), "--repo", "me/xet"], env=env,
+                            capture_output=True, text=True)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and "set HF_HUB_DISABLE_XET=1" in result.stderr
+
+
+def test_cards_name_the_command_that_made_the_weights_and_the_chain(hub, tmp_path):
+    server, tmp = hub
+    source = tmp / "src"
+    grok1(server, tmp, "download", "--local-dir", source, "--quiet", check=0)
+    grok1(server, tmp, "quantize", source, tmp_path / "int4", "--scheme", "int4", "--quiet",
+          check=0)
+    again = grok1(server, tmp, "convert", tmp_path / "int4", tmp_path / "bf16", "--quiet",
+                  check=0)
+    assert "is already lossy" in again.stderr and "--scheme int4" in again.stderr
+    grok1(server, tmp, "upload", tmp_path / "bf16", "--repo", "me/chain", check=0)
+    card = (server.root / "me" / "chain" / "README.md").read_text()
+    source_line = next(line for line in card.splitlines() if line.startswith("- Source:"))
+    assert "`xai-org/grok-1` at commit `" in source_line and "unknown" not in source_line
+    assert "through `grok1 quantize src int4 --scheme int4 --quiet`" in source_line
+    command = next(line for line in card.splitlines() if line.startswith("- Command:"))
+    assert command == "- Command: `grok1 convert int4 bf16 --quiet`"

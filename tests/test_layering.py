@@ -1,6 +1,7 @@
-"""The package layering of DESIGN.md, checked on the source: the core (`converter`) imports
-neither `quant`, `verify`, the face (`grok1`) nor click; `quant` and `verify` depend on the core
-only, never on each other or on the face. Imports inside functions count too."""
+"""The package layering of the README's Repository section, checked on the source: the core
+(`converter`) imports neither `quant`, `verify`, the face (`grok1`) nor click; `quant` and
+`verify` depend on the core only, never on each other or on the face. Imports inside
+functions count too."""
 
 import ast
 from pathlib import Path

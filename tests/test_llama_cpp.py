@@ -129,6 +129,16 @@ def test_k_quants_are_made_by_llama_cpp_and_verified(small_ckpt, tmp_path, monke
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "q4" / "kquant_report.json").read_text())
     assert report["verified"] and report["metrics"]["kl_mean"] < 0.03
+    # the file as people have it: by path, its K-quant tensors read through the gguf package
+    path = tmp_path / "q4" / "grok-1-Q4_K_M.gguf"
+    inspected = CliRunner().invoke(main, ["inspect", str(path), "--json"])
+    assert inspected.exit_code == 0, inspected.output
+    assert "Q4_K" in {t["dtype"] for t in json.loads(inspected.output)["tensors"]}
+    checked = CliRunner().invoke(main, ["verify", str(small_ckpt), str(path), "--profile",
+                                        "int4", "--seq-len", "16", "--batch", "2", "--json",
+                                        "-", "--quiet"])
+    assert checked.exit_code == 0, checked.output
+    assert json.loads(checked.output)["metrics"]["kl_mean"] < 0.03
     monkeypatch.setitem(kquant.KQUANTS, "Q4_K_S", (14, "lossless"))  # a bar it cannot clear
     refused = CliRunner().invoke(main, ["gguf-quantize", str(tmp_path / "bf16"),
                                         str(tmp_path / "q4s"), "--type", "Q4_K_S"])

@@ -93,3 +93,26 @@ def test_corrupt_reference_file_is_bad_input(tmp_path):
     (tmp_path / "ref.npz").write_bytes(b"junk")
     with pytest.raises(MalformedFileError, match=r"ref\.npz"):
         ReferenceLogits.load(tmp_path / "ref.npz")
+
+
+def test_per_layer_values_over_the_limit_are_marked_and_the_limits_printed():
+    from verify.metrics import MetricSums
+    from verify.report import format_markdown, format_table
+    from verify.run import ForwardOutcome, judge_outcome
+
+    logits = np.random.default_rng(0).standard_normal((1, 4, 11)).astype(np.float32)
+    tokens = np.array([[1, 4, 5, 6]])
+    sums = MetricSums.of(ReferenceLogits.from_logits(logits, tokens, pad_token=0).at(
+        np.arange(4)), logits.reshape(4, 11), np.array([4, 5, 6, -1]), exact=True)
+    layers = [{"layer": 0, "attention": [1e-4, 1.0], "moe": [9e-4, 1.0], "hidden": [1e-4, 1.0]},
+              {"layer": 1, "attention": [1e-4, 1.0], "moe": [0.0035, 1.0],
+               "hidden": [1e-4, 1.0]}]
+    result = judge_outcome(ForwardOutcome(sums, layers, None), PROFILES["int8"])
+    assert result.passed and result.metrics["flagged_layers"] == [1]
+    table = format_table(result)
+    assert "0.0592 !" in table and "0.03 !" not in table
+    assert "per-layer error <= 0.05" in table and "top-1 agreement >= 97%" in table
+    assert table.splitlines()[-1] == "PASS (1 layer(s) over the per-layer limit 0.05: 1)"
+    markdown = format_markdown(result)
+    assert "**0.0592**" in markdown and "Per-layer error <= 0.05" not in markdown
+    assert "per-layer error <= 0.05" in markdown

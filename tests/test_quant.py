@@ -165,6 +165,16 @@ def test_quantized_small_passes_its_profile(small_ckpt, quantized, name, profile
     assert code == 0, report["reasons"]
 
 
+def test_verify_infers_the_profile_from_how_the_candidate_was_made(small_ckpt, quantized):
+    result = CliRunner().invoke(main, ["verify", str(small_ckpt), str(quantized / "int4"),
+                                       "--seq-len", "48", "--json", "-"])
+    report = json.loads(result.output)
+    assert result.exit_code == 0, report["reasons"]
+    assert report["profile"] == "int4"
+    assert report["profile_source"].startswith("inferred: made by `quantize --scheme int4`")
+    assert report["thresholds"]["max_kl"] == 0.03
+
+
 def test_quantized_output_format(quantized):
     config = json.loads((quantized / "int4" / "config.json").read_text())
     quant = config["quantization_config"]

@@ -12,9 +12,10 @@ import numpy as np
 from converter.atomic import atomic_open
 from converter.errors import UsageError
 from converter.layouts import open_checkpoint
-from converter.output import VERIFY_REPORT_JSON, VERIFY_REPORT_MD
+from converter.output import VERIFY_PLOT, VERIFY_REPORT_JSON, VERIFY_REPORT_MD
+from converter.plots import layer_error_plot
 from verify.metrics import ReferenceLogits
-from verify.profiles import profile
+from verify.profiles import infer_profile, lossy_hint, profile
 from verify.report import format_markdown
 from verify.run import VerifyResult, run_verification
 from verify.tokens import MAX_TEXT_TOKENS, choose_tokens
@@ -22,7 +23,7 @@ from verify.tokens import MAX_TEXT_TOKENS, choose_tokens
 __all__ = ["verify_checkpoints", "write_reports"]
 
 
-def verify_checkpoints(paths: tuple[Path, ...], *, profile_name: str = "lossless",
+def verify_checkpoints(paths: tuple[Path, ...], *, profile_name: str | None = None,
                        overrides: dict[str, float | None] | None = None,
                        tokens_path: Path | None = None, text_files: tuple[Path, ...] = (),
                        texts: tuple[str, ...] = (), max_tokens: int = MAX_TEXT_TOKENS,
@@ -31,9 +32,10 @@ def verify_checkpoints(paths: tuple[Path, ...], *, profile_name: str = "lossless
                        per_layer: bool = False, check_tensors: bool | None = None,
                        dtype: str = "float32", device: str = "cpu", executor: str = "local",
                        ray_address: str | None = None, workers: int = 2,
-                       keep_top_k: int | None = None) -> VerifyResult:
+                       keep_top_k: int | None = None, quiet: bool = False) -> VerifyResult:
     """Check a candidate against a reference (`paths` = (REFERENCE, CANDIDATE)), or against a
-    stored reference run (`paths` = (CANDIDATE,) with `reference_logits`)."""
+    stored reference run (`paths` = (CANDIDATE,) with `reference_logits`). Without
+    `profile_name`, the profile is inferred from how the candidate was made."""
     stored = ReferenceLogits.load(reference_logits) if reference_logits else None
     if len(paths) == 2:
         reference, candidate = open_checkpoint(paths[0]), open_checkpoint(paths[1])
@@ -49,6 +51,11 @@ def verify_checkpoints(paths: tuple[Path, ...], *, profile_name: str = "lossless
                                        text_files=text_files, texts=texts, batch=batch,
                                        max_tokens=max_tokens,
                                        seq_len=seq_len, seed=seed)
+    if profile_name is None:
+        profile_name, chosen = infer_profile(paths[-1])
+        chosen = f"inferred: {chosen}"
+    else:
+        chosen = "given"
     limits = profile(profile_name).override(**(overrides or {}))
     if check_tensors is None:
         check_tensors = profile_name == "lossless" and reference is not None
@@ -64,39 +71,48 @@ def verify_checkpoints(paths: tuple[Path, ...], *, profile_name: str = "lossless
         result = run_verification(reference, candidate, tokens, thresholds=limits,
                                   reference_logits=stored, per_layer=per_layer,
                                   check_tensors=check_tensors, dtype=dtype, device=device,
-                                  batch=batch, keep_top_k=keep_top_k)
+                                  batch=batch, keep_top_k=keep_top_k, quiet=quiet)
     result.tokens = source
+    result.profile, result.profile_source = profile_name, chosen
+    if not result.passed and profile_name == "lossless":
+        result.advice = lossy_hint(paths[-1]) or ""
     return result
 
 
-def report_dict(result: VerifyResult, profile_name: str) -> dict[str, Any]:
+def report_dict(result: VerifyResult) -> dict[str, Any]:
     """The JSON report."""
-    return {"profile": profile_name, **result.to_dict()}
+    return result.to_dict()
 
 
-def write_reports(result: VerifyResult, profile_name: str, *, json_path: Path | None = None,
-                  markdown_path: Path | None = None, title: str = "Verification") -> None:
-    """Write the JSON and Markdown reports (atomically) where asked."""
+def write_reports(result: VerifyResult, *, json_path: Path | None = None,
+                  markdown_path: Path | None = None, plot_path: Path | None = None,
+                  title: str = "Verification") -> None:
+    """Write the JSON and Markdown reports and the per-layer error plot (PNG; only when the
+    result has per-layer errors) atomically, where asked."""
+    if plot_path is not None and result.per_layer:
+        with atomic_open(plot_path) as f:
+            f.write(layer_error_plot(result.per_layer, result.thresholds.max_layer_error,
+                                     f"Per-layer error, {result.profile} profile"))
     if json_path is not None:
         with atomic_open(json_path) as f:
-            f.write(json.dumps(report_dict(result, profile_name), indent=2).encode())
+            f.write(json.dumps(report_dict(result), indent=2).encode())
     if markdown_path is not None:
         with atomic_open(markdown_path) as f:
             f.write(format_markdown(result, title=title).encode())
 
 
-def write_output_reports(result: VerifyResult, profile_name: str, folder: Path,
-                         title: str) -> None:
+def write_output_reports(result: VerifyResult, folder: Path, title: str) -> None:
     """The reports a verified output folder carries (and its model card embeds)."""
-    write_reports(result, profile_name, json_path=Path(folder) / VERIFY_REPORT_JSON,
+    write_reports(result, json_path=Path(folder) / VERIFY_REPORT_JSON,
+                  plot_path=Path(folder) / VERIFY_PLOT,
                   markdown_path=Path(folder) / VERIFY_REPORT_MD, title=title)
 
 
 def write_logits(checkpoint: Path, out: Path, *, tokens_path: Path | None = None,
                  text_files: tuple[Path, ...] = (), texts: tuple[str, ...] = (),
                  max_tokens: int = MAX_TEXT_TOKENS, seq_len: int = 8192,
-                 dtype: str = "float32", device: str = "cpu", batch: int = 4
-                 ) -> tuple[tuple[int, ...], str]:
+                 dtype: str = "float32", device: str = "cpu", batch: int = 4,
+                 quiet: bool = False) -> tuple[tuple[int, ...], str]:
     """Run the streamed forward on token ids (.npy) or text; write float32 logits [batch, seq,
     vocab] to `out` (atomically, a few positions at a time: memory does not grow with the
     text), and the token ids beside it (`<out>.tokens.npy`) when they came from text. Returns
@@ -113,7 +129,8 @@ def write_logits(checkpoint: Path, out: Path, *, tokens_path: Path | None = None
     with atomic_open(out) as f:
         np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False,
                                                  "shape": shape})
-        for chunk in stream_logits(reader, tokens, dtype=dtype, device=device, batch=batch):
+        for chunk in stream_logits(reader, tokens, dtype=dtype, device=device, batch=batch,
+                                   quiet=quiet):
             f.write(np.ascontiguousarray(chunk, "<f4").data)
     if tokens_path is None:
         with atomic_open(Path(f"{out}.tokens.npy")) as f:

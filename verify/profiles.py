@@ -1,13 +1,17 @@
-"""Pass/fail rules for `grok1 verify` (DESIGN.md section 5), as data."""
+"""Pass/fail rules for `grok1 verify`, as data, and the profile a candidate calls for."""
 
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
 
-from converter.errors import UsageError
+from converter.errors import Grok1Error, UsageError
+from converter.output import MANIFEST_NAME
+from converter.safe_read import read_json
+from converter.serving import kind_of
 
-__all__ = ["PROFILES", "Thresholds", "judge"]
+__all__ = ["PROFILES", "Thresholds", "infer_profile", "judge", "lossy_hint"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +39,11 @@ PROFILES: dict[str, Thresholds] = {
     # measurement (BENCHMARKS.md), between int8's and int4's.
     "fp8": Thresholds(max_kl=0.01, min_top1=0.95, max_ppl_ratio=1.01, max_layer_error=0.1),
 }
+# The profile of what `convert --dtype D` writes, by D (f32, the release's int8 and GGUF q8_0
+# hold the release's values exactly), and of `quantize --scheme S` by the start of S.
+DTYPE_PROFILES = {"f32": "lossless", "int8": "lossless", "q8_0": "lossless", "bf16": "int8",
+                  "f16": "int8", "q4_0": "int4"}
+SCHEME_PROFILES = {"int8": "int8", "int4": "int4", "fp8": "fp8"}
 # Whatever the profile: these always fail.
 ALWAYS_FAIL_TOP1 = 0.80
 ALWAYS_FAIL_KL = 0.2
@@ -71,3 +80,43 @@ def judge(metrics: dict[str, Any], limits: Thresholds) -> list[str]:
         if bad or value != value:
             reasons.append(f"{label} {value:.6g} {'>' if kind == 'max' else '<'} {limit:g}")
     return reasons
+
+
+def infer_profile(candidate: Path) -> tuple[str, str]:
+    """(profile, how it was decided) for a candidate: from the manifest of the command that
+    made it (`quantize --scheme`, `convert --dtype`), else from its config's quantization,
+    else lossless (an exact layout change)."""
+    settings: Any = {}
+    manifest = Path(candidate) / MANIFEST_NAME
+    if manifest.is_file():
+        try:
+            settings = read_json(manifest, "manifest").get("settings", {})
+        except (Grok1Error, AttributeError):
+            settings = {}
+    settings = settings if isinstance(settings, dict) else {}
+    scheme, dtype = str(settings.get("scheme", "")), str(settings.get("dtype", ""))
+    for prefix, name in SCHEME_PROFILES.items():
+        if scheme.startswith(prefix):
+            return name, f"made by `quantize --scheme {prefix}` ({scheme})"
+    if dtype in DTYPE_PROFILES:
+        return DTYPE_PROFILES[dtype], f"made by `convert --dtype {dtype}`"
+    kind = kind_of(Path(candidate)) if Path(candidate).is_dir() else None
+    if kind is not None:
+        weights = kind.weights.split("-")[0]
+        for prefix, name in SCHEME_PROFILES.items():
+            if weights == prefix:
+                return name, f"its weights are {kind.weights}"
+        if weights in DTYPE_PROFILES:
+            return DTYPE_PROFILES[weights], f"its weights are {kind.weights}"
+    return "lossless", "no lossy step recorded"
+
+
+def lossy_hint(candidate: Path) -> str | None:
+    """Why a lossless check of a lossy candidate fails, and what would pass (None when the
+    candidate is not known to be lossy)."""
+    name, why = infer_profile(candidate)
+    if name == "lossless":
+        return None
+    fix = ("; --dtype f32 or int8 is lossless" if why.startswith("made by `convert")
+           else "")
+    return f"the candidate is lossy ({why}){fix}; its profile is --profile {name}"

@@ -16,6 +16,7 @@ import torch
 
 from converter.errors import ConfigMismatchError, UsageError
 from converter.layouts import CheckpointReader
+from converter.progress import step_bar
 from converter.tensors import QuantizedWeight8bit
 from verify.metrics import MetricSums, Positions, ReferenceLogits, next_ids
 from verify.profiles import Thresholds, judge
@@ -38,6 +39,9 @@ class VerifyResult:
     seconds: float
     reference: ReferenceLogits | None  # top-k, when asked to keep it (--save-reference)
     tokens: str = ""
+    profile: str = ""
+    profile_source: str = ""  # how the profile was chosen
+    advice: str = ""  # what would pass, when a lossless check fails on a lossy candidate
 
     @property
     def passed(self) -> bool:
@@ -46,8 +50,9 @@ class VerifyResult:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready."""
-        return {"passed": self.passed, "reasons": self.reasons, "tokens": self.tokens,
-                "metrics": self.metrics,
+        return {"profile": self.profile, "profile_source": self.profile_source,
+                "passed": self.passed, "reasons": self.reasons, "advice": self.advice,
+                "tokens": self.tokens, "metrics": self.metrics,
                 "thresholds": dataclasses.asdict(self.thresholds), "per_layer": self.per_layer,
                 "tensor_mismatches": self.tensor_mismatches, "seconds": round(self.seconds, 3)}
 
@@ -162,11 +167,13 @@ def _chunks(count: int, size: int) -> list[slice]:
 def run_forwards(reference: CheckpointReader | None, candidate: CheckpointReader,
                  tokens: np.ndarray, *, reference_logits: ReferenceLogits | None = None,
                  per_layer: bool = False, dtype: str = "float32", device: str = "cpu",
-                 batch: int = 4, keep_top_k: int | None = None) -> ForwardOutcome:
+                 batch: int = 4, keep_top_k: int | None = None,
+                 quiet: bool = False) -> ForwardOutcome:
     """Both forwards, layer-major (each weight read once), the reference only when its logits
     are not given. Each layer runs on `batch` sequences at a time, and the logits are made and
     reduced a few positions at a time, so memory holds the hidden states and one chunk's
-    logits, never the whole text's."""
+    logits, never the whole text's. A progress bar counts layers (and the head) on a
+    terminal unless `quiet`."""
     config = candidate.config
     cand_model = StreamedGrok1(candidate, dtype=dtype, device=device)
     ref_model = (StreamedGrok1(reference, dtype=dtype, device=device)
@@ -179,26 +186,31 @@ def run_forwards(reference: CheckpointReader | None, candidate: CheckpointReader
     if per_layer and h_ref is not None:
         rows.append({"layer": "embed", "hidden": _sq(h_cand, h_ref, valid)})
     groups = _chunks(len(tokens), batch)
-    for index in range(config.layers):
-        ref_weights = ref_model.load_layer(index) if ref_model is not None else None
-        weights = cand_model.load_layer(index)
-        for rows_of in groups:
-            out_ref = None
-            if ref_model is not None and h_ref is not None:
-                out_ref = ref_model.layer(ref_weights, h_ref[rows_of], valid[rows_of])
-            if per_layer and out_ref is not None and h_ref is not None:
-                alone = cand_model.layer(weights, h_ref[rows_of], valid[rows_of])
-                _add_sums(rows, {"layer": index,
-                                 "attention": _sq(alone.attention, out_ref.attention,
-                                                  valid[rows_of]),
-                                 "moe": _sq(alone.moe, out_ref.moe, valid[rows_of]),
-                                 "hidden": _sq(alone.hidden, out_ref.hidden, valid[rows_of])})
-            h_cand[rows_of] = cand_model.layer(weights, h_cand[rows_of], valid[rows_of]).hidden
-            if out_ref is not None and h_ref is not None:
-                h_ref[rows_of] = out_ref.hidden
-        del weights, ref_weights
-    return _reduce_head(cand_model, ref_model, h_cand, h_ref, tokens, reference_logits,
-                        rows if per_layer else None, keep_top_k)
+    with step_bar(config.layers + 1, "verify" if ref_model else "candidate", "layer",
+                  quiet=quiet) as bar:
+        for index in range(config.layers):
+            ref_weights = ref_model.load_layer(index) if ref_model is not None else None
+            weights = cand_model.load_layer(index)
+            for rows_of in groups:
+                out_ref = None
+                if ref_model is not None and h_ref is not None:
+                    out_ref = ref_model.layer(ref_weights, h_ref[rows_of], valid[rows_of])
+                if per_layer and out_ref is not None and h_ref is not None:
+                    alone = cand_model.layer(weights, h_ref[rows_of], valid[rows_of])
+                    _add_sums(rows, {"layer": index,
+                                     "attention": _sq(alone.attention, out_ref.attention,
+                                                      valid[rows_of]),
+                                     "moe": _sq(alone.moe, out_ref.moe, valid[rows_of]),
+                                     "hidden": _sq(alone.hidden, out_ref.hidden, valid[rows_of])})
+                h_cand[rows_of] = cand_model.layer(weights, h_cand[rows_of], valid[rows_of]).hidden
+                if out_ref is not None and h_ref is not None:
+                    h_ref[rows_of] = out_ref.hidden
+            del weights, ref_weights
+            bar.update()
+        outcome = _reduce_head(cand_model, ref_model, h_cand, h_ref, tokens, reference_logits,
+                               rows if per_layer else None, keep_top_k)
+        bar.update()
+    return outcome
 
 
 def _reduce_head(cand_model: StreamedGrok1, ref_model: StreamedGrok1 | None,
@@ -275,13 +287,13 @@ def run_verification(reference: CheckpointReader | None, candidate: CheckpointRe
                      reference_logits: ReferenceLogits | None = None, per_layer: bool = False,
                      check_tensors: bool = False, dtype: str = "float32",
                      device: str = "cpu", batch: int = 4,
-                     keep_top_k: int | None = None) -> VerifyResult:
+                     keep_top_k: int | None = None, quiet: bool = False) -> VerifyResult:
     """Run the candidate (and the reference unless its logits are given) and judge it."""
     start = time.perf_counter()
     tokens = checked_tokens(reference, candidate, tokens, reference_logits)
     outcome = run_forwards(reference, candidate, tokens, reference_logits=reference_logits,
                            per_layer=per_layer, dtype=dtype, device=device, batch=batch,
-                           keep_top_k=keep_top_k)
+                           keep_top_k=keep_top_k, quiet=quiet)
     mismatches = (compare_tensors(reference, candidate)
                   if check_tensors and reference is not None else None)
     return judge_outcome(outcome, thresholds, mismatches=mismatches,

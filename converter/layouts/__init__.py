@@ -37,7 +37,11 @@ def layout(name: str) -> Layout:
 
 
 def detect_layout(path: Path) -> str:
-    """The name of the layout of the checkpoint at `path` (the first registered that fits)."""
+    """The name of the layout of the checkpoint at `path` (the first registered that fits): a
+    folder, or a .gguf file."""
+    path = Path(path)
+    if path.is_file() and path.suffix == ".gguf":
+        return "gguf"
     path = require_folder(path)
     for entry in LAYOUTS.values():
         if entry.detect(path):

@@ -307,8 +307,12 @@ class GgufCheckpoint:
     layout = "gguf"
 
     def __init__(self, root: Path) -> None:
-        self.root = require_folder(root)
-        self.files = _model_files(self.root)
+        root = Path(root)
+        if root.is_file() and root.suffix == ".gguf":  # a file, as llama.cpp users pass them
+            self.root, self.files = root.parent, _model_files(root.parent, root)
+        else:
+            self.root = require_folder(root)
+            self.files = _model_files(self.root)
         self.readers = [GGUFReader(f) for f in self.files]
         self.metadata = self.readers[0].metadata
         if self.metadata.get("general.architecture") != ARCH:
@@ -370,9 +374,17 @@ class GgufCheckpoint:
         return found
 
 
-def _model_files(root: Path) -> list[Path]:
-    """The GGUF files of a folder: one model file, or a complete set of split files."""
+def _model_files(root: Path, given: Path | None = None) -> list[Path]:
+    """The GGUF files of a folder: one model file, or a complete set of split files; with
+    `given` (a file in it), that file, or the split set it is part of."""
     files = sorted(p for p in root.glob("*.gguf") if p.is_file())
+    if given is not None:
+        first = _SPLIT.match(given.name)
+        if first is None:
+            return [given]
+        files = [p for p in files if (m := _SPLIT.match(p.name)) and (
+            m.group("prefix"), m.group("count")) == (first.group("prefix"),
+                                                     first.group("count"))]
     if not files:
         raise LayoutError(f"{root}: no .gguf file")
     splits = [(m, p) for p in files if (m := _SPLIT.match(p.name))]
@@ -468,6 +480,7 @@ def _target(reader: CheckpointReader, options: TargetOptions) -> Target:
 
 
 LAYOUT = Layout(name="gguf", summary="llama.cpp GGUF (split files), arch grok",
-                detect=lambda path: any(path.glob("*.gguf")),
+                detect=lambda path: (path.suffix == ".gguf" and path.is_file()) or (
+                    path.is_dir() and any(path.glob("*.gguf"))),
                 open=lambda path: GgufCheckpoint(path), describe=_inspect, target=_target,
                 dtypes=tuple(DTYPES))

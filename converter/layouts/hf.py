@@ -545,9 +545,9 @@ class ShardedTarget:
         write_model_files(dst)
         if self.tokenizer is not None:
             write_tokenizer(dst, self.tokenizer, max_length=c.max_seq_len)
-        for name, text in self.linears.reports(records).items():
+        for name, text in self.linears.reports(records).items():  # text, or PNG bytes
             with atomic_open(dst / name) as f:
-                f.write(text.encode())
+                f.write(text if isinstance(text, bytes) else text.encode())
         if len(units) > 1:
             weight_map = {o.origin.name: u.path for u in units for o in u.items}
             _write_json(dst / self.container.index_name, {
