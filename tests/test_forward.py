@@ -70,3 +70,25 @@ def test_logits_rejects_bad_tokens(upstream, tmp_path, bad):
     assert "t.npy" in bad_input("logits", upstream, "--tokens", tmp_path / "t.npy", "--out",
                                 tmp_path / "o.npy")
     assert not (tmp_path / "o.npy").exists()
+
+
+def test_the_embedding_is_a_file_map_whose_pages_can_be_dropped(small_ckpt, tmp_path):
+    from click.testing import CliRunner
+
+    from converter.layouts import open_checkpoint
+    from grok1.cli import main
+    from verify.weights import _file_backed, drop_pages, mapped_embedding
+
+    assert CliRunner().invoke(main, ["convert", str(small_ckpt), str(tmp_path / "hf"), "--to",
+                                     "hf", "--dtype", "f32", "--quiet"]).exit_code == 0
+    for folder in (small_ckpt, tmp_path / "hf"):
+        reader = open_checkpoint(folder)
+        spec = next(s for s in reader.specs if s.role == "embed")
+        embed = mapped_embedding(reader, spec)
+        expected = np.asarray(reader.read(spec), np.float32).copy()
+        assert _file_backed(embed) and np.array_equal(embed, expected)
+        drop_pages(embed[:1000])  # the pages come back from the file when touched again
+        assert np.array_equal(embed, expected)
+    anonymous = np.arange(1 << 16, dtype=np.float32)
+    drop_pages(anonymous)  # never anonymous memory: that would zero it
+    assert not _file_backed(anonymous) and anonymous[-1] == (1 << 16) - 1

@@ -31,7 +31,7 @@ from converter.hf_model.grok1_layers import (
 from converter.layouts import CheckpointReader
 from converter.progress import step_bar
 from converter.tensors import QuantizedWeight8bit, bf16_bits_to_f32
-from verify.weights import dense, load_layer, prefetch_layer
+from verify.weights import dense, drop_pages, load_layer, mapped_embedding, prefetch_layer
 
 __all__ = ["DTYPES", "HEAD_ENTRIES", "LayerOutput", "StreamedGrok1", "stream_logits",
            "torch_logits"]
@@ -145,7 +145,7 @@ class StreamedGrok1:
         self.device = torch.device(device)
         by_role = {s.role: s for s in reader.specs if s.layer is None}
         # a view of the file where it is stored float32, else decoded once
-        self._embed = dense(reader.read(by_role["embed"]))
+        self._embed = mapped_embedding(reader, by_role["embed"])
         self._final_norm = dense(reader.read(by_role["final_norm"]))
         self._groups = {s.role: s.scale_groups for s in reader.specs if s.layer == 0}
         self._buffer = np.empty(0, np.float32)
@@ -193,9 +193,10 @@ class StreamedGrok1:
         h = rms_norm(hidden, self._tensor(self._final_norm, torch.float32), c.rms_norm_eps)
         out = np.empty((*h.shape[:-1], c.vocab), np.float32)
         for start in range(0, c.vocab, _HEAD_CHUNK):
-            block = self._view(self._embed[start:start + _HEAD_CHUNK])
-            logits = unembed_logits(h, block, c.out_mult)
-            out[..., start:start + block.shape[0]] = logits.cpu().numpy()
+            rows = self._embed[start:start + _HEAD_CHUNK]
+            logits = unembed_logits(h, self._view(rows), c.out_mult)
+            out[..., start:start + rows.shape[0]] = logits.cpu().numpy()
+            drop_pages(rows)
         return out
 
     def _view(self, array: np.ndarray) -> torch.Tensor:

@@ -4,19 +4,23 @@ experts read one at a time when used, and the next layer asked of the disk ahead
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
+import functools
+import mmap
 import os
+import sys
 import threading
 from typing import Any
 
 import numpy as np
 
 from converter.layouts import CheckpointReader
-from converter.spec import EXPERT_ROLES, TensorSpec
+from converter.spec import EXPERT_ROLES, ROLE, TensorSpec
 from converter.tensors import dense
 
-__all__ = ["LayerWeights", "LazyExperts", "dense", "global_weights", "layer_specs",
-           "load_layer", "prefetch_layer"]
+__all__ = ["LayerWeights", "LazyExperts", "dense", "drop_pages", "global_weights",
+           "layer_specs", "load_layer", "mapped_embedding", "prefetch_layer"]
 
 LayerWeights = dict[str, Any]
 
@@ -79,3 +83,50 @@ def global_weights(reader: CheckpointReader) -> tuple[np.ndarray, np.ndarray]:
     """(embeddings [vocab, emb], final norm scale [emb]) as float32."""
     by_role = {s.role: s for s in reader.specs if s.layer is None}
     return dense(reader.read(by_role["embed"])), dense(reader.read(by_role["final_norm"]))
+
+
+def _file_backed(array: np.ndarray) -> bool:
+    """True when the array's memory is a mapping of a file (a numpy memmap or a view of an
+    mmap), so its pages can be dropped and read again; never anonymous memory."""
+    base: Any = array
+    while base is not None:
+        if isinstance(base, np.memmap | mmap.mmap):
+            return True
+        base = getattr(base, "base", None) if isinstance(base, np.ndarray) else (
+            getattr(base, "obj", None) if isinstance(base, memoryview) else None)
+    return False
+
+
+def mapped_embedding(reader: CheckpointReader, spec: TensorSpec) -> np.ndarray:
+    """The embedding [vocab, emb] float32 as a read-only map of the checkpoint file: the
+    reader's own map (the release's pickles), or the one byte range of a tensor the reader
+    says is stored F32 in that orientation (safetensors, GGUF); else decoded into memory."""
+    stored = reader.stored_dtype(spec) if hasattr(reader, "stored_dtype") else None
+    ranges = reader.byte_ranges(spec) if stored == "F32" else []
+    if len(ranges) == 1 and ranges[0][2] == spec.numel * 4 and not ROLE[spec.role].matrix:
+        path, offset, _ = ranges[0]
+        return np.memmap(path, np.dtype("<f4"), "r", offset, tuple(spec.shape))
+    return dense(reader.read(spec))
+
+
+def drop_pages(array: np.ndarray) -> None:
+    """Tell the kernel this process no longer needs the pages of a file-backed array (they stay
+    in the page cache; touching them again maps them back): resident memory then holds one
+    chunk of a 3.2 GB embedding at a time, not all of it. Anonymous memory is never touched."""
+    if not sys.platform.startswith("linux") or not array.flags.c_contiguous or not (
+            _file_backed(array)):
+        return
+    page = mmap.PAGESIZE
+    start = array.ctypes.data
+    first = -(-start // page) * page
+    end = (start + array.nbytes) // page * page
+    if end > first:
+        _libc().madvise(ctypes.c_void_p(first), ctypes.c_size_t(end - first), _MADV_DONTNEED)
+
+
+_MADV_DONTNEED = 4  # Linux's value
+
+
+@functools.cache
+def _libc() -> Any:
+    return ctypes.CDLL(None, use_errno=True)

@@ -346,6 +346,10 @@ class GgufCheckpoint:
         reader, info = self.tensor_info(spec)
         return [(reader.path, reader.tensors[info.name][1], info.nbytes)]
 
+    def stored_dtype(self, spec: TensorSpec) -> str | None:
+        """The ggml type of a plain (non-matrix) tensor; None for matrices (stored [out, in])."""
+        return None if ROLE[spec.role].matrix else self.tensor_info(spec)[1].kind
+
     def read(self, spec: TensorSpec) -> np.ndarray:
         """The canonical float32 value of one spec ([.., in, out] matrices)."""
         reader, info = self.tensor_info(spec)

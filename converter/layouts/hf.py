@@ -413,6 +413,15 @@ class HfCheckpoint:
                 ranges.append((shard.path, shard.data_start + begin, entry.nbytes))
         return ranges
 
+    def stored_dtype(self, spec: TensorSpec) -> str | None:
+        """The safetensors dtype a plain (non-Linear) tensor is stored in; None for Linears
+        and torch shards."""
+        if ROLE[spec.role].linear:
+            return None
+        name = self._by_origin[(spec.role, spec.layer, None, self.scheme.plain_part(spec.role))]
+        shard = self.shard(self.weight_map[name])
+        return shard.dtype(name) if isinstance(shard, SafetensorsReader) else None
+
     def read_expert(self, spec: TensorSpec, expert: int) -> Any:
         """One expert's canonical value ([in, out])."""
         return self._linear(spec, expert)
