@@ -10,3 +10,4 @@ python -m benchmarks.bench_quant
 python -m benchmarks.bench_convert --preset real --depths 1 --runs 1
 python -m benchmarks.bench_gguf
 python -m benchmarks.compare_revisions fe404cd
+python -m benchmarks.bench_verify
