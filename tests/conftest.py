@@ -31,6 +31,18 @@ def file_digests(folder: Path, *, skip: Callable[[Path], bool] = lambda path: Fa
             for p in sorted(Path(folder).rglob("*")) if p.is_file() and not skip(p)}
 
 
+def output_digests(folder: Path) -> dict[str, object]:
+    """What must be the same in two runs of one conversion into different folders: every
+    file's sha256, and the manifest without the command line (which names the folder)."""
+    import json
+
+    found: dict[str, object] = dict(file_digests(
+        folder, skip=lambda path: path.name == "grok1-manifest.json"))
+    manifest = json.loads((Path(folder) / "grok1-manifest.json").read_text())
+    found["grok1-manifest.json"] = {k: v for k, v in manifest.items() if k != "command"}
+    return found
+
+
 @pytest.fixture(scope="session")
 def upstream() -> Path:
     """The 12-layer checkpoint written by the original xAI code, with its oracle logits."""
