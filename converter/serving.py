@@ -105,7 +105,10 @@ NOT_SERVED: dict[tuple[str, str, str], str] = {
        "SiLU, and Grok-1's experts are GELU" for w in ("int8", "int4", "int8-asym",
                                                          "int4-asym")},
     **{("sglang", "hpcai", w): "it reads its own names (write with --names sglang)"
-       for w in (*DENSE, *COMPRESSED)},
+       for w in (*DENSE, "fp8", "fp8-block")},
+    **{("sglang", "hpcai", w): "its compressed-tensors MoE kernels for int weights assert "
+       "SiLU, and Grok-1's experts are GELU (whatever the names)" for w in (
+           "int8", "int4", "int8-asym", "int4-asym")},
     **{("vllm-0.24", "sglang", w): "0.24 skips these names and returns NaN logits (write with "
        "--names hpcai)" for w in (*DENSE, *COMPRESSED)},
     **{("transformers", n, w): "5.23 refuses packed zero points, expecting them unpacked "

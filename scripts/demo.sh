@@ -17,7 +17,9 @@ grok1 inspect "$out/hub/xai-org/grok-1" | tail -n 2
 for to in hf int8 int4; do
   echo
   echo "=== grok1 pipeline --to $to ==="
-  grok1 pipeline --to "$to" --work-dir "$out/work-$to" --upload "demo/grok-1-$to" --quiet
+  names=$([ "$to" = hf ] && echo sglang || echo hpcai)  # bf16 with SGLang's names: it serves
+  grok1 pipeline --to "$to" --names "$names" --work-dir "$out/work-$to" \
+    --upload "demo/grok-1-$to" --quiet
 done
 echo
 echo "published to the local Hub:"
