@@ -354,7 +354,7 @@ def model_card(folder: Path, repo: str, *, command: list[str] | None = None) -> 
         f"- Tool: grok1-toolchain {__version__}",
         f"- Command: `{made_by or invocation(command or sys.argv)}`", "",
     ]
-    lines += how_to_serve(folder)
+    lines += how_to_serve(folder, repo)
     report = folder / VERIFY_REPORT_MD
     if report.is_file():
         lines += [report.read_text().strip(), ""]

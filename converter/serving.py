@@ -107,7 +107,7 @@ NOT_SERVED: dict[tuple[str, str, str], str] = {
     **{("sglang", "hpcai", w): "it reads its own names (write with --names sglang)"
        for w in (*DENSE, "fp8", "fp8-block")},
     **{("sglang", "hpcai", w): "its compressed-tensors MoE kernels for int weights assert "
-       "SiLU, and Grok-1's experts are GELU (whatever the names)" for w in (
+       "SiLU, and Grok-1's experts are GELU, whatever the names" for w in (
            "int8", "int4", "int8-asym", "int4-asym")},
     **{("vllm-0.24", "sglang", w): "0.24 skips these names and returns NaN logits (write with "
        "--names hpcai)" for w in (*DENSE, *COMPRESSED)},
@@ -178,21 +178,25 @@ def kind_of(folder: Path) -> OutputKind | None:
     return OutputKind(layout, names, weights_name(formats["moe_gate"]))
 
 
-def how_to_serve(folder: Path) -> list[str]:
-    """The model card's "How to serve" section for an output folder (markdown lines)."""
+def _size(nbytes: float) -> str:
+    return f"{nbytes / 1e9:,.1f} GB" if nbytes >= 1e9 else f"{nbytes / 1e6:,.1f} MB"
+
+
+def how_to_serve(folder: Path, name: str | None = None) -> list[str]:
+    """The "How to serve" section (markdown lines) for an output folder; commands name it
+    `name` (a Hub repo id, in a model card) or the folder's own name."""
     folder = Path(folder)
     kind = kind_of(folder)
     if kind is None:
         return ["## How to serve", "", "This folder was not written by grok1-toolchain; its "
                 "serving engines are unknown.", ""]
-    path = folder.name
+    path = name or folder.name
     if kind.layout == "gguf":
         path = sorted(p.name for p in folder.glob("*.gguf"))[0]
     weights = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()
                   and (kind.layout == "xai" or p.suffix in WEIGHT_SUFFIXES))
-    lines = ["## How to serve", "", f"Output kind: {kind.label()}; weights "
-             f"{weights / 1e9:,.1f} GB, {weights / 8e9:,.1f} GB per GPU at tensor-parallel 8 "
-             "(plus the KV cache).", ""]
+    lines = ["## How to serve", "", f"Output kind: {kind.label()}; weights {_size(weights)}, "
+             f"{_size(weights / 8)} per GPU at tensor-parallel 8 (plus the KV cache).", ""]
     engines = serving_engines(kind)
     if not any(e.serves for e in engines):
         lines += ["No maintained serving engine takes this output.", ""]

@@ -124,8 +124,8 @@ def test_table_rows_follow_the_engines_contracts():
 
 
 @pytest.mark.parametrize(("names", "weights", "engine", "command"), [
-    ("sglang", "fp8", "SGLang", "python -m sglang.launch_server --model-path out --tp 8"),
-    ("hpcai", "int4", "transformers", "AutoModelForCausalLM.from_pretrained(\"out\""),
+    ("sglang", "fp8", "SGLang", "python -m sglang.launch_server --model-path me/x --tp 8"),
+    ("hpcai", "int4", "transformers", "AutoModelForCausalLM.from_pretrained(\"me/x\""),
 ])
 def test_cards_say_how_to_serve(tmp_path, sglang_out, small_ckpt, names, weights, engine,
                                 command):
