@@ -199,23 +199,11 @@ class PackedLinear:
 
     def dequantize(self) -> np.ndarray:
         """float32 weights in the canonical [in, out] orientation."""
-        return np.ascontiguousarray(self.rows(0, self.shape[1]))
-
-    def rows(self, first: int, end: int) -> np.ndarray:
-        """Canonical rows first:end ([end - first, out] float32, a transposed view), decoding
-        only their words: the same values as `dequantize()[first:end]`, in memory bounded by
-        the band."""
-        per_word = 32 // self.bits
-        word = first // per_word
-        words = self.packed[:, word:-(-end // per_word)]
-        skip = first - word * per_word
-        codes = unpack_codes(words, self.bits, skip + end - first)[:, skip:]
-        group = np.arange(first, end) // self.group_size
-        values = codes.astype(np.float32)
+        group = np.arange(self.shape[1]) // self.group_size
+        codes = self.codes().astype(np.float32)
         if self.zero_point is not None:
-            values -= self.zero_points().astype(np.float32)[:, group]
-        values *= self.scale_f32()[:, group]
-        return values.T
+            codes -= self.zero_points().astype(np.float32)[:, group]
+        return np.ascontiguousarray((codes * self.scale_f32()[:, group]).T)
 
 
 def e4m3_to_f32(bits: np.ndarray) -> np.ndarray:

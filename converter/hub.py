@@ -41,7 +41,7 @@ from converter.output import (
     file_sha256,
     origin_of,
 )
-from converter.safe_read import read_json
+from converter.safe_read import read_json, read_record
 from converter.serving import how_to_serve, kind_of, library_name
 
 __all__ = ["DOWNLOAD_RECORD", "check_repo_id", "download", "invocation", "model_card",
@@ -217,7 +217,7 @@ def _git_sha1(path: Path) -> str:
 def _manifest_hashes(folder: Path) -> list[tuple[str, str, str]] | None:
     """(file, "sha256", digest) of every weight file a conversion's manifest recorded; None
     when the folder has no manifest of this toolchain."""
-    manifest = _json(Path(folder) / MANIFEST_NAME)
+    manifest = read_record(Path(folder) / MANIFEST_NAME)
     units = manifest.get("units")
     if not isinstance(units, dict):
         return None
@@ -288,7 +288,7 @@ def _gguf_scheme(folder: Path) -> tuple[str, list[str], bool] | None:
     files = sorted(p.name for p in folder.glob("*.gguf"))
     if not files:
         return None
-    report = _json(folder / "gguf_report.json")
+    report = read_record(folder / "gguf_report.json")
     dtype = str(report.get("dtype", "unknown"))
     return (f"GGUF for llama.cpp (arch grok), {dtype}, {len(files)} file(s) (llama.cpp finds "
             "the other split files from the first; a base model, no chat template)",
@@ -336,7 +336,7 @@ def invocation(argv: list[str]) -> str:
 def model_card(folder: Path, repo: str, *, command: list[str] | None = None) -> str:
     """README.md for an output folder: YAML front matter, provenance, scheme, verification."""
     folder = Path(folder)
-    config = _json(folder / "config.json")
+    config = read_record(folder / "config.json")
     scheme, tags, quantized = _scheme(config, folder / "config.json")
     source, made_by = _provenance(folder)
     front = ["---", "base_model: xai-org/grok-1"]
@@ -381,18 +381,10 @@ def _tokenizer_line(folder: Path) -> str:
             "its exact ids; no BOS is added, as the original runners encode")
 
 
-def _json(path: Path) -> dict[str, Any]:
-    try:
-        data = read_json(path)
-    except (CheckpointNotFoundError, MalformedFileError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def _provenance(folder: Path) -> tuple[str, str | None]:
     """The card's source line, and the command that made the folder (None when unknown)."""
     origin = origin_of(folder)
-    manifest = _json(folder / MANIFEST_NAME)
+    manifest = read_record(folder / MANIFEST_NAME)
     command = str(manifest["command"])[:300] if manifest.get("command") else None
     if origin.get("repo"):
         source = f"`{origin['repo']}` at commit `{origin.get('commit') or 'unknown'}`"
@@ -431,7 +423,7 @@ def check_publishable(folder: Path) -> None:
     toolchain (a complete manifest) in which `grok1 inspect` finds no problem."""
     from converter.inspect import inspect_checkpoint
 
-    if not _json(folder / MANIFEST_NAME).get("complete"):
+    if not read_record(folder / MANIFEST_NAME).get("complete"):
         raise UsageError(f"{folder}: not a finished output of grok1-toolchain (no complete "
                          f"{MANIFEST_NAME}); pass --any-folder to publish it anyway")
     problems = inspect_checkpoint(folder)["problems"]

@@ -64,11 +64,25 @@ class NameScheme:
                 yield OutputName(self.tensor(spec.role, spec.layer, expert, part), spec.role,
                                  spec.layer, expert, part)
 
-    def module_pattern(self, role: str) -> str:
-        """A compressed-tensors target regex matching every module of a role."""
+    def _regex(self, role: str, layer: str, expert: str) -> str:
+        """The module template of a role as a regex, `{layer}` and `{expert}` replaced."""
         template = self.modules[role]
         literal = re.escape(template.replace("{layer}", "\0L").replace("{expert}", "\0E"))
-        return "re:" + literal.replace("\0L", r"\d+").replace("\0E", r"\d+") + "$"
+        return literal.replace("\0L", layer).replace("\0E", expert)
+
+    def module_pattern(self, role: str) -> str:
+        """A compressed-tensors target regex matching every module of a role."""
+        return "re:" + self._regex(role, r"\d+", r"\d+") + "$"
+
+    def locate(self, module: str, roles: tuple[str, ...]) -> tuple[str, int, int] | None:
+        """(role, layer, expert) of an expert module name among `roles` (the inverse of
+        `module`), or None when it is none of them."""
+        for role in roles:
+            found = re.fullmatch(self._regex(role, r"(?P<layer>\d+)", r"(?P<expert>\d+)"),
+                                 module)
+            if found:
+                return role, int(found["layer"]), int(found["expert"])
+        return None
 
     def expected(self, specs: list[TensorSpec],
                  parts_of: dict[str, tuple[str, ...]]) -> dict[str, OutputName]:

@@ -28,7 +28,7 @@ from typing import Any
 
 from converter.atomic import INCOMPLETE_SUFFIX, atomic_open, check_free_space
 from converter.errors import MalformedFileError, UsageError
-from converter.safe_read import read_json
+from converter.safe_read import read_json, read_record
 
 __all__ = ["DOWNLOAD_RECORD", "MANIFEST_NAME", "MODEL_CARD", "OWN_FILES", "PROVENANCE_NAME",
            "QUANT_PLOT", "VERIFY_PLOT", "VERIFY_REPORT_JSON", "VERIFY_REPORT_MD", "OutputFolder",
@@ -49,15 +49,6 @@ OWN_FILES = frozenset({MANIFEST_NAME, MODEL_CARD, PROVENANCE_NAME, VERIFY_REPORT
 _TEMPORARY = re.compile(r"^(?P<base>.+)\.[0-9a-f]{8}" + re.escape(INCOMPLETE_SUFFIX) + "$")
 
 
-def _record(path: Path) -> dict[str, Any]:
-    """A JSON object this toolchain wrote, or {} (missing, malformed or not an object)."""
-    try:
-        data = read_json(path) if path.is_file() else {}
-    except (OSError, MalformedFileError, UsageError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def _text(value: Any) -> str:
     return str(value)[:300] if value is not None else ""
 
@@ -68,11 +59,11 @@ def origin_of(source: Path) -> dict[str, Any]:
     made it, oldest first. A folder with no records is a local checkpoint of that name."""
     folder = Path(source)
     for name in (PROVENANCE_NAME, DOWNLOAD_RECORD):
-        data = _record(folder / name)
+        data = read_record(folder / name)
         if data.get("repo"):
             return {"repo": _text(data["repo"]), "commit": _text(data.get("commit")),
                     "steps": []}
-    manifest = _record(folder / MANIFEST_NAME)
+    manifest = read_record(folder / MANIFEST_NAME)
     origin = manifest.get("origin") if isinstance(manifest.get("origin"), dict) else {}
     steps = origin.get("steps") if isinstance(origin.get("steps"), list) else []
     steps = [_text(s) for s in steps[:64]]

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import re
 import struct
 import zlib
 from collections.abc import Sequence
@@ -17,7 +16,7 @@ from converter.names import SCHEMES
 
 __all__ = ["expert_heatmap", "layer_error_plot", "png"]
 
-WHITE, BLACK, GREY = (255, 255, 255), (40, 40, 40), (200, 200, 200)
+BLACK, GREY = (40, 40, 40), (200, 200, 200)
 RED = (214, 39, 40)
 BAND = (255, 215, 215)  # behind a layer over the limit
 SERIES = {"attention": (31, 119, 180), "moe": (255, 127, 14), "output": (44, 160, 44)}
@@ -175,10 +174,11 @@ def layer_error_plot(rows: list[dict], limit: float | None, title: str) -> bytes
         y = at(0, limit)[1]
         canvas.line(left, y, right, y, RED, width=2, dash=8)
         canvas.text(right, y - 20, f"limit {_tick(limit)}", RED, anchor="right")
-    for layer, _ in series["output"]:
-        worst = max((v for points in series.values() for n, v in points
-                     if n == layer and v is not None), default=0.0)
+    for row in layers:
+        worst = max((row[k] for k in ("attention", "moe", "hidden") if row.get(k) is not None),
+                    default=0.0)
         if limit is not None and worst > limit:
+            layer = row["layer"]
             x = at(layer, 1)[0]
             canvas.rect(x - 3, top, x + 3, bottom, BAND)
             canvas.text(x, top + 4, f"!{layer}", RED, anchor="center")
@@ -200,15 +200,10 @@ def layer_error_plot(rows: list[dict], limit: float | None, title: str) -> bytes
 def _expert_linear(module: str) -> tuple[int, int, str] | None:
     """(layer, expert, gate|up|down) of an expert Linear's module name, in any name table."""
     for scheme in SCHEMES.values():
-        names = scheme.layer_modules
-        if names is None:
-            continue
-        for role in ("gate", "up", "down"):
-            pattern = re.escape(scheme.module(f"moe_{role}", 0, 0)).replace(
-                r"layers\.0\.", r"layers\.(\d+)\.").replace(r"experts\.0\.", r"experts\.(\d+)\.")
-            found = re.fullmatch(pattern, module)
-            if found:
-                return int(found.group(1)), int(found.group(2)), role
+        found = scheme.locate(module, ("moe_gate", "moe_up", "moe_down"))
+        if found:
+            role, layer, expert = found
+            return layer, expert, role.removeprefix("moe_")
     return None
 
 

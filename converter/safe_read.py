@@ -15,7 +15,8 @@ from typing import Any, BinaryIO
 
 from converter.errors import CheckpointNotFoundError, MalformedFileError
 
-__all__ = ["MAX_JSON_BYTES", "open_regular", "parse_json", "read_capped", "read_json"]
+__all__ = ["MAX_JSON_BYTES", "open_regular", "parse_json", "read_capped", "read_json",
+           "read_record"]
 
 MAX_JSON_BYTES = 64 << 20  # the largest index of the real model is about 100 KB
 
@@ -68,3 +69,14 @@ def parse_json(raw: bytes | str, where: str,
 def read_json(path: Path, what: str = "JSON file", limit: int = MAX_JSON_BYTES) -> Any:
     """The JSON value in the regular file `path` (at most `limit` bytes)."""
     return parse_json(read_capped(path, limit, what), str(path))
+
+
+def read_record(path: Path) -> dict[str, Any]:
+    """A JSON object this toolchain may have written beside a checkpoint (a manifest, a
+    provenance or download record, a report), or {} when there is none or it is not one:
+    for what only informs (cards, serving advice, profiles), never for what must be right."""
+    try:
+        data = read_json(path)
+    except (CheckpointNotFoundError, MalformedFileError):
+        return {}
+    return data if isinstance(data, dict) else {}

@@ -15,14 +15,13 @@ from pathlib import Path
 
 from converter.compressed import LinearFormat, formats_from_quantization
 from converter.dtypes import by_torch
-from converter.errors import CheckpointNotFoundError, MalformedFileError
+from converter.errors import MalformedFileError
 from converter.names import SCHEMES
-from converter.safe_read import read_json
+from converter.safe_read import read_record
 
 __all__ = ["ENGINES", "NOT_SERVED", "SERVES", "Engine", "OutputKind", "how_to_serve",
            "kind_of", "library_name", "refusals", "serving_engines", "serving_table",
-           "unserved_warning",
-           "weights_name"]
+           "unserved_warning", "weights_name"]
 
 ANY = ("*",)
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf")
@@ -159,11 +158,11 @@ def kind_of(folder: Path) -> OutputKind | None:
     folder = Path(folder)
     ggufs = sorted(folder.glob("*.gguf"))
     if ggufs:
-        report = _json(folder / "gguf_report.json")
+        report = read_record(folder / "gguf_report.json")
         return OutputKind("gguf", None, str(report.get("dtype", "gguf")))
     if (folder / "ckpt-0").is_dir():
         return OutputKind("xai", None, "release-int8")
-    config = _json(folder / "config.json")
+    config = read_record(folder / "config.json")
     names = config.get("grok1_names")
     if names not in SCHEMES:
         return None
@@ -227,8 +226,7 @@ def serving_table(sizes: dict[str, int] | None = None) -> list[str]:
         memory = f"{size / 1e9:,.0f} GB ({size / 8e9:,.0f} GB/GPU at TP 8)" if size else ""
         serving = "; ".join(f"{e.name} {e.versions}" for e in engines if e.serves) or "none"
         others = "; ".join(f"{e.name} {e.versions}" for e in engines if not e.serves) or ""
-        refused = "; ".join(f"{e.name}: {why}" for e, why in refusals(
-            OutputKind(kind.layout, kind.names, kind.weights)))
+        refused = "; ".join(f"{e.name}: {why}" for e, why in refusals(kind))
         lines.append(f"| {kind.label()} | {memory} | {serving} | {others} | {refused} |")
     return lines
 
@@ -236,11 +234,3 @@ def serving_table(sizes: dict[str, int] | None = None) -> list[str]:
 def library_name(kind: OutputKind | None) -> str:
     """The Hub's `library_name` for a card."""
     return "gguf" if kind is not None and kind.layout == "gguf" else "transformers"
-
-
-def _json(path: Path) -> dict:
-    try:
-        data = read_json(path)
-    except (CheckpointNotFoundError, MalformedFileError):
-        return {}
-    return data if isinstance(data, dict) else {}

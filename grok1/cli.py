@@ -119,6 +119,14 @@ def _stack(*options: Callable[..., Any]) -> Callable[..., Any]:
     return apply
 
 
+NAMES_HELP = ("Tensor names for hf/torch output: hpcai (vLLM <= 0.24, hpcai-tech's port) or "
+              "sglang (SGLang's Grok1ForCausalLM); `grok1 serving` says which engine takes what.")
+SHARD_SIZE_HELP = "Largest output file: bytes, or with a unit (500MB, 5GB, 2GiB)."
+token_options = _stack(
+    click.option("--batch", type=click.IntRange(min=1), default=4, show_default=True,
+                 help="Sequences of random ids (toy vocabularies); also how many run together."),
+    click.option("--seed", type=int, default=0, show_default=True,
+                 help="Seed of the random token ids."))
 executor_options = _stack(
     click.option("--executor", type=click.Choice(EXECUTORS), default="local",
                  show_default=True, help="Run units here, or as Ray tasks on a cluster."),
@@ -279,10 +287,7 @@ def logits(checkpoint: Path, tokens_path: Path | None, text_files: tuple[Path, .
 @text_options
 @click.option("--seq-len", type=click.IntRange(min=2), default=64, show_default=True,
               help="Tokens per sequence (random ids), or kept per document (text).")
-@click.option("--batch", type=click.IntRange(min=1), default=4, show_default=True,
-              help="Sequences of random ids (toy vocabularies); also how many run together.")
-@click.option("--seed", type=int, default=0, show_default=True,
-              help="Seed of the random token ids.")
+@token_options
 @click.option("--profile", "profile_name", type=click.Choice(list(PROFILES)),
               help="Pass/fail limits (default: inferred from how CANDIDATE was made: "
                    "lossless for f32/int8 conversions, int8 for bf16, the scheme's for "
@@ -391,16 +396,14 @@ def _print_run(summary: dict[str, Any], dst: Path, as_json: bool) -> None:
                                                  for e in LAYOUTS.values()) + ".")
 @click.option("--names", type=click.Choice(list(NAME_SCHEMES)), default="hpcai",
               show_default=True,
-              help="Tensor names for hf/torch output: hpcai (vLLM <= 0.24, hpcai-tech's port) "
-                   "or sglang (SGLang's Grok1ForCausalLM); `grok1 serving` says which engine "
-                   "takes what.")
+              help=NAMES_HELP)
 @click.option("--dtype", type=click.Choice(LAYOUT_DTYPES),
               help="Linear weights. hf/torch: bf16 (rounded as the release ran; the default), "
                    "f32 (exact), or int8 (the release's codes and scales as compressed-tensors, "
                    "lossless). gguf: q8_0 (the release's codes, exact; the default), f32, f16, "
                    "bf16, q4_0.")
 @click.option("--shard-size", default="5GB", show_default=True,
-              help="Largest output file: bytes, or with a unit (500MB, 5GB, 2GiB).")
+              help=SHARD_SIZE_HELP)
 @click.option("--tokenizer", metavar="PATH|none",
               help="Tokenizer files to ship: by default Grok-1's when the model's vocabulary "
                    "is Grok-1's (131072); a SentencePiece .model; or none.")
@@ -455,10 +458,9 @@ def convert(src: Path, dst: Path, to: str, names: str, dtype: str | None, shard_
               show_default=True, help="auto picks the Triton kernel when a GPU is present.")
 @click.option("--names", type=click.Choice(list(NAME_SCHEMES)), default="hpcai",
               show_default=True,
-              help="Tensor names: hpcai (vLLM <= 0.24, hpcai-tech's port) or sglang "
-                   "(SGLang's Grok1ForCausalLM); `grok1 serving` says which engine takes what.")
+              help=NAMES_HELP)
 @click.option("--shard-size", default="5GB", show_default=True,
-              help="Largest output file: bytes, or with a unit (500MB, 5GB, 2GiB).")
+              help=SHARD_SIZE_HELP)
 @click.option("--tokenizer", metavar="PATH|none",
               help="Tokenizer files to ship: by default Grok-1's when the model's vocabulary "
                    "is Grok-1's (131072); a SentencePiece .model; or none.")
@@ -708,17 +710,13 @@ def upload(folder: Path, repo: str, revision: str | None, private: bool, create_
               show_default=True, help="For --to hf.")
 @click.option("--names", type=click.Choice(list(NAME_SCHEMES)), default="hpcai",
               show_default=True,
-              help="Tensor names: hpcai (vLLM <= 0.24, hpcai-tech's port) or sglang "
-                   "(SGLang's Grok1ForCausalLM); `grok1 serving` says which engine takes what.")
+              help=NAMES_HELP)
 @click.option("--tokenizer", metavar="PATH|none",
               help="Tokenizer files to ship (default: Grok-1's for a 131072-token vocabulary).")
 @click.option("--endpoint", help="Hub URL (default: HF_ENDPOINT or huggingface.co).")
 @click.option("--workers", type=click.IntRange(min=1), help="Default: cores.")
 @click.option("--seq-len", type=click.IntRange(min=2), default=64, show_default=True)
-@click.option("--batch", type=click.IntRange(min=1), default=4, show_default=True,
-              help="Sequences of random ids (toy vocabularies); also how many run together.")
-@click.option("--seed", type=int, default=0, show_default=True,
-              help="Seed of the random token ids.")
+@token_options
 @executor_options
 @click.option("--quiet", is_flag=True)
 @click.option("--json", "as_json", is_flag=True)

@@ -6,9 +6,9 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from converter.errors import Grok1Error, UsageError
+from converter.errors import UsageError
 from converter.output import MANIFEST_NAME
-from converter.safe_read import read_json
+from converter.safe_read import read_record
 from converter.serving import kind_of
 
 __all__ = ["PROFILES", "Thresholds", "infer_profile", "judge", "lossy_hint"]
@@ -86,13 +86,7 @@ def infer_profile(candidate: Path) -> tuple[str, str]:
     """(profile, how it was decided) for a candidate: from the manifest of the command that
     made it (`quantize --scheme`, `convert --dtype`), else from its config's quantization,
     else lossless (an exact layout change)."""
-    settings: Any = {}
-    manifest = Path(candidate) / MANIFEST_NAME
-    if manifest.is_file():
-        try:
-            settings = read_json(manifest, "manifest").get("settings", {})
-        except (Grok1Error, AttributeError):
-            settings = {}
+    settings = read_record(Path(candidate) / MANIFEST_NAME).get("settings")
     settings = settings if isinstance(settings, dict) else {}
     scheme, dtype = str(settings.get("scheme", "")), str(settings.get("dtype", ""))
     for prefix, name in SCHEME_PROFILES.items():
@@ -103,11 +97,9 @@ def infer_profile(candidate: Path) -> tuple[str, str]:
     kind = kind_of(Path(candidate)) if Path(candidate).is_dir() else None
     if kind is not None:
         weights = kind.weights.split("-")[0]
-        for prefix, name in SCHEME_PROFILES.items():
-            if weights == prefix:
-                return name, f"its weights are {kind.weights}"
-        if weights in DTYPE_PROFILES:
-            return DTYPE_PROFILES[weights], f"its weights are {kind.weights}"
+        found = SCHEME_PROFILES.get(weights) or DTYPE_PROFILES.get(weights)
+        if found:
+            return found, f"its weights are {kind.weights}"
     return "lossless", "no lossy step recorded"
 
 

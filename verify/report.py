@@ -92,7 +92,8 @@ def format_markdown(result: VerifyResult, *, title: str = "Verification") -> str
         lines += [f"Evaluated on {result.tokens}.", ""]
     lines += ["| metric | value |", "| --- | ---: |"]
     lines += [f"| {_cell(label)} | {_cell(value)} |" for label, value in _rows(result.metrics)]
-    lines += ["", _cell(limits_line(result)[0].upper() + limits_line(result)[1:]) + "."]
+    limits = limits_line(result)
+    lines += ["", _cell(limits[0].upper() + limits[1:]) + "."]
     if result.per_layer:
         lines += ["", "Relative error of each layer run on the reference's input (values over "
                   "the per-layer limit in bold):", "",

@@ -88,11 +88,17 @@ def _fill(buffer: np.ndarray, value: Any, first: int, end: int, group: int) -> n
     return band
 
 
+def _packed_unit(value: PackedLinear) -> int:
+    """Input columns a band of a pack-quantized Linear is made of: a scale group, or (one scale
+    per output channel) a packed word."""
+    return value.group_size if value.scale.shape[1] > 1 else 32 // value.bits
+
+
 def _packed_bands(value: PackedLinear) -> Iterator[tuple[int, int]]:
-    """Row bands of a pack-quantized Linear (canonical rows = its input columns): whole scale
-    groups, about _BAND_ELEMENTS elements each."""
+    """Row bands of a pack-quantized Linear (canonical rows = its input columns): whole
+    `_packed_unit`s, about _BAND_ELEMENTS elements each."""
     cols, rows = value.shape
-    unit = value.group_size if value.scale.shape[1] > 1 else 32 // value.bits
+    unit = _packed_unit(value)
     step = max(unit, _BAND_ELEMENTS // max(cols, 1) // unit * unit)
     for first in range(0, rows, step):
         yield first, min(first + step, rows)
@@ -100,9 +106,9 @@ def _packed_bands(value: PackedLinear) -> Iterator[tuple[int, int]]:
 
 def _packed_rows(value: PackedLinear, first: int, end: int) -> torch.Tensor:
     """Canonical rows first:end of a pack-quantized Linear, transposed ([out, end - first]
-    float32; `first` on a scale group's start): `PackedLinear.rows` in torch, whose
-    elementwise kernels run on every core and allocate no page-faulting numpy temporaries;
-    the same values bit for bit."""
+    float32; `first` on a `_packed_unit` boundary): the values of `PackedLinear.dequantize`
+    bit for bit, decoded in torch, whose elementwise kernels run on every core and allocate no
+    page-faulting numpy temporaries."""
     per_word = 32 // value.bits
     raw = torch.from_numpy(np.ascontiguousarray(
         value.packed[:, first // per_word:-(-end // per_word)]).view(np.uint8))
@@ -113,17 +119,16 @@ def _packed_rows(value: PackedLinear, first: int, end: int) -> torch.Tensor:
                             dim=-1).reshape(raw.shape[0], -1) - 8
     values = codes[:, :end - first].float()
     scale = torch.from_numpy(value.scale_f32())
+    zero = (torch.from_numpy(value.zero_points().astype(np.float32))
+            if value.zero_point is not None else None)
     if value.scale.shape[1] == 1:  # one scale per output channel
-        zero = (torch.from_numpy(value.zero_points().astype(np.float32))
-                if value.zero_point is not None else None)
         if zero is not None:
             values -= zero
         return values.mul_(scale)
-    size = value.group_size
-    grouped = values.view(values.shape[0], -1, size)
-    window = slice(first // size, end // size)
-    if value.zero_point is not None:
-        grouped -= torch.from_numpy(value.zero_points().astype(np.float32))[:, window, None]
+    grouped = values.view(values.shape[0], -1, value.group_size)
+    window = slice(first // value.group_size, end // value.group_size)
+    if zero is not None:
+        grouped -= zero[:, window, None]
     grouped.mul_(scale[:, window, None])
     return values
 
@@ -162,8 +167,7 @@ class StreamedGrok1:
         accumulate in place; elsewhere it is made whole."""
         if self.dtype != torch.float32 or self.device.type != "cpu":
             return x @ self._tensor(value)
-        if isinstance(value, PackedLinear) and value.shape[1] % (
-                value.group_size if value.scale.shape[1] > 1 else 32 // value.bits) == 0:
+        if isinstance(value, PackedLinear) and value.shape[1] % _packed_unit(value) == 0:
             flat = x.reshape(-1, value.shape[1])
             out = torch.zeros(flat.shape[0], value.shape[0], dtype=torch.float32)
             for first, end in _packed_bands(value):  # x @ band.T: no transposed copy
