@@ -21,11 +21,10 @@ from converter.executors import EXECUTORS
 from converter.hub import invocation
 from converter.layouts import DTYPES as LAYOUT_DTYPES
 from converter.layouts import LAYOUTS
-from converter.linears import CONVERT_DTYPES
 from converter.names import SCHEMES as NAME_SCHEMES
 from converter.serving import OutputKind, unserved_warning
 from grok1.entry import EXIT_INTERRUPTED
-from grok1.pipeline import TARGETS
+from grok1.pipeline import targets_help
 from quant.schemes import METHODS
 from quant.schemes import SCHEMES as QUANT_SCHEMES
 from verify.profiles import PROFILES
@@ -397,11 +396,11 @@ def _print_run(summary: dict[str, Any], dst: Path, as_json: bool) -> None:
 @click.option("--names", type=click.Choice(list(NAME_SCHEMES)), default="hpcai",
               show_default=True,
               help=NAMES_HELP)
-@click.option("--dtype", type=click.Choice(LAYOUT_DTYPES),
+@click.option("--dtype", type=click.Choice(LAYOUT_DTYPES, case_sensitive=False),
               help="Linear weights. hf/torch: bf16 (rounded as the release ran; the default), "
                    "f32 (exact), or int8 (the release's codes and scales as compressed-tensors, "
-                   "lossless). gguf: q8_0 (the release's codes, exact; the default), f32, f16, "
-                   "bf16, q4_0.")
+                   "lossless). gguf (any case): Q8_0 (the release's codes, exact; the default), "
+                   "F32, F16, BF16, Q4_0.")
 @click.option("--shard-size", default="5GB", show_default=True,
               help=SHARD_SIZE_HELP)
 @click.option("--tokenizer", metavar="PATH|none",
@@ -698,19 +697,22 @@ def upload(folder: Path, repo: str, revision: str | None, private: bool, create_
         click.echo(f"uploaded {folder} -> {info['url']}")
 
 
-@main.command()
-@click.option("--to", "to", type=click.Choice(TARGETS), required=True,
-              help="hf (a layout change, --dtype) or a quantization scheme.")
+@main.command(epilog="\b\nTargets (comma-separated, case-insensitive):\n" + targets_help())
+@click.option("--to", "to", required=True, metavar="TARGET[,TARGET...]",
+              help="What to make (listed below); several share one download, e.g. "
+                   "--to int8,int4,gguf-Q8_0.")
 @click.option("--repo", default="xai-org/grok-1", show_default=True, help="Source repo.")
 @click.option("--revision")
+@click.option("--source", "source_dir", type=click.Path(path_type=Path, file_okay=False),
+              help="Use this local copy of the release (made by `grok1 download`, checked "
+                   "against its recorded hashes) instead of downloading.")
 @click.option("--work-dir", type=click.Path(path_type=Path, file_okay=False),
               default=Path("grok1-work"), show_default=True)
-@click.option("--upload", "upload_repo", help="Repo to publish the verified result to.")
-@click.option("--dtype", type=click.Choice(CONVERT_DTYPES), default="bf16",
-              show_default=True, help="For --to hf.")
-@click.option("--names", type=click.Choice(list(NAME_SCHEMES)), default="hpcai",
-              show_default=True,
-              help=NAMES_HELP)
+@click.option("--upload", "upload_repo", metavar="REPO",
+              help="Repo to publish each verified result to; with several targets, {to} "
+                   "stands for the target (me/grok-1-{to}).")
+@click.option("--names", type=click.Choice(list(NAME_SCHEMES)),
+              help=NAMES_HELP + " For hf and quantized targets [default: hpcai].")
 @click.option("--tokenizer", metavar="PATH|none",
               help="Tokenizer files to ship (default: Grok-1's for a 131072-token vocabulary).")
 @click.option("--endpoint", help="Hub URL (default: HF_ENDPOINT or huggingface.co).")
@@ -720,37 +722,44 @@ def upload(folder: Path, repo: str, revision: str | None, private: bool, create_
 @executor_options
 @click.option("--quiet", is_flag=True)
 @click.option("--json", "as_json", is_flag=True)
-def pipeline(to: str, repo: str, revision: str | None, work_dir: Path, upload_repo: str | None,
-             dtype: str, names: str, tokenizer: str | None, endpoint: str | None,
-             workers: int | None, seq_len: int, batch: int, seed: int, executor: str,
-             ray_address: str | None, quiet: bool, as_json: bool) -> None:
-    """Download -> convert or quantize -> verify -> upload; a rerun resumes.
+def pipeline(to: str, repo: str, revision: str | None, source_dir: Path | None,
+             work_dir: Path, upload_repo: str | None, names: str | None,
+             tokenizer: str | None, endpoint: str | None, workers: int | None, seq_len: int,
+             batch: int, seed: int, executor: str, ray_address: str | None, quiet: bool,
+             as_json: bool) -> None:
+    """Download once -> for each target: convert or quantize -> verify -> upload.
 
-    Exits 1 (uploading nothing) when verification fails.
+    A rerun resumes at each target's first unfinished step, and may add targets to the same
+    --work-dir (they reuse its download). Exits 1 (uploading nothing of that target) when a
+    verification fails.
 
     \b
-    Example:
+    Examples:
       grok1 pipeline --to int4 --work-dir ./work --upload me/grok-1-w4a16
+      grok1 pipeline --to int8,int4,gguf-Q8_0 --upload me/grok-1-{to}
+      grok1 pipeline --to hf-bf16 --source ./grok-1 --names sglang
     """
     from converter.engine import default_workers
-    from grok1.pipeline import GGUF_TARGETS, run_pipeline
+    from grok1.pipeline import DEFAULT_NAMES, parse_targets, run_pipeline
 
-    warning = unserved_warning(OutputKind("gguf", None, GGUF_TARGETS[to]) if to in GGUF_TARGETS
-                               else OutputKind("hf", names, dtype if to == "hf" else to))
-    state = run_pipeline(to=to, repo=repo, revision=revision, work_dir=work_dir,
-                         upload_repo=upload_repo, endpoint=endpoint, dtype=dtype, names=names,
-                         tokenizer=tokenizer, workers=workers or default_workers(),
-                         seq_len=seq_len, batch=batch,
+    targets = parse_targets(to)
+    warnings = [w for t in targets if (w := unserved_warning(t.kind(names or DEFAULT_NAMES)))]
+    state = run_pipeline(to=targets, repo=repo, revision=revision, work_dir=work_dir,
+                         upload=upload_repo, endpoint=endpoint, source_dir=source_dir,
+                         names=names, tokenizer=tokenizer,
+                         workers=workers or default_workers(), seq_len=seq_len, batch=batch,
                          seed=seed, quiet=quiet, executor=executor, ray_address=ray_address,
                          echo=(lambda _: None) if as_json else click.echo)
     if as_json:
-        echo_json({**state, "serving_warning": warning})
+        echo_json({**state, "serving_warnings": warnings})
         return
-    if warning:
+    for warning in warnings:
         click.echo(warning, err=True)
-    made = "quantize" if to in QUANT_SCHEMES else "convert"
-    steps = [made if step == "convert" else step for step in state["steps"]]
-    click.echo(f"pipeline {to}: done ({', '.join(steps)})")
+    for target in targets:
+        steps = state["targets"][target.name]
+        fetched = "check" if state["steps"]["download"].get("local") else "download"
+        done = [fetched, *(target.verb if step == "convert" else step for step in steps)]
+        click.echo(f"pipeline {target.name}: done ({', '.join(done)})")
 
 
 def _lossy_on_lossy(source: Path, step: str) -> str | None:

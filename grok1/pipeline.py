@@ -1,14 +1,18 @@
-"""`grok1 pipeline`: download -> convert or quantize -> verify -> upload, resumable by step.
+"""`grok1 pipeline`: download (or check a local copy) once -> for each target: convert or
+quantize -> verify -> upload; resumable by step.
 
 The run manifest `pipeline.json` in the work folder records each finished step; a rerun with
-the same settings continues at the first unfinished one. A failed verification exits 1 and
-nothing is uploaded.
+the same source settings continues at the first unfinished step of each target, and may add
+targets (they reuse the download). A failed verification exits 1 and uploads nothing of that
+target.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,15 +23,75 @@ from converter.engine import convert
 from converter.errors import MalformedFileError, UsageError, VerificationFailed
 from converter.layouts.base import TargetOptions
 from converter.layouts.gguf import DTYPES as GGUF_DTYPES
-from converter.output import MANIFEST_NAME, PROVENANCE_NAME
+from converter.output import DOWNLOAD_RECORD, MANIFEST_NAME, PROVENANCE_NAME
 from converter.safe_read import read_json
+from converter.serving import OutputKind
 from quant.requantize import quantize_checkpoint
 from quant.schemes import SCHEMES as QUANT_SCHEMES
 
-__all__ = ["STEPS", "TARGETS", "run_pipeline"]
+__all__ = ["STEPS", "TARGETS", "Target", "parse_targets", "run_pipeline"]
 
 STEPS = ("download", "convert", "verify", "upload")
 STATE_NAME = "pipeline.json"
+DEFAULT_NAMES = "hpcai"
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """One output a pipeline can make: its layout, and the convert dtype or quantize scheme."""
+
+    name: str
+    layout: str  # hf, gguf, or quantize
+    weights: str  # convert --dtype, or quantize --scheme
+    summary: str
+
+    @property
+    def verb(self) -> str:
+        """What makes it: convert or quantize."""
+        return "quantize" if self.layout == "quantize" else "convert"
+
+    def kind(self, names: str) -> OutputKind:
+        """Its serving kind (engines and warnings come from the serving table)."""
+        if self.layout == "gguf":
+            return OutputKind("gguf", None, GGUF_DTYPES[self.weights])
+        return OutputKind("hf", names, "release-int8" if self.weights == "int8" and
+                          self.layout == "hf" else self.weights)
+
+
+_HF_TARGETS = (
+    Target("hf-bf16", "hf", "bf16", "safetensors in bf16 (lossy: bf16 rounds the dequantized "
+           "weights)"),
+    Target("hf-f32", "hf", "f32", "safetensors in float32 (lossless)"),
+    Target("hf-release-int8", "hf", "int8", "the release's own int8 codes and scales as "
+           "compressed-tensors (lossless)"),
+)
+TARGETS: dict[str, Target] = {t.name: t for t in (
+    *_HF_TARGETS,
+    *(Target(name, "quantize", name, f"re-quantized (lossy): {entry.summary}")
+      for name, entry in QUANT_SCHEMES.items()),
+    *(Target(f"gguf-{ggml}", "gguf", dtype, f"GGUF for llama.cpp, {ggml} ("
+             + ("lossless" if dtype in ("f32", "q8_0") else "lossy") + ")")
+      for dtype, ggml in GGUF_DTYPES.items()),
+)}
+
+
+def parse_targets(text: str) -> list[Target]:
+    """The targets of `--to A,B,...` (case-insensitive, in order, each once)."""
+    by_folded = {name.lower(): target for name, target in TARGETS.items()}
+    chosen: list[Target] = []
+    for word in (w.strip() for w in text.split(",")):
+        target = by_folded.get(word.lower())
+        if target is None:
+            raise UsageError(f"--to: unknown target {word!r}; known: {', '.join(TARGETS)}")
+        if target not in chosen:
+            chosen.append(target)
+    return chosen
+
+
+def targets_help() -> str:
+    """One line per target, for `pipeline --help`."""
+    return "\n".join(textwrap.fill(t.summary, 94, initial_indent=f"  {t.name:<16} ",
+                                   subsequent_indent=" " * 19) for t in TARGETS.values())
 
 
 def _save(work: Path, state: dict[str, Any]) -> None:
@@ -45,99 +109,176 @@ def _load_state(path: Path) -> dict[str, Any] | None:
         raise MalformedFileError(f"{exc}; use another --work-dir") from None
     if not (isinstance(state, dict) and isinstance(state.get("steps"), dict)
             and isinstance(state.get("settings"), dict)
-            and all(isinstance(s, dict) for s in state["steps"].values())):
+            and isinstance(state.get("targets", {}), dict)
+            and all(isinstance(s, dict) for s in state["steps"].values())
+            and all(isinstance(t, dict) and all(isinstance(s, dict) for s in t.values())
+                    for t in state.get("targets", {}).values())):
         raise MalformedFileError(f"{path}: not a pipeline run manifest; use another --work-dir")
     download = state["steps"].get("download", {})
     if download.get("done") and not re.fullmatch(r"[0-9a-f]{40}", str(download.get("commit"))):
         raise MalformedFileError(f"{path}: the finished download step records no commit (a "
                                  "40-hex id); use another --work-dir")
+    state.setdefault("targets", {})
     return state
 
 
-def run_pipeline(*, to: str, repo: str, revision: str | None, work_dir: Path,
-                 upload_repo: str | None, endpoint: str | None, dtype: str = "bf16",
-                 names: str = "hpcai", tokenizer: str | None = None, workers: int = 1,
-                 seq_len: int = 64, batch: int = 4,
-                 seed: int = 0, quiet: bool = False, executor: str = "local",
-                 ray_address: str | None = None,
+def upload_repo_of(template: str | None, target: Target, count: int) -> str | None:
+    """The repo a target publishes to: `--upload` with `{to}` replaced by the target's name."""
+    if template is None:
+        return None
+    if count > 1 and "{to}" not in template:
+        raise UsageError(f"--upload {template}: several targets need one repo each; put {{to}} "
+                         "where the target's name goes (e.g. me/grok-1-{to})")
+    return template.replace("{to}", target.name)
+
+
+def check_local_source(source: Path, workers: int) -> dict[str, Any]:
+    """A local copy of the release, checked file by file against the hashes its download
+    recorded; returns that record's repo and commit."""
+    from converter.hub import recorded_hash_problems
+    from converter.safe_read import read_record
+
+    if not source.is_dir():
+        raise UsageError(f"{source}: --source is not a folder")
+    record = read_record(source / DOWNLOAD_RECORD)
+    if not re.fullmatch(r"[0-9a-f]{40}", str(record.get("commit"))):
+        raise UsageError(f"{source / DOWNLOAD_RECORD}: no download record with a commit; run "
+                         f"`grok1 download --local-dir {source}` first (it keeps the files "
+                         "present whose hashes match, fetches the rest and records them)")
+    problems = recorded_hash_problems(source, workers)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise UsageError(f"--source: {problems[0]}{more}")
+    return {"repo": str(record.get("repo")), "revision": str(record.get("revision") or "main"),
+            "commit": record["commit"], "files": record.get("files"),
+            "bytes": record.get("bytes"), "local": str(source)}
+
+
+def run_pipeline(*, to: list[Target], repo: str, revision: str | None, work_dir: Path,
+                 upload: str | None, endpoint: str | None, source_dir: Path | None = None,
+                 names: str | None = None, tokenizer: str | None = None, workers: int = 1,
+                 seq_len: int = 64, batch: int = 4, seed: int = 0, quiet: bool = False,
+                 executor: str = "local", ray_address: str | None = None,
                  echo: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run (or resume) the pipeline; returns the run manifest."""
+    """Run (or resume) the pipeline for each target in `to`; returns the run manifest."""
+    if names is not None and all(t.layout == "gguf" for t in to):
+        raise UsageError("--names is for hf and quantized targets (a GGUF's names are "
+                         "llama.cpp's)")
+    repos = {t.name: upload_repo_of(upload, t, len(to)) for t in to}
     work = Path(work_dir)
     if work.exists() and not work.is_dir():
         raise UsageError(f"{work}: --work-dir exists and is not a folder")
     work.mkdir(parents=True, exist_ok=True)
-    settings = {"to": to, "repo": repo, "revision": revision, "upload": upload_repo,
-                "dtype": dtype if to == "hf" else None, "names": names, "tokenizer": tokenizer,
-                "seq_len": seq_len,
-                "batch": batch, "seed": seed}
+    names = names or DEFAULT_NAMES
+    settings = {"repo": repo, "revision": revision,
+                "source": str(source_dir.resolve()) if source_dir else None,
+                "tokenizer": tokenizer, "seq_len": seq_len, "batch": batch, "seed": seed}
     state = _load_state(work / STATE_NAME) or {
-        "settings": settings, "steps": {}, "tool": f"grok1-toolchain {__version__}"}
+        "settings": settings, "steps": {}, "targets": {},
+        "tool": f"grok1-toolchain {__version__}"}
     if state["settings"] != settings:
-        raise UsageError(f"{work}: holds a pipeline run with other settings "
-                         f"({state['settings']}); use another --work-dir")
-    source, output = work / "source", work / f"output-{to}"
+        differ = ", ".join(f"{key} {state['settings'].get(key)!r} (now {value!r})"
+                           for key, value in settings.items()
+                           if state["settings"].get(key) != value)
+        raise UsageError(f"{work}: holds a pipeline run with other settings: {differ}; use "
+                         "another --work-dir")
     steps = state["steps"]
+    if not steps.get("download", {}).get("done"):
+        steps["download"] = _fetch(repo, revision, work, source_dir, endpoint, workers, quiet,
+                                   echo)
+        _save(work, state)
+    origin = steps["download"]
+    source = Path(origin.get("local") or work / "source")
+    failed = [failure for target in to if (failure := _one_target(
+        target, state, work, source, origin, repos[target.name], endpoint, names, tokenizer,
+        workers, quiet, executor, ray_address, echo))]
+    if failed:
+        raise VerificationFailed("; ".join(failed))
+    return state
+
+
+def _fetch(repo: str, revision: str | None, work: Path, source_dir: Path | None,
+           endpoint: str | None, workers: int, quiet: bool, echo: Callable[[str], None]
+           ) -> dict[str, Any]:
+    """The download step: fetch the release into the work folder, or check a local copy."""
+    if source_dir is not None:
+        echo(f"[1/4] check {source_dir} against its recorded hashes")
+        return {"done": True, **check_local_source(source_dir.resolve(), workers)}
+    from converter.hub import download
+
+    source = work / "source"
+    echo(f"[1/4] download {repo}@{revision or 'main'} -> {source}")
+    summary = download(repo, source, revision=revision, workers=workers, quiet=quiet,
+                       endpoint=endpoint)
+    return {"done": True, "repo": repo, "revision": revision or "main",
+            "commit": summary["commit"], "files": summary["files"], "bytes": summary["bytes"]}
+
+
+def _one_target(target: Target, state: dict[str, Any], work: Path, source: Path,
+                origin: dict[str, Any], upload_repo: str | None, endpoint: str | None,
+                names: str | None, tokenizer: str | None, workers: int, quiet: bool,
+                executor: str, ray_address: str | None, echo: Callable[[str], None]
+                ) -> str | None:
+    """Convert or quantize, verify and upload one target, skipping its finished steps;
+    returns why its verification failed (then nothing of it is uploaded), or None."""
+    steps = state["targets"].setdefault(target.name, {})
+    output = work / f"output-{target.name}"
+    settings = state["settings"]
+    names = None if target.layout == "gguf" else names
+    made = steps.get("convert", {})
+    if made.get("done") and made.get("names") != names:
+        raise UsageError(f"{work}: {target.name} was made there with --names {made.get('names')}"
+                         f", not {names}; use another --work-dir")
 
     def finished(step: str, **details: Any) -> None:
         steps[step] = {"done": True, **details}
         _save(work, state)
 
-    if not steps.get("download", {}).get("done"):
-        from converter.hub import download
-
-        echo(f"[1/4] download {repo}@{revision or 'main'} -> {source}")
-        summary = download(repo, source, revision=revision, workers=workers, quiet=quiet,
-                           endpoint=endpoint)
-        finished("download", commit=summary["commit"], files=summary["files"],
-                 bytes=summary["bytes"])
-    commit = steps["download"]["commit"]
-
     if not steps.get("convert", {}).get("done"):
-        echo(f"[2/4] {'quantize' if to in QUANT_SCHEMES else 'convert'} -> {output}")
-        summary = _convert(to, dtype, names, tokenizer, source, output, workers, quiet,
-                           executor, ray_address)
+        echo(f"[2/4] {target.verb} {target.name} -> {output}")
+        summary = _convert(target, names, tokenizer, source, output, workers, quiet, executor,
+                           ray_address)
         with atomic_open(output / PROVENANCE_NAME) as f:
-            f.write(json.dumps({"repo": repo, "revision": revision or "main", "commit": commit,
-                                "to": to, "dtype": settings["dtype"],
-                                "tool": f"grok1-toolchain {__version__}"}, indent=2).encode())
-        finished("convert", seconds=summary["seconds"], bytes=summary["bytes"])
+            f.write(json.dumps({"repo": origin.get("repo"), "revision": origin.get("revision"),
+                                "commit": origin["commit"], "to": target.name,
+                                "tool": f"grok1-toolchain {__version__}"},
+                               indent=2).encode())
+        finished("convert", names=names, seconds=summary["seconds"], bytes=summary["bytes"])
 
     if not steps.get("verify", {}).get("done"):
         echo(f"[3/4] verify {output} against {source}")
-        result = _verify(source, output, seq_len, batch, seed, echo, executor, ray_address,
-                         workers, quiet)
+        result = _verify(source, output, settings["seq_len"], settings["batch"],
+                         settings["seed"], echo, executor, ray_address, workers, quiet)
         steps["verify"] = {"done": result.passed, "passed": result.passed,
                            "metrics": result.metrics, "reasons": result.reasons}
         _save(work, state)
         if not result.passed:
-            raise VerificationFailed(f"{output}: verification failed: "
-                                     + "; ".join(result.reasons) + " (nothing uploaded)")
+            return (f"{output}: verification failed: " + "; ".join(result.reasons)
+                    + " (nothing uploaded)")
 
-    if upload_repo and not steps.get("upload", {}).get("done"):
+    uploaded = steps.get("upload", {})
+    if upload_repo and not (uploaded.get("done") and uploaded.get("repo") == upload_repo):
         from converter.hub import upload
 
         echo(f"[4/4] upload {output} -> {upload_repo}")
         info = upload(output, upload_repo, endpoint=endpoint)
         finished("upload", repo=upload_repo, commit=info["commit"], url=info["url"])
-    return state
+    return None
 
 
-GGUF_TARGETS = {f"gguf-{dtype}": dtype for dtype in GGUF_DTYPES}
-TARGETS = ("hf", *QUANT_SCHEMES, *GGUF_TARGETS)
-
-
-def _convert(to: str, dtype: str, names: str, tokenizer: str | None, source: Path,
-             output: Path, workers: int, quiet: bool, executor: str, ray_address: str | None
+def _convert(target: Target, names: str | None, tokenizer: str | None, source: Path, output: Path,
+             workers: int, quiet: bool, executor: str, ray_address: str | None
              ) -> dict[str, Any]:
     run = {"workers": workers, "resume": (output / MANIFEST_NAME).is_file(), "quiet": quiet,
            "executor": executor, "ray_address": ray_address}
-    if to == "hf":
+    if target.layout == "hf":
         return convert(source, output, to="hf", options=TargetOptions(
-            names=names, dtype=dtype, tokenizer=tokenizer), **run)
-    if to in GGUF_TARGETS:
+            names=names or DEFAULT_NAMES, dtype=target.weights, tokenizer=tokenizer), **run)
+    if target.layout == "gguf":
         return convert(source, output, to="gguf", options=TargetOptions(
-            dtype=GGUF_TARGETS[to], tokenizer=tokenizer, shard_size=45 * 10**9), **run)
-    return quantize_checkpoint(source, output, to, names=names, tokenizer=tokenizer, **run)
+            dtype=target.weights, tokenizer=tokenizer, shard_size=45 * 10**9), **run)
+    return quantize_checkpoint(source, output, target.weights, names=names or DEFAULT_NAMES,
+                               tokenizer=tokenizer, **run)
 
 
 def _verify(source: Path, output: Path, seq_len: int, batch: int, seed: int,

@@ -83,11 +83,22 @@ def test_stored_reference_from_another_model(upstream, small_ckpt, tmp_path):
 
 def test_corrupt_pipeline_manifest(tmp_path):
     (tmp_path / "pipeline.json").write_text("{broken")
-    assert "pipeline.json" in bad_input("pipeline", "--to", "hf", "--work-dir", tmp_path,
+    assert "pipeline.json" in bad_input("pipeline", "--to", "hf-bf16", "--work-dir", tmp_path,
                                         "--endpoint", "http://127.0.0.1:9")
     (tmp_path / "pipeline.json").write_text("[]")
-    assert "pipeline.json" in bad_input("pipeline", "--to", "hf", "--work-dir", tmp_path,
+    assert "pipeline.json" in bad_input("pipeline", "--to", "hf-bf16", "--work-dir", tmp_path,
                                         "--endpoint", "http://127.0.0.1:9")
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (("--to", "hf"), "unknown target 'hf'; known: hf-bf16"),
+    (("--to", "int8,int4", "--upload", "me/one"), "put {to} where the target's name goes"),
+    (("--to", "gguf-Q8_0", "--names", "sglang"), "--names is for hf and quantized targets"),
+    (("--to", "int8", "--source", "nowhere"), "nowhere: --source is not a folder"),
+])
+def test_pipeline_options_refused(tmp_path, args, words):
+    assert words in bad_input("pipeline", *args, "--work-dir", tmp_path / "w", "--endpoint",
+                              "http://127.0.0.1:9")
 
 
 def test_free_space_margin_is_proportional(tiny_ckpt, tmp_path, monkeypatch):

@@ -86,7 +86,7 @@ def test_split_files_carry_llama_cpp_split_keys(q8):
     from gguf import GGUFReader as Theirs
 
     files = sorted(q8.glob("*.gguf"))
-    assert len(files) > 1 and files[0].name == f"grok-1-q8_0-00001-of-{len(files):05d}.gguf"
+    assert len(files) > 1 and files[0].name == f"grok-1-Q8_0-00001-of-{len(files):05d}.gguf"
     total = 0
     for number, path in enumerate(files):
         fields = Theirs(path).fields
@@ -164,7 +164,7 @@ def test_pipeline_to_gguf_verifies_lossless_and_publishes_a_llama_cpp_card(small
     shutil.copytree(small_ckpt, root / "xai-org" / "grok-1")
     server = Server(root, tmp_path)
     try:
-        done = grok1(server, tmp_path, "pipeline", "--to", "gguf-q8_0", "--work-dir",
+        done = grok1(server, tmp_path, "pipeline", "--to", "gguf-Q8_0", "--work-dir",
                      tmp_path / "work", "--upload", "me/grok-1-gguf", "--batch", "2",
                      "--seq-len", "16", check=0)
     finally:
@@ -172,7 +172,7 @@ def test_pipeline_to_gguf_verifies_lossless_and_publishes_a_llama_cpp_card(small
     assert "profile: lossless" in done.stdout and "PASS" in done.stdout
     card = (root / "me" / "grok-1-gguf" / "README.md").read_text()
     assert "library_name: gguf" in card and "base_model_relation: quantized" in card
-    assert "`llama-server -m grok-1-q8_0.gguf`" in card and "Tokenizer: inside the GGUF" in card
+    assert "`llama-server -m grok-1-Q8_0.gguf`" in card and "Tokenizer: inside the GGUF" in card
     assert "`--no-repack`" in card and "AMX" in card
 
 

@@ -205,11 +205,64 @@ def test_pipeline_fails_verification_and_uploads_nothing(hub):
         if spec.role in ("post_attn_norm", "post_moe_norm"):
             value = np.asarray(checkpoint.read(spec)) / np.float32(0.3)
             write_leaf(checkpoint.path_of(spec), spec, value_payloads(value))
-    failed = grok1(server, tmp, "pipeline", "--to", "int4", "--repo", "xai-org/grok-1-chaotic",
-                   "--work-dir", tmp / "work-fail", "--upload", "me/should-not-exist",
-                   "--seq-len", "48", "--batch", "4", check=1)
+    failed = grok1(server, tmp, "pipeline", "--to", "int4,hf-f32", "--repo",
+                   "xai-org/grok-1-chaotic", "--work-dir", tmp / "work-fail", "--upload",
+                   "me/chaotic-{to}", "--seq-len", "48", "--batch", "4", check=1)
     assert "verification failed" in failed.stderr and "nothing uploaded" in failed.stderr
-    assert not (server.root / "me" / "should-not-exist").exists()
+    assert "output-int4" in failed.stderr and "output-hf-f32" not in failed.stderr
+    assert not (server.root / "me" / "chaotic-int4").exists()
+    assert (server.root / "me" / "chaotic-hf-f32" / "README.md").is_file()  # the next one went on
+
+
+def test_pipeline_makes_several_targets_from_one_download(hub):
+    server, tmp = hub
+    work = tmp / "work-several"
+    before = server.gets()
+    done = grok1(server, tmp, "pipeline", "--to", "hf-f32,GGUF-q8_0", "--work-dir", work,
+                 "--upload", "me/several-{to}", "--seq-len", "16", "--batch", "2", check=0)
+    fetched = server.gets() - before
+    assert done.stdout.count("[1/4] download") == 1 and done.stdout.count("[4/4] upload") == 2
+    assert "pipeline hf-f32: done (download, convert, verify, upload)" in done.stdout
+    assert (work / "output-gguf-Q8_0" / "grok-1-Q8_0.gguf").is_file()
+    for target in ("hf-f32", "gguf-Q8_0"):
+        card = (server.root / "me" / f"several-{target}" / "README.md").read_text()
+        assert "Result: **passed**" in card
+    more = grok1(server, tmp, "pipeline", "--to", "hf-f32,hf-release-int8", "--work-dir", work,
+                 "--upload", "me/several-{to}", "--seq-len", "16", "--batch", "2", check=0)
+    assert server.gets() - before == fetched  # the added target reused the download
+    assert "[1/4]" not in more.stdout and more.stdout.count("[2/4]") == 1
+    assert "profile: lossless" in more.stdout
+    renamed = grok1(server, tmp, "pipeline", "--to", "hf-f32", "--names", "sglang",
+                    "--work-dir", work, "--seq-len", "16", "--batch", "2", check=2)
+    assert "hf-f32 was made there with --names hpcai" in renamed.stderr
+    longer = grok1(server, tmp, "pipeline", "--to", "hf-f32", "--work-dir", work, check=2)
+    assert "seq_len 16 (now 64), batch 2 (now 4)" in longer.stderr
+
+
+def test_pipeline_from_a_local_copy_checks_its_hashes(hub):
+    server, tmp = hub
+    copy = tmp / "local-release"
+    grok1(server, tmp, "download", "--local-dir", copy, "--quiet", check=0)
+    before = server.gets()
+    done = grok1(server, tmp, "pipeline", "--to", "hf-f32", "--source", copy, "--work-dir",
+                 tmp / "work-local", "--seq-len", "16", "--batch", "2", check=0)
+    assert server.gets() == before and not (tmp / "work-local" / "source").exists()
+    assert f"[1/4] check {copy}" in done.stdout and "PASS" in done.stdout
+    provenance = json.loads((tmp / "work-local" / "output-hf-f32" / "grok1-provenance.json")
+                            .read_text())
+    record = json.loads((copy / "grok1-download.json").read_text())
+    assert provenance["commit"] == record["commit"] and provenance["repo"] == "xai-org/grok-1"
+    shard = next(p for p in sorted((copy / "ckpt-0").glob("tensor*")) if p.stat().st_size > 64)
+    data = bytearray(shard.read_bytes())
+    data[-1] ^= 1
+    shard.write_bytes(bytes(data))
+    flipped = grok1(server, tmp, "pipeline", "--to", "hf-f32", "--source", copy, "--work-dir",
+                    tmp / "work-flipped", check=2)
+    assert flipped.stderr.count("\n") == 1 and f"{shard}: sha256" in flipped.stderr
+    (copy / "grok1-download.json").unlink()
+    unrecorded = grok1(server, tmp, "pipeline", "--to", "hf-f32", "--source", copy,
+                       "--work-dir", tmp / "work-unrecorded", check=2)
+    assert "grok1 download --local-dir" in unrecorded.stderr
 
 
 def test_upload_as_pull_request(hub, upstream):

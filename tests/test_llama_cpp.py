@@ -60,7 +60,7 @@ def test_f32_gguf_matches_our_forward_tightly(small_ckpt, small_f32, ids):
 
 def test_split_q8_0_gguf_loads_from_its_first_file(small_ckpt, tmp_path, ids):
     first = gguf(small_ckpt, tmp_path / "q8", "q8_0", "--shard-size", "20MB")
-    assert re.fullmatch(r"grok-1-q8_0-00001-of-0000[2-9]\.gguf", first.name)
+    assert re.fullmatch(r"grok-1-Q8_0-00001-of-0000[2-9]\.gguf", first.name)
     found = metrics(small_ckpt, first, ids)
     assert within(found, Q8_BOUNDS), found
 

@@ -105,7 +105,7 @@ def test_pipeline_verifies_on_text_and_publishes_the_tokenizer(real_vocab_ckpt, 
     shutil.copytree(real_vocab_ckpt, root / "xai-org" / "grok-1")
     server = Server(root, tmp_path)
     try:
-        done = grok1(server, tmp_path, "pipeline", "--to", "hf", "--dtype", "f32", "--work-dir",
+        done = grok1(server, tmp_path, "pipeline", "--to", "hf-f32", "--work-dir",
                      tmp_path / "work", "--upload", "me/grok-1-text", "--batch", "2",
                      "--seq-len", "16", check=0)
     finally:

@@ -208,7 +208,7 @@ class GgufTarget:
                 size = 0
             splits[-1].append(tensor)
             size += tensor.info.nbytes
-        stem = f"grok-1-{self.dtype}"
+        stem = f"grok-1-{DTYPES[self.dtype]}"
         names = ([f"{stem}.gguf"] if len(splits) == 1 else
                  [f"{stem}-{i + 1:05d}-of-{len(splits):05d}.gguf" for i in range(len(splits))])
         return [Unit(name, sum(t.info.nbytes for t in split), tuple(split))
