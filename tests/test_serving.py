@@ -115,7 +115,10 @@ def test_table_rows_follow_the_engines_contracts():
 
     assert names_of(OutputKind("hf", "sglang", "int4")) == {"transformers"}
     assert names_of(OutputKind("hf", "sglang", "fp8")) == {"SGLang", "transformers"}
-    assert "vLLM" not in names_of(OutputKind("hf", "sglang", "bf16"))
+    assert "vLLM 0.24" not in names_of(OutputKind("hf", "sglang", "bf16"))
+    for names in ("sglang", "hpcai"):  # the plugin reads either name table; dense weights only
+        assert "vLLM + the grok1 plugin" in names_of(OutputKind("hf", names, "bf16"))
+        assert "vLLM + the grok1 plugin" not in names_of(OutputKind("hf", names, "int4"))
     assert "SGLang" not in names_of(OutputKind("hf", "hpcai", "bf16"))
     assert names_of(OutputKind("gguf", None, "q8_0")) == {"llama.cpp"}
     assert not ENGINES["vllm-0.24"].serves  # removed after 0.24: not a maintained engine
