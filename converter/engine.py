@@ -28,7 +28,7 @@ from converter.executors import (
     ray_get,
     write_unit,
 )
-from converter.layouts import CheckpointReader, layout, open_checkpoint
+from converter.layouts import LAYOUTS, CheckpointReader, layout, open_checkpoint
 from converter.layouts.base import Target, TargetOptions, Unit
 from converter.output import MANIFEST_NAME, OutputFolder, fingerprint, origin_of, refuse_overlap
 from converter.progress import byte_bar, file_growth
@@ -166,8 +166,13 @@ def convert(source: Path, dst: Path, *, to: str, options: TargetOptions,
             **run: Any) -> dict[str, Any]:
     """Convert `source` (any layout) into layout `to` in `dst`; returns a summary. `run` takes
     run_units' options (resume, overwrite, dry_run, quiet, executor, ray_address)."""
+    chosen = layout(to)
+    if options.names is not None and options.names not in chosen.name_schemes:
+        takers = ", ".join(name for name, entry in LAYOUTS.items() if entry.name_schemes)
+        raise UsageError(f"--names {options.names}: --to {to} writes its own tensor names "
+                         f"(--names is for --to {takers})")
     reader = reader or open_checkpoint(source)
-    target = layout(to).target(reader, options)
+    target = chosen.target(reader, options)
     return run_units(source, dst, target, workers=workers or default_workers(), reader=reader,
                      **run)
 

@@ -393,9 +393,8 @@ def _print_run(summary: dict[str, Any], dst: Path, as_json: bool) -> None:
 @click.option("--to", "to", type=click.Choice(list(LAYOUTS)), default="hf", show_default=True,
               help="Output layout: " + "; ".join(f"{e.name}: {e.summary}"
                                                  for e in LAYOUTS.values()) + ".")
-@click.option("--names", type=click.Choice(list(NAME_SCHEMES)), default="hpcai",
-              show_default=True,
-              help=NAMES_HELP)
+@click.option("--names", type=click.Choice(list(NAME_SCHEMES)),
+              help=NAMES_HELP + " For --to hf and torch [default: hpcai].")
 @click.option("--dtype", type=click.Choice(LAYOUT_DTYPES, case_sensitive=False),
               help="Linear weights. hf/torch: bf16 (rounded as the release ran; the default), "
                    "f32 (exact), or int8 (the release's codes and scales as compressed-tensors, "
@@ -411,7 +410,7 @@ def _print_run(summary: dict[str, Any], dst: Path, as_json: bool) -> None:
 @executor_options
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary at the end.")
-def convert(src: Path, dst: Path, to: str, names: str, dtype: str | None, shard_size: str,
+def convert(src: Path, dst: Path, to: str, names: str | None, dtype: str | None, shard_size: str,
             tokenizer: str | None, workers: int | None, resume: bool, overwrite: bool,
             dry_run: bool, executor: str, ray_address: str | None, quiet: bool,
             as_json: bool) -> None:

@@ -101,6 +101,13 @@ def test_pipeline_options_refused(tmp_path, args, words):
                               "http://127.0.0.1:9")
 
 
+@pytest.mark.parametrize(("to", "names"), [("gguf", "sglang"), ("xai", "hpcai")])
+def test_names_refused_where_the_layout_has_its_own(tiny_ckpt, tmp_path, to, names):
+    line = bad_input("convert", tiny_ckpt, tmp_path / "out", "--to", to, "--names", names)
+    assert f"--to {to} writes its own tensor names (--names is for --to hf, torch)" in line
+    assert not (tmp_path / "out").exists()
+
+
 def test_free_space_margin_is_proportional(tiny_ckpt, tmp_path, monkeypatch):
     plan = json.loads(ok("convert", tiny_ckpt, tmp_path / "x", "--dry-run", "--json").output)
     usage = namedtuple("usage", "total used free")

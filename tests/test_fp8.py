@@ -137,7 +137,9 @@ def test_compressed_tensors_reads_our_fp8(small_ckpt, fp8, name):
     from compressed_tensors.compressors.naive_quantized.base import FloatQuantizationCompressor
     from compressed_tensors.quantization import QuantizationConfig, QuantizationScheme
 
-    config = json.loads((fp8 / name / "config.json").read_text())["quantization_config"]
+    whole = json.loads((fp8 / name / "config.json").read_text())
+    assert whole["torch_dtype"] == "bfloat16"  # what engines compute in, not the scales' f32
+    config = whole["quantization_config"]
     QuantizationConfig.model_validate(config)
     assert config["format"] == "float-quantized"
     assert "re:model\\.layers\\.\\d+\\.moe_block\\.gate$" in config["ignore"]

@@ -1,6 +1,7 @@
 """Every output byte, pinned: the sha256 of every file that `convert` and `quantize` write for
 the upstream fixture and a generated `small`, recorded before the layouts and schemes were
-refactored into registries (tests/data/output-hashes.json). A refactor must not move a byte.
+refactored into registries (tests/data/output-hashes.json; FP8 and GGUF added later). A
+refactor must not move a byte.
 
 To record them again (only for a deliberate change of an output format, said in the commit):
     GROK1_RECORD_HASHES=1 python -m pytest tests/test_output_hashes.py
@@ -28,13 +29,22 @@ CASES = {
     "quant-int4": ["quantize", "--scheme", "int4"],
     "quant-int4-asym": ["quantize", "--scheme", "int4", "--asymmetric"],
     "quant-int4-mse": ["quantize", "--scheme", "int4", "--method", "mse"],
+    "quant-fp8": ["quantize", "--scheme", "fp8"],
+    "quant-fp8-block": ["quantize", "--scheme", "fp8-block"],
+}
+# GGUF needs query heads x head size = embedding size, which the upstream fixture's 16 x 16 heads
+# over 64 do not have: these run on the generated `small` only
+GGUF_CASES = {
+    "gguf-Q8_0": ["convert", "--to", "gguf", "--dtype", "Q8_0"],
+    "gguf-Q4_0": ["convert", "--to", "gguf", "--dtype", "Q4_0"],
+    "gguf-BF16": ["convert", "--to", "gguf", "--dtype", "BF16", "--shard-size", "20MB"],
 }
 
 
-def outputs(source: Path, root: Path) -> dict[str, dict[str, str]]:
+def outputs(source: Path, root: Path, cases: dict[str, list[str]]) -> dict[str, dict[str, str]]:
     """Run every case (and int8 back to the release layout); the digests of what each wrote."""
     found = {}
-    for name, (command, *options) in CASES.items():
+    for name, (command, *options) in cases.items():
         result = CliRunner().invoke(main, [command, str(source), str(root / name), "--quiet",
                                            "--workers", "1", *options])
         assert result.exit_code == 0, (name, result.output)
@@ -49,7 +59,8 @@ def outputs(source: Path, root: Path) -> dict[str, dict[str, str]]:
 
 @pytest.mark.parametrize("source", ["upstream", "small_ckpt"])
 def test_every_output_byte_is_unchanged(source, request, tmp_path):
-    found = outputs(request.getfixturevalue(source), tmp_path)
+    cases = CASES if source == "upstream" else {**CASES, **GGUF_CASES}
+    found = outputs(request.getfixturevalue(source), tmp_path, cases)
     if os.environ.get("GROK1_RECORD_HASHES"):
         recorded = json.loads(RECORD.read_text()) if RECORD.is_file() else {}
         recorded[source] = found

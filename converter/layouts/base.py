@@ -71,7 +71,7 @@ class TargetOptions:
     Linears from `quant`), shard size and tokenizer (None: Grok-1's when the vocabulary is
     Grok-1's; `none`; or a SentencePiece model). Each layout takes what applies to it."""
 
-    names: str = "hpcai"
+    names: str | None = None  # None: the layout's own default (hpcai for hf and torch)
     dtype: str | None = None
     linears: Any = None
     shard_size: int = 5 * 10**9

@@ -544,7 +544,9 @@ class ShardedTarget:
         quantized = any(f.kind != "dense" for f in formats.values())
         quant = quantization_config(config_groups(self.names, formats),
                                     ignored_modules(self.names)) if quantized else None
-        dense = by_safetensors(next(iter(formats.values())).dtype)
+        # the dtype engines compute in: a dense output's own, bf16 beside quantized weights
+        # (whatever their scales' dtype: fp8 keeps float32 scales)
+        dense = by_safetensors("BF16" if quantized else next(iter(formats.values())).dtype)
         _write_json(dst / "config.json", hf_config(reader.config, self.names, dense.torch,
                                                    quant))
         c = reader.config
@@ -614,7 +616,8 @@ def _describe(path: Path, container: Container) -> dict[str, Any]:
 def _target(container: Container) -> Any:
     def make(reader: CheckpointReader, options: TargetOptions) -> Target:
         linears = options.linears or convert_linears(options.dtype or "bf16", reader.specs)
-        return ShardedTarget(container, scheme(options.names), linears, options.shard_size,
+        return ShardedTarget(container, scheme(options.names or "hpcai"), linears,
+                             options.shard_size,
                              resolve_tokenizer(options.tokenizer, reader.config.vocab))
     return make
 
