@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -56,6 +57,45 @@ SGLANG_NAMES = re.compile(
     r"model\.embed_tokens\.weight|model\.norm\.weight|lm_head\.weight|"
     r"model\.layers\.\d+\.(self_attn\.[qkvo]_proj\.weight|block_sparse_moe\.gate\.weight|"
     r"block_sparse_moe\.experts\.\d+\.w[123]\.weight|(pre|post)_(attn|moe)_norm\.weight)")
+
+
+# What each consumer's own loader reads each role from, as written in its released source (not
+# derived from our tables): SGLang 0.5.23's grok.py (make_expert_params_mapping with
+# ckpt_gate_proj_name "w1", ckpt_up_proj_name "w3", ckpt_down_proj_name "w2"; `self_attn`,
+# `block_sparse_moe`) and vLLM 0.24.0's grok1.py (gate "linear", up "linear_v", down "linear_1";
+# `attn`, `moe_block`), which our vLLM plugin also reads. Values are [out, in].
+CONSUMER_NAMES = {
+    "sglang": {"moe_gate": "block_sparse_moe.experts.{e}.w1", "moe_up":
+               "block_sparse_moe.experts.{e}.w3", "moe_down": "block_sparse_moe.experts.{e}.w2",
+               "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj",
+               "attn_v": "self_attn.v_proj", "attn_o": "self_attn.o_proj",
+               "router": "block_sparse_moe.gate"},
+    "hpcai": {"moe_gate": "moe_block.experts.{e}.linear", "moe_up":
+              "moe_block.experts.{e}.linear_v", "moe_down": "moe_block.experts.{e}.linear_1",
+              "attn_q": "attn.q_proj", "attn_k": "attn.k_proj", "attn_v": "attn.v_proj",
+              "attn_o": "attn.o_proj", "router": "moe_block.gate"},
+}
+
+
+@pytest.mark.parametrize("names", list(CONSUMER_NAMES))
+def test_each_consumer_reads_each_role_from_the_right_tensor(small_ckpt, tmp_path, names):
+    from safetensors import safe_open
+
+    from converter.engine import convert
+    from converter.layouts import open_checkpoint
+    from converter.tensors import dense
+
+    convert(small_ckpt, tmp_path / "out", to="hf", quiet=True,
+            options=TargetOptions(dtype="f32", names=names, tokenizer="none"))
+    release = open_checkpoint(small_ckpt)
+    with safe_open(tmp_path / "out" / "model.safetensors", "np") as f:
+        for spec in (s for s in release.specs if s.layer == 1 and s.role in CONSUMER_NAMES[names]):
+            value = dense(release.read(spec))
+            for e in range(value.shape[0]) if spec.role.startswith("moe_") else [None]:
+                name = (f"model.layers.1.{CONSUMER_NAMES[names][spec.role].format(e=e)}"
+                        ".weight")
+                expected = (value[e] if e is not None else value).T
+                np.testing.assert_array_equal(f.get_tensor(name), expected, err_msg=name)
 
 
 @pytest.fixture(scope="module")
