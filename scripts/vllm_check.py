@@ -34,8 +34,12 @@ from pathlib import Path
 import numpy as np
 
 SEQUENCES, LENGTH = 2, 32
-# max |log-prob difference| of vLLM (at this dtype) against `grok1 logits` (float32)
-LIMITS = {"float32": 5e-5, "bfloat16": 0.25}
+# vLLM (at this dtype) against `grok1 logits` (float32): the max |log-prob difference| (the
+# exactness gate of f32), the mean KL and the top-1 agreement. bf16 activations round the
+# hidden state, so a router choice near a tie can flip at a position: its max is loose and
+# its mean KL and top-1 carry the gate.
+LIMITS = {"float32": {"max": 5e-5, "kl_mean": 1e-6, "top1": 1.0},
+          "bfloat16": {"max": 1.0, "kl_mean": 1e-3, "top1": 0.99}}
 
 
 def engine(folder: str, dtype: str, out: str, trust: str = "") -> None:
@@ -160,11 +164,16 @@ def main() -> int:
             else:
                 ours = reference_logprobs(folder, tokens)
                 theirs = np.load(folder / "vllm.npy")
-                diff = float(np.abs(theirs - ours).max())
-                ok = diff <= LIMITS[dtype]
+                found = {"max": float(np.abs(theirs - ours).max()),
+                         "kl_mean": float((np.exp(ours.astype(np.float64)) * (ours - theirs))
+                                          .sum(-1).mean()),
+                         "top1": float((theirs.argmax(-1) == ours.argmax(-1)).mean())}
+                limit = LIMITS[dtype]
+                ok = (found["max"] <= limit["max"] and found["kl_mean"] <= limit["kl_mean"]
+                      and found["top1"] >= limit["top1"])
                 failures += not ok
-                row.update(max_logprob_diff=diff, limit=LIMITS[dtype],
-                           result="ok" if ok else "FAIL")
+                row.update(max_logprob_diff=found["max"], kl_mean=found["kl_mean"],
+                           top1=found["top1"], limits=limit, result="ok" if ok else "FAIL")
             results.append(row)
             print(json.dumps(row), flush=True)
         np.save(made["f32-hpcai"][0] / "tokens.npy", tokens)
