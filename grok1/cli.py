@@ -27,6 +27,7 @@ from grok1.entry import EXIT_INTERRUPTED
 from grok1.pipeline import targets_help
 from quant.schemes import METHODS
 from quant.schemes import SCHEMES as QUANT_SCHEMES
+from verify.kquant import KQUANTS
 from verify.profiles import PROFILES
 from verify.tokens import MAX_TEXT_TOKENS
 
@@ -514,8 +515,8 @@ def quantize(src: Path, dst: Path, scheme_name: str, group_size: int | None, sym
 @main.command("gguf-quantize")
 @click.argument("src", type=click.Path(path_type=Path))
 @click.argument("dst", type=click.Path(path_type=Path, file_okay=False))
-@click.option("--type", "kind", type=click.Choice(["Q4_K_S", "Q4_K_M", "Q5_K_S", "Q5_K_M",
-                                                   "Q6_K"]), default="Q4_K_M", show_default=True)
+@click.option("--type", "kind", type=click.Choice(list(KQUANTS)), default="Q4_K_M",
+              show_default=True)
 @click.option("--batch", type=click.IntRange(min=1), default=2, show_default=True,
               help="Sequences (or documents of the shipped text) the result is checked on.")
 @click.option("--seq-len", type=click.IntRange(min=2), default=32, show_default=True)

@@ -24,7 +24,6 @@ from verify.llama_runner import INSTALL, available, llama_logits, llama_quantize
 from verify.metrics import ReferenceLogits, compare_logits
 from verify.profiles import judge, profile
 from verify.tokens import choose_tokens
-from verify.torch_forward import torch_logits
 
 __all__ = ["KQUANTS", "quantize_gguf"]
 
@@ -40,6 +39,8 @@ def quantize_gguf(source: Path, dst: Path, kind: str, *, batch: int = 2, seq_len
     in llama.cpp against our forward of the source; returns the report (also written). Only a
     verified result gets its `.gguf` name; one that failed, or crashed llama.cpp, is kept as
     `NAME.gguf.unverified` beside the report."""
+    from verify.torch_forward import torch_logits  # torch only when it runs
+
     if kind not in KQUANTS:
         raise UsageError(f"unknown K-quant {kind!r}; known: {', '.join(KQUANTS)}")
     if not available():
