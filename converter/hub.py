@@ -84,17 +84,17 @@ def _plain_hub_error(exc: Exception, repo: str, revision: str | None) -> HubErro
                     f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")
 
 
-def check_repo_id(repo: str) -> str:
-    """A repo id the Hub accepts (`namespace/name`), or a one-line error."""
+def check_repo_id(repo: str, option: str = "--repo") -> str:
+    """A repo id the Hub accepts (`namespace/name`), or a one-line error naming `option`."""
     from huggingface_hub.errors import HFValidationError
     from huggingface_hub.utils import validate_repo_id
 
     try:
         validate_repo_id(repo)
     except HFValidationError as exc:
-        raise UsageError(f"--repo {repo!r}: {_one_line(str(exc))}") from None
+        raise UsageError(f"{option} {repo!r}: {_one_line(str(exc))}") from None
     if "/" not in repo:
-        raise UsageError(f"--repo {repo!r}: expected NAMESPACE/NAME")
+        raise UsageError(f"{option} {repo!r}: expected NAMESPACE/NAME")
     return repo
 
 

@@ -165,6 +165,11 @@ def run_pipeline(*, to: list[Target], repo: str, revision: str | None, work_dir:
         raise UsageError("--names is for hf and quantized targets (a GGUF's names are "
                          "llama.cpp's)")
     repos = {t.name: upload_repo_of(upload, t, len(to)) for t in to}
+    if upload is not None:
+        from converter.hub import check_repo_id
+
+        for repo_id in repos.values():  # before hours of download, not after
+            check_repo_id(repo_id, "--upload")
     work = Path(work_dir)
     if work.exists() and not work.is_dir():
         raise UsageError(f"{work}: --work-dir exists and is not a folder")

@@ -95,6 +95,7 @@ def test_corrupt_pipeline_manifest(tmp_path):
     (("--to", "int8,int4", "--upload", "me/one"), "put {to} where the target's name goes"),
     (("--to", "gguf-Q8_0", "--names", "sglang"), "--names is for hf and quantized targets"),
     (("--to", "int8", "--source", "nowhere"), "nowhere: --source is not a folder"),
+    (("--to", "int8,int4", "--upload", "me//grok-{to}"), "--upload 'me//grok-int8'"),
 ])
 def test_pipeline_options_refused(tmp_path, args, words):
     assert words in bad_input("pipeline", *args, "--work-dir", tmp_path / "w", "--endpoint",
