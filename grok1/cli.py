@@ -28,7 +28,7 @@ from grok1.pipeline import targets_help
 from quant.schemes import METHODS
 from quant.schemes import SCHEMES as QUANT_SCHEMES
 from verify.kquant import KQUANTS
-from verify.profiles import PROFILES
+from verify.profiles import DTYPE_PROFILES, PROFILES
 from verify.tokens import MAX_TEXT_TOKENS
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 70
@@ -435,7 +435,7 @@ def convert(src: Path, dst: Path, to: str, names: str | None, dtype: str | None,
                   overwrite=overwrite, dry_run=dry_run, quiet=quiet, executor=executor,
                   ray_address=ray_address, command=invocation(list(main.argv)))
     made = str(summary.get("dtype"))
-    lossy = made in ("bf16", "f16", "q4_0") and not dry_run
+    lossy = DTYPE_PROFILES.get(made, "lossless") != "lossless" and not dry_run
     warning = _lossy_on_lossy(src, f"--dtype {made}") if lossy else None
     _print_run({**summary, "warning": warning} if as_json else summary, dst, as_json)
     if warning and not as_json:

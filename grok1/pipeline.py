@@ -28,10 +28,10 @@ from converter.safe_read import read_json
 from converter.serving import OutputKind
 from quant.requantize import quantize_checkpoint
 from quant.schemes import SCHEMES as QUANT_SCHEMES
+from verify.profiles import DTYPE_PROFILES
 
-__all__ = ["STEPS", "TARGETS", "Target", "parse_targets", "run_pipeline"]
+__all__ = ["TARGETS", "Target", "parse_targets", "run_pipeline"]
 
-STEPS = ("download", "convert", "verify", "upload")
 STATE_NAME = "pipeline.json"
 DEFAULT_NAMES = "hpcai"
 
@@ -70,7 +70,7 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
     *(Target(name, "quantize", name, f"re-quantized (lossy): {entry.summary}")
       for name, entry in QUANT_SCHEMES.items()),
     *(Target(f"gguf-{ggml}", "gguf", dtype, f"GGUF for llama.cpp, {ggml} ("
-             + ("lossless" if dtype in ("f32", "q8_0") else "lossy") + ")")
+             + ("lossless" if DTYPE_PROFILES[dtype] == "lossless" else "lossy") + ")")
       for dtype, ggml in GGUF_DTYPES.items()),
 )}
 
@@ -239,7 +239,7 @@ def _one_target(target: Target, state: dict[str, Any], work: Path, source: Path,
         steps[step] = {"done": True, **details}
         _save(work, state)
 
-    if not steps.get("convert", {}).get("done"):
+    if not made.get("done"):
         echo(f"[2/4] {target.verb} {target.name} -> {output}")
         summary = _convert(target, names, tokenizer, source, output, workers, quiet, executor,
                            ray_address)
@@ -274,15 +274,16 @@ def _one_target(target: Target, state: dict[str, Any], work: Path, source: Path,
 def _convert(target: Target, names: str | None, tokenizer: str | None, source: Path, output: Path,
              workers: int, quiet: bool, executor: str, ray_address: str | None
              ) -> dict[str, Any]:
+    """Make one target's output (`names`: None for GGUF, which has its own)."""
     run = {"workers": workers, "resume": (output / MANIFEST_NAME).is_file(), "quiet": quiet,
            "executor": executor, "ray_address": ray_address}
     if target.layout == "hf":
         return convert(source, output, to="hf", options=TargetOptions(
-            names=names or DEFAULT_NAMES, dtype=target.weights, tokenizer=tokenizer), **run)
+            names=names, dtype=target.weights, tokenizer=tokenizer), **run)
     if target.layout == "gguf":
         return convert(source, output, to="gguf", options=TargetOptions(
             dtype=target.weights, tokenizer=tokenizer, shard_size=45 * 10**9), **run)
-    return quantize_checkpoint(source, output, target.weights, names=names or DEFAULT_NAMES,
+    return quantize_checkpoint(source, output, target.weights, names=names,
                                tokenizer=tokenizer, **run)
 
 

@@ -48,13 +48,6 @@ from vllm.sequence import IntermediateTensors
 __all__ = ["Grok1ForCausalLM"]
 
 NORMS = ("pre_attn_norm", "post_attn_norm", "pre_moe_norm", "post_moe_norm")
-HPCAI_MODULES = {"attention": "attn", "moe": "moe_block", "gate": "linear", "up": "linear_v",
-                 "down": "linear_1", "norm": "scale"}
-
-
-def modules_of(config) -> dict[str, str]:
-    """The checkpoint's module names (config.json `grok1_modules`; vLLM/hpcai's without it)."""
-    return {**HPCAI_MODULES, **(getattr(config, "grok1_modules", None) or {})}
 
 
 class Grok1Attention(nn.Module):
@@ -102,13 +95,13 @@ class Grok1MoE(nn.Module):
 
     def __init__(self, config, quant_config: QuantizationConfig | None, prefix: str) -> None:
         super().__init__()
-        names = modules_of(config)
+        names = config.grok1_modules
         self.hidden_size = config.hidden_size
-        self.gate = ReplicatedLinear(config.hidden_size, config.num_experts, bias=False,
+        self.gate = ReplicatedLinear(config.hidden_size, config.num_local_experts, bias=False,
                                      params_dtype=torch.float32, quant_config=None,
                                      prefix=f"{prefix}.gate")
         self.experts = FusedMoEFactory(
-            num_experts=config.num_experts, top_k=config.num_experts_per_tok,
+            num_experts=config.num_local_experts, top_k=config.num_experts_per_tok,
             hidden_size=config.hidden_size, intermediate_size=config.intermediate_size,
             renormalize=False, scoring_func="softmax", quant_config=quant_config,
             activation="gelu_tanh", router_logits_dtype=torch.float32,
@@ -129,7 +122,7 @@ class Grok1DecoderLayer(nn.Module):
     def __init__(self, config, cache_config: CacheConfig | None,
                  quant_config: QuantizationConfig | None, prefix: str) -> None:
         super().__init__()
-        names = modules_of(config)
+        names = config.grok1_modules
         self.attention_name, self.moe_name = names["attention"], names["moe"]
         self.add_module(self.attention_name, Grok1Attention(
             config, cache_config, quant_config, f"{prefix}.{self.attention_name}"))
@@ -213,7 +206,7 @@ class Grok1ForCausalLM(nn.Module, SupportsPP):
         self.logits_processor = LogitsProcessor(config.vocab_size,
                                                 scale=config.output_multiplier_scale)
         self.make_empty_intermediate_tensors = self.model.make_empty_intermediate_tensors
-        norm = modules_of(config)["norm"]
+        norm = config.grok1_modules["norm"]
         self.hf_to_vllm_mapper = WeightsMapper(
             orig_to_new_stacked={".q_proj": (".qkv_proj", "q"), ".k_proj": (".qkv_proj", "k"),
                                  ".v_proj": (".qkv_proj", "v")},
