@@ -24,9 +24,9 @@ from converter.executors import (
     EXECUTORS,
     MAX_RETRIES,
     die_with_parent,
+    maybe_inject_fault,
     ray_connect,
     ray_get,
-    write_unit,
 )
 from converter.layouts import LAYOUTS, CheckpointReader, layout, open_checkpoint
 from converter.layouts.base import Target, TargetOptions, Unit
@@ -70,6 +70,12 @@ def _in_processes(source: Path, target: Target, todo: list[Unit], dst: Path,
         futures = [pool.submit(_worker_write, u, str(dst)) for u in todo]
         for future in concurrent.futures.as_completed(futures):
             yield future.result()
+
+
+def write_unit(source: str, target: Target, unit: Unit, dst: str) -> tuple[str, dict[str, Any]]:
+    """One unit of a conversion, as a Ray task runs it."""
+    maybe_inject_fault()
+    return unit.path, target.write(open_checkpoint(Path(source)), unit, Path(dst))
 
 
 def _on_ray(ray: Any, source: Path, target: Target, todo: list[Unit], dst: Path) -> Results:

@@ -14,13 +14,20 @@ import itertools
 import os
 import signal
 import threading
-from pathlib import Path
 from typing import Any
 
 from converter.errors import Grok1Error, UsageError
 
-__all__ = ["EXECUTORS", "MAX_RETRIES", "RAY_INSTALL", "die_with_parent", "ordered_map",
-           "ray_connect", "ray_get", "write_unit"]
+__all__ = [
+    "EXECUTORS",
+    "MAX_RETRIES",
+    "RAY_INSTALL",
+    "die_with_parent",
+    "maybe_inject_fault",
+    "ordered_map",
+    "ray_connect",
+    "ray_get",
+]
 
 EXECUTORS = ("local", "ray")
 RAY_INSTALL = "pip install 'grok1-toolchain[ray]'"
@@ -86,7 +93,9 @@ def ray_get(ray: Any, ref: Any) -> Any:
         raise
 
 
-def _maybe_inject_fault() -> None:
+def maybe_inject_fault() -> None:
+    """Under the tests' GROK1_FAULT_MARKER, kill this process (kill -9) after a short delay,
+    once per marker file: a worker dying mid-unit."""
     marker = os.environ.get(FAULT_MARKER)
     if not marker:
         return
@@ -97,11 +106,3 @@ def _maybe_inject_fault() -> None:
     os.close(fd)
     delay = float(os.environ.get("GROK1_FAULT_DELAY", "0.3"))
     threading.Timer(delay, os.kill, (os.getpid(), signal.SIGKILL)).start()
-
-
-def write_unit(source: str, target: Any, unit: Any, dst: str) -> tuple[str, dict[str, Any]]:
-    """One unit of a conversion, as a Ray task runs it."""
-    from converter.layouts import open_checkpoint
-
-    _maybe_inject_fault()
-    return unit.path, target.write(open_checkpoint(Path(source)), unit, Path(dst))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import hashlib
 import importlib
 import json
 import os
@@ -25,12 +24,13 @@ from typing import Any
 from converter import __version__
 from converter.atomic import INCOMPLETE_SUFFIX, atomic_open, check_free_space
 from converter.errors import (
-    CheckpointNotFoundError,
     Grok1Error,
     HubError,
     MalformedFileError,
     UsageError,
 )
+from converter.hashes import git_sha1
+from converter.inspect import inspect_checkpoint
 from converter.output import (
     DOWNLOAD_RECORD,
     MANIFEST_NAME,
@@ -41,11 +41,11 @@ from converter.output import (
     file_sha256,
     origin_of,
 )
-from converter.safe_read import read_json, read_record
+from converter.safe_read import read_record
 from converter.serving import how_to_serve, kind_of, library_name
 
 __all__ = ["DOWNLOAD_RECORD", "check_repo_id", "download", "invocation", "model_card",
-           "recorded_hash_problems", "upload", "upload_files"]
+           "upload", "upload_files"]
 
 DEFAULT_PATTERNS = ("ckpt-0/*", "config.json")
 LEGACY_PATTERNS = ("ckpt/*", "config.json")
@@ -206,62 +206,6 @@ def _stamp(path: Path) -> tuple[int, int, int] | None:
     return stat.st_ino, stat.st_size, stat.st_mtime_ns
 
 
-def _git_sha1(path: Path) -> str:
-    digest = hashlib.sha1(b"blob %d\0" % path.stat().st_size)
-    with open(path, "rb") as f:
-        while chunk := f.read(8 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _manifest_hashes(folder: Path) -> list[tuple[str, str, str]] | None:
-    """(file, "sha256", digest) of every weight file a conversion's manifest recorded; None
-    when the folder has no manifest of this toolchain."""
-    manifest = read_record(Path(folder) / MANIFEST_NAME)
-    units = manifest.get("units")
-    if not isinstance(units, dict):
-        return None
-    return [(str(name), "sha256", str(unit.get("sha256"))) for name, unit in units.items()
-            if isinstance(unit, dict) and unit.get("sha256")]
-
-
-def recorded_hash_problems(folder: Path, workers: int = 4) -> list[str]:
-    """Files whose bytes no longer hash to what was recorded when they were made: by
-    `grok1-download.json` (sha256 for LFS files, the git blob id for the others), or by a
-    conversion's manifest (every weight file's sha256); one line each."""
-    record_path = Path(folder) / DOWNLOAD_RECORD
-    from_manifest = _manifest_hashes(folder)
-    if from_manifest is not None and not record_path.is_file():
-        return _hash_problems(folder, from_manifest, workers)
-    try:
-        record = read_json(record_path, "download record")
-        expected = [(p, "sha256", h) for p, h in record.get("sha256", {}).items()]
-        expected += [(p, "git_sha1", h) for p, h in record.get("git_sha1", {}).items()]
-    except CheckpointNotFoundError:
-        return [f"{record_path}: missing (only a folder made by `grok1 download`, `convert` "
-                "or `quantize` has hashes to check)"]
-    except MalformedFileError as exc:
-        return [str(exc)]
-    except AttributeError:
-        return [f"{record_path}: not a download record"]
-    return _hash_problems(folder, expected, workers)
-
-
-def _hash_problems(folder: Path, expected: list[tuple[str, str, str]],
-                   workers: int) -> list[str]:
-    def problem(item: tuple[str, str, str]) -> str | None:
-        relative, kind, digest = item
-        path = Path(folder) / relative
-        if Path(relative).is_absolute() or ".." in Path(relative).parts or not path.is_file():
-            return f"{path}: missing"
-        found = file_sha256(path) if kind == "sha256" else _git_sha1(path)
-        return None if found == digest else f"{path}: {kind} {found} differs from the " \
-                                                 f"recorded {digest}"
-
-    with concurrent.futures.ThreadPoolExecutor(max(workers, 1)) as pool:
-        return [p for p in pool.map(problem, sorted(expected)) if p]
-
-
 def _verify_hashes(local_dir: Path, files: list[Any], workers: int) -> None:
     """Check every file in parallel: LFS files by sha256, the others (config.json decides how
     the whole model is read) by their git blob id; remove and name any that does not match."""
@@ -269,7 +213,7 @@ def _verify_hashes(local_dir: Path, files: list[Any], workers: int) -> None:
         path = local_dir / f.path
         if f.lfs is not None:
             return file_sha256(path) == f.lfs.sha256
-        return _git_sha1(path) == f.blob_id
+        return git_sha1(path) == f.blob_id
 
     with concurrent.futures.ThreadPoolExecutor(max(workers, 1)) as pool:
         results = list(pool.map(matches, files))
@@ -421,8 +365,6 @@ def upload_files(folder: Path) -> list[Path]:
 def check_publishable(folder: Path) -> None:
     """A folder `upload` publishes without being told otherwise: a finished output of this
     toolchain (a complete manifest) in which `grok1 inspect` finds no problem."""
-    from converter.inspect import inspect_checkpoint
-
     if not read_record(folder / MANIFEST_NAME).get("complete"):
         raise UsageError(f"{folder}: not a finished output of grok1-toolchain (no complete "
                          f"{MANIFEST_NAME}); pass --any-folder to publish it anyway")

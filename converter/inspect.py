@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from converter.hashes import recorded_hash_problems
 from converter.layouts import LAYOUTS, detect_layout
 
 __all__ = ["format_report", "inspect_checkpoint"]
@@ -16,8 +17,6 @@ def inspect_checkpoint(path: Path, *, check_hashes: bool = False) -> dict[str, A
     layout = detect_layout(path)
     found = LAYOUTS[layout].describe(Path(path))
     if check_hashes:
-        from converter.hub import recorded_hash_problems
-
         found["problems"] += recorded_hash_problems(path)
     tensors = found.pop("tensors")
     parameters = found.pop("parameters")

@@ -16,9 +16,16 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from converter.compressed import LinearFormat, PackedLinear, lossless_group_size, pack_codes
 from converter.dtypes import DTYPES
 from converter.errors import UsageError
+from converter.formats import (
+    Dense,
+    LinearFormat,
+    PackedLinear,
+    PackQuantized,
+    lossless_group_size,
+    pack_codes,
+)
 from converter.spec import LINEAR_ROLES, TensorSpec
 from converter.tensors import (
     QuantizedWeight8bit,
@@ -128,7 +135,7 @@ class DenseLinears(_NoReports):
     @property
     def formats(self) -> dict[str, LinearFormat]:
         """The same dense format for every role."""
-        return dict.fromkeys(LINEAR_ROLES, LinearFormat("dense", DTYPES[self.label].safetensors))
+        return dict.fromkeys(LINEAR_ROLES, Dense(DTYPES[self.label].safetensors))
 
     def settings(self) -> dict[str, Any]:
         """What identifies this output for --resume."""
@@ -145,7 +152,7 @@ class DenseLinears(_NoReports):
 class ReleaseInt8Linears(_NoReports):
     """The release's int8 codes and scales as compressed-tensors 8-bit groups: lossless."""
 
-    formats: dict[str, LinearFormat]
+    formats: dict[str, PackQuantized]
     label: str = "int8"
 
     @classmethod
@@ -155,7 +162,7 @@ class ReleaseInt8Linears(_NoReports):
         for spec in specs:
             if spec.role in LINEAR_ROLES:
                 sizes.setdefault(spec.role, set()).add(lossless_group_size(spec))
-        return cls({role: LinearFormat("packed", "BF16", 8, min(found))
+        return cls({role: PackQuantized(8, min(found))
                     for role, found in sizes.items()})
 
     def settings(self) -> dict[str, Any]:

@@ -13,15 +13,15 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from converter.compressed import LinearFormat, formats_from_quantization
 from converter.dtypes import by_torch
 from converter.errors import MalformedFileError
+from converter.formats import formats_from_quantization
 from converter.names import SCHEMES
 from converter.safe_read import read_record
 
 __all__ = ["ENGINES", "NOT_SERVED", "SERVES", "Engine", "OutputKind", "how_to_serve",
            "kind_of", "library_name", "refusals", "serving_engines", "serving_table",
-           "unserved_warning", "weights_name"]
+           "unserved_warning"]
 
 ANY = ("*",)
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf")
@@ -157,15 +157,6 @@ def unserved_warning(kind: OutputKind) -> str | None:
             + (f" ({why})" if why else "") + f"; it loads in: {loads}")
 
 
-def weights_name(fmt: LinearFormat) -> str:
-    """The `weights` of an output kind from its experts' Linear format."""
-    if fmt.kind == "dense":
-        return fmt.dtype.lower()
-    if fmt.kind == "fp8":
-        return "fp8-block" if fmt.block else "fp8"
-    return f"int{fmt.bits}" + ("" if fmt.symmetric else "-asym")
-
-
 def kind_of(folder: Path) -> OutputKind | None:
     """The output kind of a folder this toolchain wrote (None when it is not one)."""
     folder = Path(folder)
@@ -187,7 +178,7 @@ def kind_of(folder: Path) -> OutputKind | None:
                                             dense, str(folder / "config.json"))
     except MalformedFileError:
         return None
-    return OutputKind(layout, names, weights_name(formats["moe_gate"]))
+    return OutputKind(layout, names, formats["moe_gate"].label())
 
 
 def _size(nbytes: float) -> str:

@@ -23,16 +23,19 @@ from converter.layouts import DTYPES as LAYOUT_DTYPES
 from converter.layouts import LAYOUTS
 from converter.names import SCHEMES as NAME_SCHEMES
 from converter.serving import OutputKind, unserved_warning
-from grok1.entry import EXIT_INTERRUPTED
+from grok1.exit_codes import (
+    EXIT_BAD_INPUT,
+    EXIT_FAILED,
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+)
 from grok1.pipeline import targets_help
+from quant.registry import SCHEMES as QUANT_SCHEMES
 from quant.schemes import METHODS
-from quant.schemes import SCHEMES as QUANT_SCHEMES
 from verify.kquant import KQUANTS
 from verify.profiles import DTYPE_PROFILES, PROFILES
 from verify.tokens import MAX_TEXT_TOKENS
-
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 70
-
 
 _MAX_ERROR = 400  # characters of an error line: input echoed in a message stays bounded
 
@@ -483,7 +486,7 @@ def quantize(src: Path, dst: Path, scheme_name: str, group_size: int | None, sym
       grok1 quantize ./grok-1 ./grok-1-fp8 --scheme fp8       # Hopper: W8A8-FP8
     """
     from converter.sizes import parse_size
-    from quant.requantize import quantize_checkpoint
+    from quant.registry import quantize_checkpoint
 
     asymmetric = not symmetric and not QUANT_SCHEMES[scheme_name].fp8
     warning = unserved_warning(OutputKind("hf", names, scheme_name + (

@@ -3,7 +3,7 @@ still importing (before the command group's own handler is in place)."""
 
 import sys
 
-EXIT_INTERRUPTED = 130
+from grok1.exit_codes import EXIT_INTERRUPTED
 
 
 def run() -> None:

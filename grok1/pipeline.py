@@ -26,8 +26,8 @@ from converter.layouts.gguf import DTYPES as GGUF_DTYPES
 from converter.output import DOWNLOAD_RECORD, MANIFEST_NAME, PROVENANCE_NAME
 from converter.safe_read import read_json
 from converter.serving import OutputKind
-from quant.requantize import quantize_checkpoint
-from quant.schemes import SCHEMES as QUANT_SCHEMES
+from quant.registry import SCHEMES as QUANT_SCHEMES
+from quant.registry import quantize_checkpoint
 from verify.profiles import DTYPE_PROFILES
 
 __all__ = ["TARGETS", "Target", "parse_targets", "run_pipeline"]
@@ -135,7 +135,7 @@ def upload_repo_of(template: str | None, target: Target, count: int) -> str | No
 def check_local_source(source: Path, workers: int) -> dict[str, Any]:
     """A local copy of the release, checked file by file against the hashes its download
     recorded; returns that record's repo and commit."""
-    from converter.hub import recorded_hash_problems
+    from converter.hashes import recorded_hash_problems
     from converter.safe_read import read_record
 
     if not source.is_dir():

@@ -7,9 +7,8 @@ from converter.config import Grok1Config
 from converter.layouts.hf import plan_outputs
 from converter.linears import convert_linears
 from converter.names import SCHEMES
-from converter.serving import weights_name
 from converter.spec import build_spec
-from quant.schemes import SCHEMES as QUANT_SCHEMES
+from quant.registry import SCHEMES as QUANT_SCHEMES
 
 __all__ = ["real_model_sizes"]
 
@@ -25,5 +24,5 @@ def real_model_sizes() -> dict[str, int]:
     sizes = {}
     for made in linears:
         outputs = plan_outputs(specs, SCHEMES["hpcai"], made.formats)
-        sizes[weights_name(made.formats["moe_gate"])] = sum(o.entry.nbytes for o in outputs)
+        sizes[made.formats["moe_gate"].label()] = sum(o.entry.nbytes for o in outputs)
     return sizes

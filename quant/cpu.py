@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from converter.compressed import PackedLinear, pack_codes, pack_zero_points
+from converter.formats import PackedLinear, pack_codes, pack_zero_points
 from converter.linears import CanonicalRows
 from converter.tensors import bf16_bits_to_f32, transposed
 from quant.primitives import error_stats, qparams, search_clip

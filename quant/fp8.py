@@ -21,16 +21,21 @@ from typing import Any
 
 import numpy as np
 
-from converter.compressed import FP8Linear, LinearFormat, e4m3_to_f32, expand_scale
+from converter.formats import (
+    E4M3_MAX,
+    FloatQuantized,
+    FP8Linear,
+    LinearFormat,
+    e4m3_to_f32,
+    expand_scale,
+)
 from converter.spec import LINEAR_ROLES, TensorSpec
 from converter.tensors import transposed
 from quant.cpu import BAND, NotFinite, SourceRows
 from quant.primitives import error_stats
 from quant.requantize import ReportedLinears, not_finite_error
 
-__all__ = ["E4M3_MAX", "FP8Linears", "e4m3_bits", "fp8_scales", "quantize_fp8", "quantize_fp8_cpu"]
-
-E4M3_MAX = 448.0
+__all__ = ["FP8Linears", "e4m3_bits", "fp8_scales", "quantize_fp8", "quantize_fp8_cpu"]
 
 
 def e4m3_bits(x: np.ndarray) -> np.ndarray:
@@ -155,7 +160,7 @@ class FP8Linears(ReportedLinears):
     @property
     def formats(self) -> dict[str, LinearFormat]:
         """float-quantized, float32 scales, for every role."""
-        return dict.fromkeys(LINEAR_ROLES, LinearFormat("fp8", "F32", 8, None, True, self.block))
+        return dict.fromkeys(LINEAR_ROLES, FloatQuantized(self.block))
 
     def settings(self) -> dict[str, Any]:
         """What identifies this output for --resume."""

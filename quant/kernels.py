@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from converter.compressed import PackedLinear, pack_zero_points
+from converter.formats import E4M3_MAX, FP8Linear, PackedLinear, e4m3_to_f32, pack_zero_points
 from quant.primitives import error_stats
 from quant.schemes import QuantScheme
 
@@ -213,9 +213,6 @@ def fp8_triton(matrix: np.ndarray | torch.Tensor, block: tuple[int, int] | None,
                device: str = "cuda", block_elems: int = 1024) -> tuple[Any, dict[str, float]]:
     """FP8 e4m3 quantization of float32 [out, in] on the device (the same bits as
     `quant.fp8.quantize_fp8`); scales and error statistics are computed there too."""
-    from converter.compressed import FP8Linear, e4m3_to_f32
-    from quant.fp8 import E4M3_MAX
-
     if isinstance(matrix, torch.Tensor):
         x = matrix.to(device, torch.float32).contiguous()
     else:

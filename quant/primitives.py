@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from converter.compressed import PackedLinear, pack_codes, pack_zero_points
+from converter.formats import PackedLinear, pack_codes, pack_zero_points
 from converter.tensors import bf16_bits_to_f32, f32_to_bf16_bits
 from quant.schemes import QuantScheme
 

@@ -19,21 +19,17 @@ from typing import Any
 
 import numpy as np
 
-from converter.compressed import LinearFormat, PackedLinear
-from converter.engine import convert
 from converter.errors import MalformedFileError, UsageError
-from converter.layouts import open_checkpoint
-from converter.layouts.base import TargetOptions
+from converter.formats import LinearFormat, PackedLinear
 from converter.output import QUANT_PLOT
 from converter.plots import expert_heatmap
-from converter.safe_read import read_json
 from converter.spec import LINEAR_ROLES, TensorSpec
 from converter.tensors import QuantizedWeight8bit, dense
 from quant.cpu import NotFinite, quantize_cpu
 from quant.schemes import QuantScheme
 
 __all__ = ["REPORT_NAME", "QuantizedLinears", "ReportedLinears", "build_report", "check_finite",
-           "not_finite_error", "quantize_checkpoint", "resolve_device"]
+           "not_finite_error", "resolve_device"]
 
 REPORT_NAME = "quantization_report.json"
 
@@ -205,26 +201,3 @@ def build_report(stats: dict[str, dict[str, float]], label: str,
         },
         "tensors": rows,
     }
-
-
-def quantize_checkpoint(source: Path, dst: Path, scheme: str, *, group_size: int | None = None,
-                        symmetric: bool = True, method: str = "rtn", names: str = "hpcai",
-                        shard_size: int = 5 * 10**9, tokenizer: str | None = None,
-                        device: str = "auto", to: str = "hf", **run: Any) -> dict[str, Any]:
-    """Re-quantize `source` (any layout) with a registered scheme into compressed-tensors in
-    `dst`; returns the run's summary with the scheme, the device and the report."""
-    from quant.schemes import SCHEMES
-
-    if scheme not in SCHEMES:
-        raise UsageError(f"unknown scheme {scheme!r}; known: {', '.join(SCHEMES)}")
-    reader = open_checkpoint(source)
-    linears = SCHEMES[scheme].linears(reader.specs, group_size=group_size, symmetric=symmetric,
-                                      method=method, device=resolve_device(device))
-    summary = convert(source, dst, to=to, reader=reader, options=TargetOptions(
-        names=names, linears=linears, shard_size=shard_size, tokenizer=tokenizer),
-        label="quantize", **run)
-    summary["scheme"], summary["device"] = linears.label, linears.device
-    if not run.get("dry_run"):
-        report = read_json(Path(dst) / REPORT_NAME)
-        summary["report"], summary["rows"] = report["summary"], report["tensors"]
-    return summary

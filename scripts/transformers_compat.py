@@ -55,7 +55,7 @@ def main(version: str) -> int:
     from converter.generate import generate_checkpoint
     from converter.layouts import open_checkpoint
     from converter.layouts.base import TargetOptions
-    from quant.requantize import quantize_checkpoint
+    from quant.registry import quantize_checkpoint
     from verify.torch_forward import torch_logits
 
     venv = Path(tempfile.gettempdir()) / f"grok1-transformers-{version}"

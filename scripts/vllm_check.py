@@ -117,7 +117,7 @@ def outputs(root: Path) -> dict[str, tuple[Path, str | None]]:
     from converter.engine import convert
     from converter.generate import generate_checkpoint
     from converter.layouts.base import TargetOptions
-    from quant.requantize import quantize_checkpoint
+    from quant.registry import quantize_checkpoint
 
     source = root / "release"
     generate_checkpoint(source, Grok1Config.preset("serve"), seed=0, quiet=True)

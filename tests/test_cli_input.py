@@ -140,13 +140,13 @@ def test_quantize_refuses_nan_norms_and_embeddings(tiny_ckpt, tmp_path):
 def test_inspect_checks_recorded_hashes(tiny_ckpt, tmp_path):
     folder = tmp_path / "dl"
     shutil.copytree(tiny_ckpt, folder)
-    from converter.hub import _git_sha1
+    from converter.hashes import git_sha1
     from converter.output import file_sha256
 
     files = sorted(p.relative_to(folder).as_posix() for p in (folder / "ckpt-0").iterdir())
     (folder / "grok1-download.json").write_text(json.dumps({
         "sha256": {f: file_sha256(folder / f) for f in files},
-        "git_sha1": {"config.json": _git_sha1(folder / "config.json")}}))
+        "git_sha1": {"config.json": git_sha1(folder / "config.json")}}))
     ok("inspect", folder, "--check-hashes")
     victim = folder / "ckpt-0" / "tensor00002_000"
     data = bytearray(victim.read_bytes())

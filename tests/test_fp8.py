@@ -9,8 +9,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from converter.compressed import FP8Linear, e4m3_to_f32, expand_scale
 from converter.containers import SafetensorsReader, SafetensorsWriter
+from converter.formats import FP8Linear, e4m3_to_f32, expand_scale
 from converter.layouts import open_checkpoint
 from converter.linears import dense_transposed
 from grok1.cli import main

@@ -4,9 +4,9 @@ import re
 
 import pytest
 
-from converter.compressed import LinearFormat
 from converter.config import Grok1Config
 from converter.errors import UsageError
+from converter.formats import PackQuantized
 from converter.names import SCHEMES, OutputName, scheme
 from converter.spec import EXPERT_ROLES, LINEAR_ROLES, ROLE, ROLES, build_spec
 
@@ -61,7 +61,7 @@ def test_module_patterns_match_exactly_their_role(names):
 @pytest.mark.parametrize("names", list(SCHEMES))
 def test_expected_names_are_total(names):
     table = SCHEMES[names]
-    fmt = LinearFormat("packed", "BF16", 8, 32)
+    fmt = PackQuantized(8, 32)
     parts = {r.role: fmt.parts() if r.linear else (table.plain_part(r.role),) for r in ROLES}
     expected = table.expected(SPECS, parts)
     per_layer_linears = sum(CONFIG.experts if ROLE[r].expert else 1 for r in LINEAR_ROLES)

@@ -6,8 +6,8 @@ import threading
 import numpy as np
 import pytest
 
-from converter.compressed import unpack_codes
 from converter.errors import UsageError
+from converter.formats import unpack_codes
 from converter.layouts import open_checkpoint
 from converter.linears import DenseLinears, ReleaseInt8Linears, convert_linears
 from converter.names import SCHEMES, OutputName

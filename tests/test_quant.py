@@ -9,17 +9,18 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from converter.compressed import pack_codes, unpack_codes
 from converter.config import Grok1Config
 from converter.containers import SafetensorsReader, SafetensorsWriter
 from converter.errors import MalformedFileError, UsageError
+from converter.formats import pack_codes, unpack_codes
 from converter.linears import dense_transposed
 from converter.spec import LINEAR_ROLES, ROLE
 from converter.tensors import QuantizedWeight8bit, bf16_bits_to_f32, f32_to_bf16_bits
 from grok1.cli import main
 from quant.primitives import quantize_linear
+from quant.registry import scheme_for
 from quant.requantize import resolve_device
-from quant.schemes import QuantScheme, scheme_for
+from quant.schemes import QuantScheme
 
 SCHEMES = [QuantScheme(8, None), QuantScheme(4, 128), QuantScheme(4, 128, False),
            QuantScheme(8, 64, False), QuantScheme(4, 32)]
@@ -304,7 +305,7 @@ def test_quantize_workers_and_resume(small_ckpt, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("name", ["int8", "int4", "int4-asym"])
 def test_the_forward_decodes_packed_linears_band_by_band_to_the_same_bits(quantized, name):
-    from converter.compressed import PackedLinear
+    from converter.formats import PackedLinear
     from converter.layouts import open_checkpoint
     from converter.spec import EXPERT_ROLES
     from verify.torch_forward import _packed_bands, _packed_rows

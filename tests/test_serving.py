@@ -172,7 +172,7 @@ def test_table_rows_follow_the_engines_contracts():
 ])
 def test_cards_say_how_to_serve(tmp_path, sglang_out, small_ckpt, names, weights, engine,
                                 command):
-    from quant.requantize import quantize_checkpoint
+    from quant.registry import quantize_checkpoint
 
     folder = tmp_path / "out"
     quantize_checkpoint(small_ckpt, folder, weights, names=names, tokenizer="none", quiet=True)

@@ -15,7 +15,7 @@ from converter.hf_model import AUTO_MAP, MODEL_FILES, register
 from converter.layouts import open_checkpoint
 from converter.layouts.base import TargetOptions
 from converter.layouts.hf import CONTAINERS
-from quant.requantize import quantize_checkpoint
+from quant.registry import quantize_checkpoint
 from tests.test_forward import TOLERANCE
 from verify.torch_forward import torch_logits
 

@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from converter.compressed import PackedLinear
 from converter.config import Grok1Config
 from converter.errors import UsageError
+from converter.formats import PackedLinear
 from converter.hf_model.grok1_layers import (
     attend,
     gated_gelu,

@@ -18,18 +18,6 @@ from typing import Any
 import numpy as np
 
 from converter.atomic import atomic_open
-from converter.compressed import (
-    FP8Linear,
-    LinearFormat,
-    PackedLinear,
-    StackedExperts,
-    config_groups,
-    e4m3_to_f32,
-    formats_from_quantization,
-    ignored_modules,
-    linear_shape,
-    quantization_config,
-)
 from converter.config import Grok1Config
 from converter.containers import (
     Entry,
@@ -50,6 +38,16 @@ from converter.errors import (
     UsageError,
 )
 from converter.executors import ordered_map
+from converter.formats import (
+    LinearFormat,
+    StackedExperts,
+    config_groups,
+    e4m3_to_f32,
+    formats_from_quantization,
+    ignored_modules,
+    linear_shape,
+    quantization_config,
+)
 from converter.hf_model import AUTO_MAP, MODEL_FILES, write_model_files
 from converter.layouts.base import (
     CheckpointReader,
@@ -64,7 +62,7 @@ from converter.names import SCHEMES, NameScheme, OutputName, scheme
 from converter.produce import Producer
 from converter.safe_read import read_json
 from converter.spec import EXPERT_ROLES, LINEAR_ROLES, ROLE, TensorSpec, build_spec
-from converter.tensors import QuantizedWeight8bit, bf16_bits_to_f32, transposed
+from converter.tensors import QuantizedWeight8bit, bf16_bits_to_f32
 from converter.tokenizer import TOKENIZER_FILES, resolve_tokenizer, write_tokenizer
 
 __all__ = ["CONTAINERS", "SAFETENSORS", "TORCH", "Container", "HfCheckpoint", "OutTensor",
@@ -241,7 +239,7 @@ class HfCheckpoint:
                                                  dense, str(config_path))
         for spec in self.specs:
             if spec.role in LINEAR_ROLES:
-                self.formats[spec.role].check_block(spec, str(config_path))
+                self.formats[spec.role].check(spec, str(config_path))
         parts = {r: (self.formats[r].parts() if r in LINEAR_ROLES else
                      (self.scheme.plain_part(r),)) for r in (s.role for s in self.specs)}
         self.names = self.scheme.expected(self.specs, parts)
@@ -340,7 +338,7 @@ class HfCheckpoint:
             try:
                 problem = self._entry_problem(name)
                 if problem is None and self.names[name].part == "weight_shape":
-                    self._recorded_shape(name, self.expected_linear_shape(name))
+                    self.check_recorded_shape(name, self.expected_linear_shape(name))
             except Grok1Error as exc:
                 problem = str(exc)
             if problem and problem not in found:
@@ -352,21 +350,23 @@ class HfCheckpoint:
         origin = self.names[name]
         return linear_shape(self._spec_of[(origin.role, origin.layer)])
 
-    def _recorded_shape(self, name: str, expected: tuple[int, int]) -> None:
-        recorded = self._tensor(name)
+    def check_recorded_shape(self, name: str, expected: tuple[int, int]) -> None:
+        """Refuse a compressed Linear whose recorded `weight_shape` is not `expected`."""
+        recorded = self.stored(name)
         if recorded.tolist() != list(expected):
             raise MalformedFileError(f"{self.root / self.weight_map[name]}: {name} is "
                                      f"{recorded.tolist()}, expected {list(expected)}")
 
-    def _tensor(self, name: str) -> np.ndarray:
+    def stored(self, name: str) -> np.ndarray:
         """One stored tensor, checked against the dtype and shape the config implies."""
         problem = self._entry_problem(name)
         if problem:
             raise ShapeMismatchError(problem)
         return self.shard(self.weight_map[name]).get(name)
 
-    def _float(self, name: str) -> np.ndarray:
-        array = self._tensor(name)
+    def stored_floats(self, name: str) -> np.ndarray:
+        """One stored floating tensor as float32."""
+        array = self.stored(name)
         dtype = by_safetensors(self.shard(self.weight_map[name]).dtype(name)).name
         if dtype == "bf16":
             return bf16_bits_to_f32(array)
@@ -375,30 +375,12 @@ class HfCheckpoint:
         return np.asarray(array, dtype=np.float32)
 
     @cached_property
-    def _by_origin(self) -> dict[tuple[str, int | None, int | None, str], str]:
+    def by_origin(self) -> dict[tuple[str, int | None, int | None, str], str]:
+        """Stored tensor name by (role, layer, expert, part)."""
         return {(o.role, o.layer, o.expert, o.part): n for n, o in self.names.items()}
 
     def _linear(self, spec: TensorSpec, expert: int | None) -> Any:
-        fmt = self.formats[spec.role]
-
-        def name(part: str) -> str:
-            return self._by_origin[(spec.role, spec.layer, expert, part)]
-
-        out, cols = linear_shape(spec)
-        if fmt.kind == "dense":
-            return np.ascontiguousarray(self._float(name("weight")).T)
-        if fmt.kind == "fp8":
-            return FP8Linear(self._tensor(name("weight")), self._float(name("weight_scale")),
-                             fmt.block)
-        self._recorded_shape(name("weight_shape"), (out, cols))
-        scale = self._tensor(name("weight_scale"))
-        if scale.dtype != np.uint16:
-            scale = np.asarray(scale, np.float32)
-        packed = PackedLinear(
-            packed=self._tensor(name("weight_packed")), scale=scale, shape=(out, cols),
-            bits=fmt.bits, group_size=fmt.group_size or cols,
-            zero_point=None if fmt.symmetric else self._tensor(name("weight_zero_point")))
-        return _as_release_int8(packed, spec) or packed
+        return self.formats[spec.role].read(_StoredLinear(self, spec, expert), spec)
 
     def byte_ranges(self, spec: TensorSpec) -> list[tuple[Path, int, int]]:
         """(file, offset, length) of every stored tensor `read(spec)` reads (safetensors
@@ -418,7 +400,7 @@ class HfCheckpoint:
         and torch shards."""
         if ROLE[spec.role].linear:
             return None
-        name = self._by_origin[(spec.role, spec.layer, None, self.scheme.plain_part(spec.role))]
+        name = self.by_origin[(spec.role, spec.layer, None, self.scheme.plain_part(spec.role))]
         shard = self.shard(self.weight_map[name])
         return shard.dtype(name) if isinstance(shard, SafetensorsReader) else None
 
@@ -436,10 +418,10 @@ class HfCheckpoint:
             return StackedExperts(experts)
         if spec.role in LINEAR_ROLES:
             return self._linear(spec, None)
-        name = self._by_origin[(spec.role, spec.layer, None, self.scheme.plain_part(spec.role))]
+        name = self.by_origin[(spec.role, spec.layer, None, self.scheme.plain_part(spec.role))]
         if ROLE[spec.role].matrix:
-            return np.ascontiguousarray(self._float(name).T)
-        return self._float(name)
+            return np.ascontiguousarray(self.stored_floats(name).T)
+        return self.stored_floats(name)
 
 
 def _checked_weight_map(weight_map: Any, index: Path) -> dict[str, str]:
@@ -460,19 +442,28 @@ def _checked_weight_map(weight_map: Any, index: Path) -> dict[str, str]:
     return dict(weight_map)
 
 
-def _as_release_int8(packed: PackedLinear, spec: TensorSpec) -> QuantizedWeight8bit | None:
-    """The release's (codes, G scales) when an 8-bit packed Linear repeats them exactly."""
-    if packed.bits != 8 or packed.zero_point is not None or packed.scale.dtype != np.uint16:
-        return None
-    cols = packed.shape[1]
-    block = cols // spec.scale_groups
-    if block % packed.group_size or cols % spec.scale_groups:
-        return None
-    per_block = block // packed.group_size
-    scales = np.ascontiguousarray(packed.scale[:, ::per_block].T)
-    if not np.array_equal(np.repeat(scales.T, per_block, axis=1), packed.scale):
-        return None
-    return QuantizedWeight8bit(transposed(packed.codes()), scales)
+@dataclasses.dataclass(frozen=True)
+class _StoredLinear:
+    """The stored parts of one (expert's) Linear of an `HfCheckpoint`, for its format."""
+
+    checkpoint: HfCheckpoint
+    spec: TensorSpec
+    expert: int | None
+
+    def _name(self, part: str) -> str:
+        return self.checkpoint.by_origin[(self.spec.role, self.spec.layer, self.expert, part)]
+
+    def tensor(self, part: str) -> np.ndarray:
+        """The part as stored."""
+        return self.checkpoint.stored(self._name(part))
+
+    def floats(self, part: str) -> np.ndarray:
+        """A floating part as float32."""
+        return self.checkpoint.stored_floats(self._name(part))
+
+    def check_recorded_shape(self, part: str, shape: tuple[int, int]) -> None:
+        """Refuse a recorded shape other than `shape`."""
+        self.checkpoint.check_recorded_shape(self._name(part), shape)
 
 
 @dataclasses.dataclass
@@ -541,12 +532,11 @@ class ShardedTarget:
                  records: dict[str, Any]) -> None:
         """config.json, generation_config.json, tokenizer, reports; the index last."""
         formats = self.linears.formats
-        quantized = any(f.kind != "dense" for f in formats.values())
+        quantized = any(f.quantized for f in formats.values())
         quant = quantization_config(config_groups(self.names, formats),
                                     ignored_modules(self.names)) if quantized else None
-        # the dtype engines compute in: a dense output's own, bf16 beside quantized weights
-        # (whatever their scales' dtype: fp8 keeps float32 scales)
-        dense = by_safetensors("BF16" if quantized else next(iter(formats.values())).dtype)
+        dense = by_safetensors("BF16" if quantized else
+                               next(iter(formats.values())).compute_dtype)
         _write_json(dst / "config.json", hf_config(reader.config, self.names, dense.torch,
                                                    quant))
         c = reader.config

@@ -1,0 +1,129 @@
+"""How a Linear is stored: the registered formats, and config.json's `quantization_config` in
+both directions.
+
+Each format is one module with one class (`base.LinearFormat`): its parts, how it reads a value
+back, and its compressed-tensors config group. A new format is one module and one row of
+`FORMATS`; nothing else branches on which format a Linear has.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from converter.errors import MalformedFileError
+from converter.formats.base import (
+    LinearFormat,
+    Part,
+    StackedExperts,
+    StoredParts,
+    linear_shape,
+    lossless_group_size,
+)
+from converter.formats.dense import Dense
+from converter.formats.float_quantized import (
+    E4M3_MAX,
+    FloatQuantized,
+    FP8Linear,
+    e4m3_to_f32,
+    expand_scale,
+)
+from converter.formats.pack_quantized import (
+    PackedLinear,
+    PackQuantized,
+    pack_codes,
+    pack_zero_points,
+    unpack_codes,
+)
+from converter.names import NameScheme
+from converter.spec import EXPERT_ROLES, LINEAR_ROLES
+
+__all__ = ["E4M3_MAX", "FORMATS", "Dense", "FP8Linear", "FloatQuantized", "LinearFormat",
+           "PackQuantized", "PackedLinear", "Part", "StackedExperts", "StoredParts",
+           "config_groups", "e4m3_to_f32", "expand_scale", "formats_from_quantization",
+           "ignored_modules", "linear_shape", "lossless_group_size", "pack_codes",
+           "pack_zero_points", "quantization_config", "unpack_codes"]
+
+FORMATS: dict[str, type[LinearFormat]] = {
+    cls.name: cls for cls in (PackQuantized, FloatQuantized)
+}
+"""The quantized formats, by compressed-tensors format name."""
+
+
+def config_groups(scheme: NameScheme, formats: dict[str, LinearFormat]) -> list[dict[str, Any]]:
+    """compressed-tensors config groups: one per distinct format. The experts' group targets
+    the class `Linear` (vLLM's fused MoE looks its scheme up by class, never by a module
+    regex); any other group names its roles by regex, which takes precedence over a class
+    target in compressed-tensors and vLLM alike."""
+    by_format: dict[LinearFormat, list[str]] = {}
+    for role in LINEAR_ROLES:
+        by_format.setdefault(formats[role], []).append(role)
+    experts = {formats[r] for r in EXPERT_ROLES}
+    by_class = next(iter(experts)) if len(experts) == 1 else None
+    return [{"targets": ["Linear"] if fmt == by_class else
+             [scheme.module_pattern(r) for r in roles], **fmt.group()}
+            for fmt, roles in by_format.items()]
+
+
+def ignored_modules(scheme: NameScheme) -> list[str]:
+    """Modules that stay unquantized: router, embeddings, lm_head."""
+    return [scheme.module_pattern("router"), scheme.module("embed"), "lm_head"]
+
+
+def quantization_config(groups: list[dict[str, Any]], ignore: list[str]) -> dict[str, Any]:
+    """config.json `quantization_config` from `config_groups`' groups."""
+    config_groups = {f"group_{index}": group for index, group in enumerate(groups)}
+    return {
+        "quant_method": "compressed-tensors",
+        "format": groups[0]["format"],
+        "quantization_status": "compressed",
+        "config_groups": config_groups,
+        "ignore": ignore,
+        "kv_cache_scheme": None,
+        "global_compression_ratio": None,
+        "sparsity_config": {},
+    }
+
+
+def _group_format(name: str, group: Any, source: str) -> tuple[list[str], LinearFormat]:
+    """The targets and Linear format of one compressed-tensors config group, checked."""
+    weights = group.get("weights") if isinstance(group, dict) else None
+    targets = group.get("targets") if isinstance(group, dict) else None
+    if not isinstance(weights, dict) or not (
+            isinstance(targets, list) and all(isinstance(x, str) for x in targets)):
+        raise MalformedFileError(f"{source}: quantization config group {name!r} needs "
+                                 "`targets` (a list of names) and `weights`")
+    for cls in FORMATS.values():
+        if cls.recognises(group):
+            return targets, cls.from_group(name, weights, source)
+    raise MalformedFileError(f"{source}: quantization config group {name!r} is in no supported "
+                             f"format (format {group.get('format')!r}, weights type "
+                             f"{weights.get('type')!r}; supported: {', '.join(FORMATS)})")
+
+
+def formats_from_quantization(quantization: Any, scheme: NameScheme, dense_dtype: str,
+                              source: str = "config.json") -> dict[str, LinearFormat]:
+    """Each Linear role's format, from a config.json `quantization_config` (the inverse of
+    `quantization_config(config_groups(...))`)."""
+    if not quantization:
+        return {role: Dense(dense_dtype) for role in LINEAR_ROLES}
+    groups = quantization.get("config_groups") if isinstance(quantization, dict) else None
+    if not isinstance(groups, dict):
+        raise MalformedFileError(f"{source}: quantization_config has no config_groups object")
+    if quantization.get("format", "pack-quantized") not in FORMATS:
+        raise MalformedFileError(f"{source}: quantization format {quantization.get('format')!r}"
+                                 f" is not supported ({' and '.join(FORMATS)} are)")
+    formats: dict[str, LinearFormat] = {}
+    named: set[str] = set()  # roles a regex names: a class target does not override them
+    for name, group in groups.items():
+        targets, fmt = _group_format(name, group, source)
+        for role in LINEAR_ROLES:
+            if scheme.module_pattern(role) in targets:
+                formats[role] = fmt
+                named.add(role)
+            elif "Linear" in targets and role not in named:
+                formats[role] = fmt
+    missing = [r for r in LINEAR_ROLES if r not in formats]
+    if missing:
+        raise MalformedFileError(f"{source}: quantization_config covers no config group for "
+                                 f"{missing}")
+    return formats

@@ -1,0 +1,95 @@
+"""The scheme registry: each quantization scheme `grok1 quantize --scheme` and `pipeline --to`
+offer, with its defaults and the Linears it composes into the writer (its verify profile is
+`verify.profiles.SCHEME_PROFILES`), and `quantize_checkpoint`, the library verb. A new scheme is
+one row in `SCHEMES`. The table imports nothing heavy (the command line reads it at start); the
+Linears' modules are imported when a scheme makes them."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from converter.errors import UsageError
+from quant.schemes import QuantScheme
+
+__all__ = ["SCHEMES", "SchemeEntry", "quantize_checkpoint", "scheme_for"]
+
+
+@dataclasses.dataclass(frozen=True)
+class SchemeEntry:
+    """One registered scheme: what it is, its defaults, how it makes Linears (its verify
+    profile is `verify.profiles.SCHEME_PROFILES`)."""
+
+    name: str
+    summary: str
+    bits: int = 8
+    default_group_size: int | None = None
+    fp8_block: tuple[int, int] | None = None
+    fp8: bool = False
+
+    def scheme(self, *, group_size: int | None, symmetric: bool, method: str) -> QuantScheme:
+        """The integer scheme with the user's options over its defaults."""
+        return QuantScheme(self.bits, group_size or self.default_group_size, symmetric, method)
+
+    def linears(self, specs: list[Any], *, group_size: int | None = None,
+                symmetric: bool = True, method: str = "rtn", device: str = "cpu") -> Any:
+        """The Linears this scheme composes into the writer."""
+        if self.fp8:
+            from quant.fp8 import FP8Linears
+
+            if group_size is not None or not symmetric or method != "rtn":
+                raise UsageError(f"--scheme {self.name} takes no --group-size, --asymmetric "
+                                 "or --method (its scales are fixed: max |w| / 448)")
+            return FP8Linears(self.fp8_block, device)
+        from quant.requantize import QuantizedLinears
+
+        scheme = self.scheme(group_size=group_size, symmetric=symmetric, method=method)
+        return QuantizedLinears.for_specs(scheme, specs, device)
+
+
+SCHEMES: dict[str, SchemeEntry] = {entry.name: entry for entry in (
+    SchemeEntry("int8", "8-bit weights, one scale per output channel (vLLM W8A16)"),
+    SchemeEntry("int4", "4-bit weights, groups of 128 input columns (vLLM W4A16)",
+                bits=4, default_group_size=128),
+    SchemeEntry("fp8", "float8 e4m3 weights, one scale per output channel, dynamic per-token "
+                "FP8 activations (W8A8-FP8; Hopper or newer)", fp8=True),
+    SchemeEntry("fp8-block", "float8 e4m3 weights in 128x128 blocks, dynamic group-128 FP8 "
+                "activations (DeepSeek-V3 style; Hopper or newer)", fp8=True,
+                fp8_block=(128, 128)),
+)}
+
+
+def scheme_for(name: str, *, group_size: int | None, symmetric: bool, method: str) -> QuantScheme:
+    """The integer scheme behind `--scheme NAME` with the user's options."""
+    if name not in SCHEMES or SCHEMES[name].fp8:
+        raise UsageError(f"unknown integer scheme {name!r}; known: "
+                         f"{', '.join(n for n, e in SCHEMES.items() if not e.fp8)}")
+    return SCHEMES[name].scheme(group_size=group_size, symmetric=symmetric, method=method)
+
+
+def quantize_checkpoint(source: Path, dst: Path, scheme: str, *, group_size: int | None = None,
+                        symmetric: bool = True, method: str = "rtn", names: str = "hpcai",
+                        shard_size: int = 5 * 10**9, tokenizer: str | None = None,
+                        device: str = "auto", to: str = "hf", **run: Any) -> dict[str, Any]:
+    """Re-quantize `source` (any layout) with a registered scheme into compressed-tensors in
+    `dst`; returns the run's summary with the scheme, the device and the report."""
+    from converter.engine import convert
+    from converter.layouts import open_checkpoint
+    from converter.layouts.base import TargetOptions
+    from converter.safe_read import read_json
+    from quant.requantize import REPORT_NAME, resolve_device
+
+    if scheme not in SCHEMES:
+        raise UsageError(f"unknown scheme {scheme!r}; known: {', '.join(SCHEMES)}")
+    reader = open_checkpoint(source)
+    linears = SCHEMES[scheme].linears(reader.specs, group_size=group_size, symmetric=symmetric,
+                                      method=method, device=resolve_device(device))
+    summary = convert(source, dst, to=to, reader=reader, options=TargetOptions(
+        names=names, linears=linears, shard_size=shard_size, tokenizer=tokenizer),
+        label="quantize", **run)
+    summary["scheme"], summary["device"] = linears.label, linears.device
+    if not run.get("dry_run"):
+        report = read_json(Path(dst) / REPORT_NAME)
+        summary["report"], summary["rows"] = report["summary"], report["tensors"]
+    return summary
