@@ -13,12 +13,24 @@ from typing import Any
 import numpy as np
 
 __all__ = ["QuantizedWeight8bit", "bf16_bits_to_f32", "dense", "f32_to_bf16_bits",
-           "round_to_bf16", "transposed", "transposed_bands"]
+           "round_to_bf16", "round_to_bf16_inplace", "transposed", "transposed_bands"]
 
 
 def bf16_bits_to_f32(bits: np.ndarray) -> np.ndarray:
     """bf16 raw bits (uint16) -> float32, exactly."""
     return (np.asarray(bits, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
+
+
+def round_to_bf16_inplace(values: np.ndarray, scratch: np.ndarray | None = None) -> np.ndarray:
+    """float32 values rounded to the nearest bf16 (ties to even), in place, kept as float32
+    (finite values; `scratch`, a uint32 array of the same shape, saves an allocation)."""
+    u = values.view(np.uint32)
+    carry = np.right_shift(u, 16, out=scratch)
+    carry &= np.uint32(1)
+    carry += np.uint32(0x7FFF)
+    u += carry
+    u &= np.uint32(0xFFFF0000)
+    return values
 
 
 def f32_to_bf16_bits(values: np.ndarray) -> np.ndarray:

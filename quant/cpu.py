@@ -30,8 +30,8 @@ import numpy as np
 
 from converter.formats import PackedLinear, pack_codes, pack_zero_points
 from converter.linears import CanonicalRows
-from converter.tensors import bf16_bits_to_f32, transposed
-from quant.primitives import error_stats, qparams, search_clip
+from converter.tensors import bf16_bits_to_f32, round_to_bf16_inplace, transposed
+from quant.primitives import code_quotients, error_stats, qparams, search_clip
 from quant.schemes import QuantScheme
 
 __all__ = ["BAND", "NotFinite", "SourceRows", "quantize_cpu"]
@@ -86,6 +86,7 @@ class _GroupErrors:
         self.width = math.ceil(source.cols / bands)
         shape = (min(source.group, source.rows), min(self.width, source.cols))
         self.ratio, self.work = np.empty(shape, np.float32), np.empty(shape, np.float32)
+        self.scratch = np.empty(shape, np.uint32)
         if source.rows * source.cols * 4 <= MSE_KEEP:  # keep the float32 matrix
             self.weights: np.ndarray | None = source.fill(0, source.rows)
         else:  # or fill each group's rows again for every candidate
@@ -108,14 +109,19 @@ class _GroupErrors:
             for g in range(source.groups):
                 x = self._rows(g, c0, c1)
                 scale = bf16_bits_to_f32(bits[g, c0:c1])
-                ratio = np.divide(x, scale, out=self.ratio[:x.shape[0], :x.shape[1]])
-                work = np.rint(ratio, out=self.work[:x.shape[0], :x.shape[1]])
-                if scheme.symmetric:
-                    np.clip(work, scheme.qmin, scheme.qmax, out=work)
-                else:
+                rows, cols = x.shape
+                ratio = np.divide(x, scale, out=self.ratio[:rows, :cols])
+                work = self.work[:rows, :cols]
+                scratch = self.scratch[:rows, :cols]
+                np.copyto(work, ratio)
+                round_to_bf16_inplace(work, scratch)
+                if not scheme.symmetric:
                     shift = zero[g, c0:c1].astype(np.float32)
                     work += shift
-                    np.clip(work, scheme.qmin, scheme.qmax, out=work)
+                    round_to_bf16_inplace(work, scratch)
+                np.rint(work, out=work)
+                np.clip(work, scheme.qmin, scheme.qmax, out=work)
+                if not scheme.symmetric:
                     work -= shift
                 work -= ratio
                 np.square(work, out=work)
@@ -130,8 +136,10 @@ def _encode(source: SourceRows, extremes: tuple[np.ndarray, np.ndarray], bits: n
     scale = bf16_bits_to_f32(bits)
     zero_f = zero.astype(np.float32)
     low, high = extremes
-    spills = ((np.rint(high / scale) + zero_f > scheme.qmax) |
-              (np.rint(low / scale) + zero_f < scheme.qmin))
+    shift = None if scheme.symmetric else zero
+    with np.errstate(over="ignore"):
+        spills = ((np.rint(code_quotients(high, scale, shift)) > scheme.qmax) |
+                  (np.rint(code_quotients(low, scale, shift)) < scheme.qmin))
     codes = np.empty((k, n), np.int8)
     sq_error = np.zeros((source.groups, n), np.float64)
     norm_sq = 0.0
@@ -139,12 +147,15 @@ def _encode(source: SourceRows, extremes: tuple[np.ndarray, np.ndarray], bits: n
     clipped = 0
     rows = np.empty((min(BAND, k), n), np.float32)
     work = np.empty_like(rows)
+    scratch = np.empty(rows.shape, np.uint32)
     for g, r0, r1 in source.pieces:
         x = source.fill(r0, r1, 0, n, rows[:r1 - r0])
         w = np.divide(x, scale[g], out=work[:r1 - r0])
-        np.rint(w, out=w)
+        round_to_bf16_inplace(w, scratch[:r1 - r0])
         if not scheme.symmetric:
             w += zero_f[g]
+            round_to_bf16_inplace(w, scratch[:r1 - r0])
+        np.rint(w, out=w)
         spill = np.flatnonzero(spills[g])
         if spill.size:
             whole = spill.size > n // 4  # past that, a pass over all columns is cheaper

@@ -46,8 +46,13 @@ def _load_group_tile(w_ptr, ws_ptr, k, n, kmask, nmask, N, ROWS_PER_SCALE,
 @triton.jit
 def _bf16_bits(x):
     u = x.to(tl.uint32, bitcast=True)
-    bits = (u + (0x7FFF + ((u >> 16) & 1))) >> 16
-    return tl.where(bits == 0, 0x0080, bits)
+    return (u + (0x7FFF + ((u >> 16) & 1))) >> 16
+
+
+@triton.jit
+def _bf16_round(x):
+    u = x.to(tl.uint32, bitcast=True)
+    return ((u + (0x7FFF + ((u >> 16) & 1))) & 0xFFFF0000).to(tl.float32, bitcast=True)
 
 
 @triton.jit
@@ -59,7 +64,8 @@ def _requant_kernel(w_ptr, ws_ptr, packed_ptr, scale_ptr, zero_ptr, stats_ptr, c
     group = tl.program_id(1)
     PER: tl.constexpr = 32 // BITS
     QMAX: tl.constexpr = (1 << (BITS - 1)) - 1
-    QMIN: tl.constexpr = -(1 << (BITS - 1)) + (1 if SYMMETRIC else 0)
+    QMIN: tl.constexpr = -(1 << (BITS - 1))
+    LEVELS: tl.constexpr = (1 << BITS) - 1
     n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     nmask = n < N
     k_start = group * GROUP
@@ -77,15 +83,20 @@ def _requant_kernel(w_ptr, ws_ptr, packed_ptr, scale_ptr, zero_ptr, stats_ptr, c
         high = tl.maximum(high, tl.max(x, axis=0))
 
     if SYMMETRIC:
-        scale_bits = _bf16_bits(tl.math.div_rn(absmax, tl.full((BLOCK_N,), QMAX, tl.float32)))
-        scale = (scale_bits << 16).to(tl.float32, bitcast=True)
+        divisor = tl.full((BLOCK_N,), LEVELS / 2, tl.float32)
+        raw_bits = _bf16_bits(tl.math.div_rn(absmax, divisor))
         zero = tl.zeros((BLOCK_N,), tl.float32)
     else:
-        span = tl.full((BLOCK_N,), QMAX - QMIN, tl.float32)
-        scale_bits = _bf16_bits(tl.math.div_rn(high - low, span))
-        scale = (scale_bits << 16).to(tl.float32, bitcast=True)
-        zero = QMIN - tl.math.div_rn(low, scale)
-        zero = tl.minimum(tl.maximum((zero + _MAGIC) - _MAGIC, QMIN), QMAX)
+        divisor = tl.full((BLOCK_N,), LEVELS, tl.float32)
+        raw_bits = _bf16_bits(tl.math.div_rn(_bf16_round(high - low), divisor))
+        raw = (raw_bits << 16).to(tl.float32, bitcast=True)
+        quotient = tl.math.div_rn(low, tl.where(raw == 0, 1.0, raw))
+        zero = _bf16_round(QMIN - _bf16_round(quotient))
+        zero = (tl.minimum(tl.maximum(zero, QMIN), QMAX) + _MAGIC) - _MAGIC
+        # low / 0: -inf (QMIN - it clamps to QMAX) for low < 0, 0 / 0 = NaN (zero point 0)
+        zero = tl.where(raw == 0, tl.where(low < 0, QMAX, 0.0), zero)
+    scale_bits = tl.where(raw_bits == 0, 0x3C00, raw_bits)  # a zero scale becomes 2^-7
+    scale = (scale_bits << 16).to(tl.float32, bitcast=True)
     tl.store(scale_ptr + n * GROUPS + group, scale_bits.to(tl.uint16), mask=nmask)
     tl.store(zero_ptr + n * GROUPS + group, zero.to(tl.int8), mask=nmask)
 
@@ -100,9 +111,11 @@ def _requant_kernel(w_ptr, ws_ptr, packed_ptr, scale_ptr, zero_ptr, stats_ptr, c
         valid = kmask[:, None] & nmask[None, :]
         x = _load_group_tile(w_ptr, ws_ptr, k, n, kmask, nmask, N, ROWS_PER_SCALE,
                              SOURCE_INT8)
-        ratio = tl.math.div_rn(x, scale[None, :])
+        ratio = _bf16_round(tl.math.div_rn(x, scale[None, :]))
+        if not SYMMETRIC:
+            ratio = _bf16_round(ratio + zero[None, :])
         ratio = tl.minimum(tl.maximum(ratio, QMIN - 256.0), QMAX + 256.0)
-        q = ((ratio + _MAGIC) - _MAGIC) + zero[None, :]
+        q = (ratio + _MAGIC) - _MAGIC
         clipped += tl.sum(tl.where(valid & ((q < QMIN) | (q > QMAX)), 1, 0), axis=0)
         q = tl.minimum(tl.maximum(q, QMIN), QMAX)
         err = tl.where(valid, (q - zero[None, :]) * scale[None, :] - x, 0.0)

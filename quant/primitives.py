@@ -4,8 +4,18 @@ paths are tested against (the search of --method mse, `search_clip`, is shared w
 Every function takes a float32 matrix in PyTorch orientation [out, in] and an explicit scheme;
 groups run along the input dimension (the last group may be shorter). The CPU path in
 `quant.cpu` and the Triton kernels in `quant.kernels` compute exactly the same operations in
-the same order, so results are bit-identical: IEEE division, round half to even, bf16 scales
-rounded to nearest even, and a zero bf16 scale replaced by the smallest normal (2^-126).
+the same order, so results are bit-identical.
+
+The arithmetic is compressed-tensors' (0.19 / 0.20: `calculate_qparams` and `_quantize`, the
+torch path llm-compressor runs on a CPU) on a bf16 model, where every intermediate is a bf16
+tensor: a scale is the range over (2^b - 1) / 2 (symmetric) or over 2^b - 1 (asymmetric, whose
+max - min is rounded to bf16 first), rounded to bf16, a zero scale replaced by bf16's eps
+(2^-7); a zero point is qmin - bf16(min / scale), rounded to bf16, clamped and rounded (0 where
+the scale was 0); a code is bf16(x / scale) (asymmetric: plus the zero point, rounded to bf16
+again), clamped and rounded half to even. Each rounding to bf16 is of the float32 result (IEEE
+division, then to nearest even), as torch computes bf16 arithmetic. compressed-tensors' Triton
+path (on a GPU) keeps the quotient in float32 instead, so its codes can differ in a few
+half-way cases; `benchmarks/bench_llmcompressor.py` compares ours with llm-compressor's bytes.
 """
 
 from __future__ import annotations
@@ -17,13 +27,13 @@ from collections.abc import Callable
 import numpy as np
 
 from converter.formats import PackedLinear, pack_codes, pack_zero_points
-from converter.tensors import bf16_bits_to_f32, f32_to_bf16_bits
+from converter.tensors import bf16_bits_to_f32, f32_to_bf16_bits, round_to_bf16_inplace
 from quant.schemes import QuantScheme
 
 __all__ = ["MSE_GRID", "Quantized", "choose_qparams", "error_stats", "grouped",
            "mse_qparams", "quantize", "quantize_linear", "scale_bits_of", "search_clip"]
 
-SMALLEST_SCALE_BITS = np.uint16(0x0080)  # bf16 2^-126
+ZERO_SCALE_BITS = np.uint16(0x3C00)  # bf16's eps, 2^-7: compressed-tensors' stand-in for 0
 # Clipping ratios --method mse chooses from, largest first: 1.0 down to 0.7 in steps of 0.025
 # (GPTQ's search stops at 0.8; on the bench model no group's best ratio was below 0.675).
 MSE_GRID = tuple(np.float32(1 - 0.025 * i) for i in range(13))
@@ -41,9 +51,34 @@ def grouped(x: np.ndarray, group_size: int | None) -> np.ndarray:
 
 
 def scale_bits_of(scale: np.ndarray) -> np.ndarray:
-    """float32 scales -> bf16 bits, rounded to nearest even; a zero scale becomes 2^-126."""
+    """float32 scales -> bf16 bits, rounded to nearest even; a zero scale becomes 2^-7."""
     bits = f32_to_bf16_bits(scale)
-    return np.where(bits == 0, SMALLEST_SCALE_BITS, bits).astype(np.uint16)
+    return np.where(bits == 0, ZERO_SCALE_BITS, bits).astype(np.uint16)
+
+
+def bf16(values: np.ndarray) -> np.ndarray:
+    """A copy of float32 values rounded to bf16 (kept as float32)."""
+    return round_to_bf16_inplace(np.array(values, np.float32))
+
+
+def zero_points(low: np.ndarray, raw_scale: np.ndarray, scheme: QuantScheme) -> np.ndarray:
+    """int8 zero points: qmin - bf16(low / scale), rounded to bf16, clamped, rounded half to
+    even. The scale is the one before a zero became 2^-7; dividing by that zero gives -inf for
+    low < 0 (zero point qmax) and NaN for 0 / 0 (compressed-tensors' int8 cast makes it 0)."""
+    zeroed = raw_scale == 0
+    zero = bf16(np.float32(scheme.qmin) - bf16(low / np.where(zeroed, np.float32(1), raw_scale)))
+    zero = np.rint(np.clip(zero, scheme.qmin, scheme.qmax))
+    return np.where(zeroed, np.where(low < 0, scheme.qmax, 0), zero).astype(np.int8)
+
+
+def code_quotients(x: np.ndarray, scale: np.ndarray, zero: np.ndarray | None) -> np.ndarray:
+    """bf16(x / scale), then (asymmetric) bf16(that + zero point), as float32 in a new array
+    (x [..., n] and the scales and zero points broadcast against it)."""
+    work = round_to_bf16_inplace(np.divide(x, scale, dtype=np.float32))
+    if zero is not None:
+        work += zero.astype(np.float32)
+        round_to_bf16_inplace(work)
+    return work
 
 
 def group_extremes(x: np.ndarray, group_size: int | None) -> tuple[np.ndarray, np.ndarray]:
@@ -57,16 +92,16 @@ def qparams(low: np.ndarray, high: np.ndarray, scheme: QuantScheme,
     """(bf16 scale bits, int8 zero points) of groups with these extremes, their range
     multiplied by `clip` (a number, or one per group)."""
     clip = np.asarray(clip, np.float32)
+    divisor = np.float32(scheme.divisor)
     if scheme.symmetric:
         absmax = np.maximum(np.abs(low), np.abs(high)) * clip
-        bits = scale_bits_of(absmax / np.float32(scheme.qmax))
+        bits = scale_bits_of(absmax / divisor)
         return bits, np.zeros(bits.shape, np.int8)
     low = np.minimum(low, np.float32(0)) * clip
     high = np.maximum(high, np.float32(0)) * clip
-    bits = scale_bits_of((high - low) / np.float32(scheme.qmax - scheme.qmin))
-    zero = np.float32(scheme.qmin) - low / bf16_bits_to_f32(bits)
-    zero = np.clip(np.rint(zero), scheme.qmin, scheme.qmax).astype(np.int8)
-    return bits, zero
+    raw = bf16_bits_to_f32(f32_to_bf16_bits(bf16(high - low) / divisor))
+    bits = scale_bits_of(raw)
+    return bits, zero_points(low, raw, scheme)
 
 
 def choose_qparams(x: np.ndarray, scheme: QuantScheme,
@@ -93,15 +128,13 @@ class Quantized:
 def quantize(x: np.ndarray, scale_bits: np.ndarray, zero: np.ndarray,
              scheme: QuantScheme) -> Quantized:
     """Round x [out, in] to codes with the given bf16 scales and zero points (in place on one
-    working buffer: divide, clamp, round half to even, shift, clip; then the error)."""
+    working buffer: the quotients, clamp, round half to even, clip; then the error)."""
     out, cols = x.shape
     g = grouped(x, scheme.group_size)
     scale = bf16_bits_to_f32(scale_bits)[..., None]
-    work = g / scale
+    work = code_quotients(g, scale, None if scheme.symmetric else zero[..., None])
     np.clip(work, scheme.qmin - 1 - 255, scheme.qmax + 1 + 255, out=work)
     np.rint(work, out=work)
-    if not scheme.symmetric:
-        work += zero[..., None].astype(np.float32)
     clipped = int(np.count_nonzero(work < scheme.qmin) + np.count_nonzero(work > scheme.qmax))
     np.clip(work, scheme.qmin, scheme.qmax, out=work)
     codes = work.astype(np.int8).reshape(out, -1)[:, :cols]
@@ -123,14 +156,11 @@ def _group_sq_error(x: np.ndarray, bits: np.ndarray, zero: np.ndarray,
     g = grouped(x, scheme.group_size)
     scale = bf16_bits_to_f32(bits)
     ratio = g / scale[..., None]
-    work = np.rint(ratio)
-    if scheme.symmetric:
-        np.clip(work, scheme.qmin, scheme.qmax, out=work)
-    else:
-        shift = zero[..., None].astype(np.float32)
-        work += shift
-        np.clip(work, scheme.qmin, scheme.qmax, out=work)
-        work -= shift
+    work = code_quotients(g, scale[..., None], None if scheme.symmetric else zero[..., None])
+    np.rint(work, out=work)
+    np.clip(work, scheme.qmin, scheme.qmax, out=work)
+    if not scheme.symmetric:
+        work -= zero[..., None].astype(np.float32)
     work -= ratio
     np.square(work, out=work)
     return np.add.accumulate(work, axis=-1)[..., -1] * np.square(scale)

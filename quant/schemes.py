@@ -18,9 +18,9 @@ METHODS = ("rtn", "mse")
 class QuantScheme:
     """bits, group size (None: one scale per output channel), symmetry and method.
 
-    Codes are signed: symmetric in [-(2^(b-1) - 1), 2^(b-1) - 1] with scale absmax / qmax;
-    asymmetric in [-2^(b-1), 2^(b-1) - 1] with scale (max - min) / (2^b - 1) and a zero point,
-    as compressed-tensors defines them. Scales are stored in bf16.
+    compressed-tensors' integer grid: codes in [-2^(b-1), 2^(b-1) - 1]; the scale is
+    absmax / ((2^b - 1) / 2) when symmetric (int4: amax / 7.5), else (max - min) / (2^b - 1)
+    with a zero point. Scales are stored in bf16.
     """
 
     bits: int
@@ -42,12 +42,18 @@ class QuantScheme:
     @property
     def qmin(self) -> int:
         """Smallest code."""
-        return -(1 << (self.bits - 1)) + (1 if self.symmetric else 0)
+        return -(1 << (self.bits - 1))
 
     @property
     def qmax(self) -> int:
         """Largest code."""
         return (1 << (self.bits - 1)) - 1
+
+    @property
+    def divisor(self) -> float:
+        """What the range (absmax when symmetric, max - min when not) is divided by."""
+        levels = (1 << self.bits) - 1
+        return levels / 2 if self.symmetric else float(levels)
 
     @property
     def label(self) -> str:

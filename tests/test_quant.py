@@ -51,6 +51,9 @@ def adversarial(rng):
         ("extreme codes", release_matrix(rng, k, n, 8, codes=extreme)),
         ("odd shape", release_matrix(rng, 72, 13, 1)),
         ("all zero", release_matrix(rng, 64, 8, 1, codes=np.zeros((64, 8), np.int8))),
+        ("range below a scale", release_matrix(
+            rng, 64, 8, 1, codes=-(rng.random((64, 8)) < 0.3).astype(np.int8),
+            scales=np.full((1, 8), 2.0**-133, np.float32))),
     ]
 
 
