@@ -9,8 +9,10 @@ and `weight_zero_point` bytes tensor by tensor, and their wall time and peak mem
 llm-compressor lives in its own venv (it pins compressed-tensors 0.19 and transformers <= 5.17):
     python3 -m venv /tmp/llmc && /tmp/llmc/bin/pip install torch==2.13.0 llmcompressor==0.14.0
 It runs `model_free_ptq(SRC, DST, scheme=..., ignore=[router, embeddings, lm_head],
-device="cpu")`, which needs no model class (Grok-1 has none in transformers). Exits 1 when any
-tensor's bytes differ.
+device="cpu")`, which needs no model class (Grok-1 has none in transformers). Ours runs twice: with
+`--arithmetic bf16` (compressed-tensors' torch path, which llm-compressor runs on a CPU: the
+bytes must be the same, else exit 1; its time and memory are the ones compared) and with the
+default `--arithmetic f32` (how many codes differ is reported).
 """
 
 from __future__ import annotations
@@ -103,14 +105,21 @@ def main() -> int:
         for case in args.cases.split(","):
             options, scheme = CASES[case]
             ours, theirs = Path(work) / f"ours-{case}", Path(work) / f"llmc-{case}"
-            mine = run_measured(grok1("quantize", str(source), str(ours), *options, "--quiet"),
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            bits = 4 if case.startswith("int4") else 8
             other = run_measured([args.llmc_python, "-c", LLMC, str(source), str(theirs),
                                   json.dumps(scheme), ignore], stdout=subprocess.DEVNULL,
                                  stderr=subprocess.DEVNULL)
-            found = compare(ours, theirs, 4 if case.startswith("int4") else 8)
+            run_measured(grok1("quantize", str(source), str(ours), *options, "--quiet"),
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            in_f32 = compare(ours, theirs, bits)
+            shutil.rmtree(ours)
+            options = [*options, "--arithmetic", "bf16"]
+            mine = run_measured(grok1("quantize", str(source), str(ours), *options, "--quiet"),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            found = compare(ours, theirs, bits)
             preset = scheme if isinstance(scheme, str) else json.dumps(scheme)
             rows.append({"case": case, "ours": " ".join(options), "llmc": preset, **found,
+                         "f32_codes_differ": in_f32["codes_differ"],
                          "ours_s": mine.seconds, "llmc_s": other.seconds,
                          "ours_rss_mb": mine.rss / 2**20, "llmc_rss_mb": other.rss / 2**20})
             shutil.rmtree(ours)
@@ -120,12 +129,13 @@ def main() -> int:
     else:
         print(f"input: {source}")
         print("| grok1 quantize | llm-compressor scheme | tensors | bytes differ | codes differ | "
-              "grok1 s | llm-compressor s | time ratio | grok1 peak RSS MB | "
-              "llm-compressor peak RSS MB |")
-        print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+              "codes differ with --arithmetic f32 | grok1 s | llm-compressor s | time ratio | "
+              "grok1 peak RSS MB | llm-compressor peak RSS MB |")
+        print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         for r in rows:
             print(f"| {r['ours']} | {r['llmc']} | {r['tensors']} | {r['differ']} | "
-                  f"{r['codes_differ']} | {r['ours_s']:.1f} | {r['llmc_s']:.1f} | "
+                  f"{r['codes_differ']} | {r['f32_codes_differ']} | {r['ours_s']:.1f} | "
+                  f"{r['llmc_s']:.1f} | "
                   f"{r['llmc_s'] / r['ours_s']:.2f} | {r['ours_rss_mb']:.0f} | "
                   f"{r['llmc_rss_mb']:.0f} |")
     return 1 if any(r["differ"] for r in rows) else 0

@@ -32,7 +32,7 @@ from grok1.exit_codes import (
 )
 from grok1.pipeline import targets_help
 from quant.registry import SCHEMES as QUANT_SCHEMES
-from quant.schemes import METHODS
+from quant.schemes import ARITHMETICS, METHODS
 from verify.kquant import KQUANTS
 from verify.profiles import DTYPE_PROFILES, PROFILES
 from verify.tokens import MAX_TEXT_TOKENS
@@ -456,6 +456,10 @@ def convert(src: Path, dst: Path, to: str, names: str | None, dtype: str | None,
               help="Integer schemes only.")
 @click.option("--method", type=click.Choice(METHODS), default="rtn", show_default=True,
               help="rtn: min/max; mse: per group, the clipping range with least error.")
+@click.option("--arithmetic", type=click.Choice(ARITHMETICS), default="f32", show_default=True,
+              help="Integer schemes: w / scale in float32 (compressed-tensors' GPU kernel), or "
+                   "rounded to bf16 as compressed-tensors' torch path does (llm-compressor on a "
+                   "CPU: the same bytes; less precise for int8).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
               show_default=True, help="auto picks the Triton kernel when a GPU is present.")
 @click.option("--names", type=click.Choice(list(NAME_SCHEMES)), default="hpcai",
@@ -471,7 +475,8 @@ def convert(src: Path, dst: Path, to: str, names: str | None, dtype: str | None,
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary at the end.")
 def quantize(src: Path, dst: Path, scheme_name: str, group_size: int | None, symmetric: bool,
-             method: str, device: str, names: str, shard_size: str, tokenizer: str | None,
+             method: str, arithmetic: str, device: str, names: str, shard_size: str,
+             tokenizer: str | None,
              workers: int | None,
              resume: bool, overwrite: bool, executor: str, ray_address: str | None,
              quiet: bool, as_json: bool) -> None:
@@ -492,7 +497,8 @@ def quantize(src: Path, dst: Path, scheme_name: str, group_size: int | None, sym
     warning = unserved_warning(OutputKind("hf", names, scheme_name + (
         "-asym" if asymmetric else "")))
     summary = quantize_checkpoint(src, dst, scheme_name, group_size=group_size,
-                                  symmetric=symmetric, method=method, names=names,
+                                  symmetric=symmetric, method=method, arithmetic=arithmetic,
+                                  names=names,
                                   shard_size=parse_size(shard_size), tokenizer=tokenizer,
                                   device=device,
                                   workers=workers, resume=resume, overwrite=overwrite,

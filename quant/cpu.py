@@ -103,6 +103,7 @@ class _GroupErrors:
 
     def __call__(self, bits: np.ndarray, zero: np.ndarray) -> np.ndarray:
         source, scheme = self.source, self.scheme
+        rounded = scheme.arithmetic == "bf16"
         errors = np.empty(bits.shape, np.float32)
         for c0 in range(0, source.cols, self.width):
             c1 = min(c0 + self.width, source.cols)
@@ -114,11 +115,13 @@ class _GroupErrors:
                 work = self.work[:rows, :cols]
                 scratch = self.scratch[:rows, :cols]
                 np.copyto(work, ratio)
-                round_to_bf16_inplace(work, scratch)
+                if rounded:
+                    round_to_bf16_inplace(work, scratch)
                 if not scheme.symmetric:
                     shift = zero[g, c0:c1].astype(np.float32)
                     work += shift
-                    round_to_bf16_inplace(work, scratch)
+                    if rounded:
+                        round_to_bf16_inplace(work, scratch)
                 np.rint(work, out=work)
                 np.clip(work, scheme.qmin, scheme.qmax, out=work)
                 if not scheme.symmetric:
@@ -138,8 +141,8 @@ def _encode(source: SourceRows, extremes: tuple[np.ndarray, np.ndarray], bits: n
     low, high = extremes
     shift = None if scheme.symmetric else zero
     with np.errstate(over="ignore"):
-        spills = ((np.rint(code_quotients(high, scale, shift)) > scheme.qmax) |
-                  (np.rint(code_quotients(low, scale, shift)) < scheme.qmin))
+        spills = ((np.rint(code_quotients(high, scale, shift, scheme)) > scheme.qmax) |
+                  (np.rint(code_quotients(low, scale, shift, scheme)) < scheme.qmin))
     codes = np.empty((k, n), np.int8)
     sq_error = np.zeros((source.groups, n), np.float64)
     norm_sq = 0.0
@@ -148,13 +151,16 @@ def _encode(source: SourceRows, extremes: tuple[np.ndarray, np.ndarray], bits: n
     rows = np.empty((min(BAND, k), n), np.float32)
     work = np.empty_like(rows)
     scratch = np.empty(rows.shape, np.uint32)
+    rounded = scheme.arithmetic == "bf16"
     for g, r0, r1 in source.pieces:
         x = source.fill(r0, r1, 0, n, rows[:r1 - r0])
         w = np.divide(x, scale[g], out=work[:r1 - r0])
-        round_to_bf16_inplace(w, scratch[:r1 - r0])
+        if rounded:
+            round_to_bf16_inplace(w, scratch[:r1 - r0])
         if not scheme.symmetric:
             w += zero_f[g]
-            round_to_bf16_inplace(w, scratch[:r1 - r0])
+            if rounded:
+                round_to_bf16_inplace(w, scratch[:r1 - r0])
         np.rint(w, out=w)
         spill = np.flatnonzero(spills[g])
         if spill.size:

@@ -59,7 +59,7 @@ def _bf16_round(x):
 def _requant_kernel(w_ptr, ws_ptr, packed_ptr, scale_ptr, zero_ptr, stats_ptr, clip_ptr,
                     K, N, ROWS_PER_SCALE, GROUP, WORDS, GROUPS,
                     BITS: tl.constexpr, SYMMETRIC: tl.constexpr, SOURCE_INT8: tl.constexpr,
-                    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                    BF16_QUOTIENT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     pid_n = tl.program_id(0)
     group = tl.program_id(1)
     PER: tl.constexpr = 32 // BITS
@@ -111,9 +111,13 @@ def _requant_kernel(w_ptr, ws_ptr, packed_ptr, scale_ptr, zero_ptr, stats_ptr, c
         valid = kmask[:, None] & nmask[None, :]
         x = _load_group_tile(w_ptr, ws_ptr, k, n, kmask, nmask, N, ROWS_PER_SCALE,
                              SOURCE_INT8)
-        ratio = _bf16_round(tl.math.div_rn(x, scale[None, :]))
+        ratio = tl.math.div_rn(x, scale[None, :])
+        if BF16_QUOTIENT:
+            ratio = _bf16_round(ratio)
         if not SYMMETRIC:
-            ratio = _bf16_round(ratio + zero[None, :])
+            ratio = ratio + zero[None, :]
+            if BF16_QUOTIENT:
+                ratio = _bf16_round(ratio)
         ratio = tl.minimum(tl.maximum(ratio, QMIN - 256.0), QMAX + 256.0)
         q = (ratio + _MAGIC) - _MAGIC
         clipped += tl.sum(tl.where(valid & ((q < QMIN) | (q > QMAX)), 1, 0), axis=0)
@@ -172,7 +176,8 @@ def requantize_triton(source: torch.Tensor, source_scales: torch.Tensor | None,
     _requant_kernel[grid](source.contiguous(), source_scales, packed, scales, zeros, stats, clips,
                           k_rows, n_cols, rows_per_scale, group, words, groups,
                           BITS=scheme.bits, SYMMETRIC=scheme.symmetric, SOURCE_INT8=int8_source,
-                          BLOCK_N=block_n, BLOCK_K=block_k)
+                          BF16_QUOTIENT=scheme.arithmetic == "bf16", BLOCK_N=block_n,
+                          BLOCK_K=block_k)
     scale_bits = scales.cpu().numpy().view(np.uint16)
     zero_point = None if scheme.symmetric else pack_zero_points(zeros.cpu().numpy(),
                                                                 scheme.bits)

@@ -13,9 +13,11 @@ max - min is rounded to bf16 first), rounded to bf16, a zero scale replaced by b
 (2^-7); a zero point is qmin - bf16(min / scale), rounded to bf16, clamped and rounded (0 where
 the scale was 0); a code is bf16(x / scale) (asymmetric: plus the zero point, rounded to bf16
 again), clamped and rounded half to even. Each rounding to bf16 is of the float32 result (IEEE
-division, then to nearest even), as torch computes bf16 arithmetic. compressed-tensors' Triton
-path (on a GPU) keeps the quotient in float32 instead, so its codes can differ in a few
-half-way cases; `benchmarks/bench_llmcompressor.py` compares ours with llm-compressor's bytes.
+division, then to nearest even), as torch computes bf16 arithmetic. That rounding of x / scale
+is `arithmetic="bf16"`; the default, "f32", keeps the quotient (plus zero point) in float32 as
+compressed-tensors' Triton kernel does on a GPU (for int8 the bf16 quotient costs precision:
+above 64 it holds only halves). `benchmarks/bench_llmcompressor.py` compares our bytes with
+llm-compressor's.
 """
 
 from __future__ import annotations
@@ -71,13 +73,18 @@ def zero_points(low: np.ndarray, raw_scale: np.ndarray, scheme: QuantScheme) -> 
     return np.where(zeroed, np.where(low < 0, scheme.qmax, 0), zero).astype(np.int8)
 
 
-def code_quotients(x: np.ndarray, scale: np.ndarray, zero: np.ndarray | None) -> np.ndarray:
-    """bf16(x / scale), then (asymmetric) bf16(that + zero point), as float32 in a new array
-    (x [..., n] and the scales and zero points broadcast against it)."""
-    work = round_to_bf16_inplace(np.divide(x, scale, dtype=np.float32))
+def code_quotients(x: np.ndarray, scale: np.ndarray, zero: np.ndarray | None,
+                   scheme: QuantScheme) -> np.ndarray:
+    """x / scale (asymmetric: plus the zero point), each result rounded to bf16 under bf16
+    arithmetic, as float32 in a new array (x [..., n]; scales and zero points broadcast)."""
+    rounded = scheme.arithmetic == "bf16"
+    work = np.divide(x, scale, dtype=np.float32)
+    if rounded:
+        round_to_bf16_inplace(work)
     if zero is not None:
         work += zero.astype(np.float32)
-        round_to_bf16_inplace(work)
+        if rounded:
+            round_to_bf16_inplace(work)
     return work
 
 
@@ -132,7 +139,7 @@ def quantize(x: np.ndarray, scale_bits: np.ndarray, zero: np.ndarray,
     out, cols = x.shape
     g = grouped(x, scheme.group_size)
     scale = bf16_bits_to_f32(scale_bits)[..., None]
-    work = code_quotients(g, scale, None if scheme.symmetric else zero[..., None])
+    work = code_quotients(g, scale, None if scheme.symmetric else zero[..., None], scheme)
     np.clip(work, scheme.qmin - 1 - 255, scheme.qmax + 1 + 255, out=work)
     np.rint(work, out=work)
     clipped = int(np.count_nonzero(work < scheme.qmin) + np.count_nonzero(work > scheme.qmax))
@@ -156,7 +163,8 @@ def _group_sq_error(x: np.ndarray, bits: np.ndarray, zero: np.ndarray,
     g = grouped(x, scheme.group_size)
     scale = bf16_bits_to_f32(bits)
     ratio = g / scale[..., None]
-    work = code_quotients(g, scale[..., None], None if scheme.symmetric else zero[..., None])
+    work = code_quotients(g, scale[..., None], None if scheme.symmetric else zero[..., None],
+                          scheme)
     np.rint(work, out=work)
     np.clip(work, scheme.qmin, scheme.qmax, out=work)
     if not scheme.symmetric:

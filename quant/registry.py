@@ -28,23 +28,28 @@ class SchemeEntry:
     fp8_block: tuple[int, int] | None = None
     fp8: bool = False
 
-    def scheme(self, *, group_size: int | None, symmetric: bool, method: str) -> QuantScheme:
+    def scheme(self, *, group_size: int | None, symmetric: bool, method: str,
+               arithmetic: str = "f32") -> QuantScheme:
         """The integer scheme with the user's options over its defaults."""
-        return QuantScheme(self.bits, group_size or self.default_group_size, symmetric, method)
+        return QuantScheme(self.bits, group_size or self.default_group_size, symmetric, method,
+                           arithmetic)
 
     def linears(self, specs: list[Any], *, group_size: int | None = None,
-                symmetric: bool = True, method: str = "rtn", device: str = "cpu") -> Any:
+                symmetric: bool = True, method: str = "rtn", arithmetic: str = "f32",
+                device: str = "cpu") -> Any:
         """The Linears this scheme composes into the writer."""
         if self.fp8:
             from quant.fp8 import FP8Linears
 
-            if group_size is not None or not symmetric or method != "rtn":
-                raise UsageError(f"--scheme {self.name} takes no --group-size, --asymmetric "
-                                 "or --method (its scales are fixed: max |w| / 448)")
+            if group_size is not None or not symmetric or method != "rtn" or \
+                    arithmetic != "f32":
+                raise UsageError(f"--scheme {self.name} takes no --group-size, --asymmetric, "
+                                 "--method or --arithmetic (its scales are fixed: max |w| / 448)")
             return FP8Linears(self.fp8_block, device)
         from quant.requantize import QuantizedLinears
 
-        scheme = self.scheme(group_size=group_size, symmetric=symmetric, method=method)
+        scheme = self.scheme(group_size=group_size, symmetric=symmetric, method=method,
+                             arithmetic=arithmetic)
         return QuantizedLinears.for_specs(scheme, specs, device)
 
 
@@ -69,7 +74,8 @@ def scheme_for(name: str, *, group_size: int | None, symmetric: bool, method: st
 
 
 def quantize_checkpoint(source: Path, dst: Path, scheme: str, *, group_size: int | None = None,
-                        symmetric: bool = True, method: str = "rtn", names: str = "hpcai",
+                        symmetric: bool = True, method: str = "rtn", arithmetic: str = "f32",
+                        names: str = "hpcai",
                         shard_size: int = 5 * 10**9, tokenizer: str | None = None,
                         device: str = "auto", to: str = "hf", **run: Any) -> dict[str, Any]:
     """Re-quantize `source` (any layout) with a registered scheme into compressed-tensors in
@@ -84,7 +90,8 @@ def quantize_checkpoint(source: Path, dst: Path, scheme: str, *, group_size: int
         raise UsageError(f"unknown scheme {scheme!r}; known: {', '.join(SCHEMES)}")
     reader = open_checkpoint(source)
     linears = SCHEMES[scheme].linears(reader.specs, group_size=group_size, symmetric=symmetric,
-                                      method=method, device=resolve_device(device))
+                                      method=method, arithmetic=arithmetic,
+                                      device=resolve_device(device))
     summary = convert(source, dst, to=to, reader=reader, options=TargetOptions(
         names=names, linears=linears, shard_size=shard_size, tokenizer=tokenizer),
         label="quantize", **run)

@@ -9,9 +9,14 @@ import dataclasses
 from converter.errors import UsageError
 from converter.formats import PackQuantized
 
-__all__ = ["METHODS", "QuantScheme"]
+__all__ = ["ARITHMETICS", "METHODS", "QuantScheme"]
 
 METHODS = ("rtn", "mse")
+ARITHMETICS = ("f32", "bf16")
+"""How `w / scale` is computed: in float32 (compressed-tensors' Triton kernel on a GPU), or
+rounded to bf16 as every bf16 intermediate is in compressed-tensors' torch path (what
+llm-compressor computes on a CPU, byte for byte; int8 loses precision there: quotients above 64
+are rounded to halves before they are rounded to a code)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,12 +32,16 @@ class QuantScheme:
     group_size: int | None
     symmetric: bool = True
     method: str = "rtn"
+    arithmetic: str = "f32"
 
     def __post_init__(self) -> None:
         if self.bits not in (4, 8):
             raise UsageError(f"{self.bits}-bit is not supported; choose int8 or int4")
         if self.method not in METHODS:
             raise UsageError(f"unknown method {self.method!r}; known: {', '.join(METHODS)}")
+        if self.arithmetic not in ARITHMETICS:
+            raise UsageError(f"unknown arithmetic {self.arithmetic!r}; known: "
+                             f"{', '.join(ARITHMETICS)}")
         per_word = 32 // self.bits
         if self.group_size is not None and (self.group_size <= 0 or
                                             self.group_size % per_word):
@@ -59,7 +68,9 @@ class QuantScheme:
     def label(self) -> str:
         """e.g. int4-g128-sym-rtn."""
         group = f"g{self.group_size}" if self.group_size else "channel"
-        return f"int{self.bits}-{group}-{'sym' if self.symmetric else 'asym'}-{self.method}"
+        arithmetic = "" if self.arithmetic == "f32" else f"-{self.arithmetic}"
+        return (f"int{self.bits}-{group}-{'sym' if self.symmetric else 'asym'}-{self.method}"
+                + arithmetic)
 
     def linear_format(self) -> PackQuantized:
         """The pack-quantized layout of this scheme."""

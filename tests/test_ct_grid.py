@@ -1,6 +1,9 @@
-"""Our integer quantization is compressed-tensors' own: on bf16 weights, the reference's scales,
-zero points and codes are those of compressed-tensors' `calculate_qparams` and `quantize` (the
-torch path llm-compressor runs on a CPU), bit for bit, for every integer scheme we write."""
+"""Our integer quantization is compressed-tensors' own: on bf16 weights, the reference's scales
+and zero points are those of compressed-tensors' `calculate_qparams`, bit for bit, and its codes
+those of compressed-tensors' `quantize` (its torch path, what llm-compressor runs on a CPU) under
+`arithmetic="bf16"`, and those of its Triton kernel's arithmetic (w / scale in float32, plus the
+zero point, clamped, rounded half to even; read in `forward_helpers._quantize_kernel` and
+written here in torch: that kernel needs a GPU) under the default "f32"."""
 
 import numpy as np
 import pytest
@@ -12,14 +15,16 @@ from quant.schemes import QuantScheme
 
 pytest.importorskip("compressed_tensors")
 
-SCHEMES = [QuantScheme(4, 128), QuantScheme(8, None), QuantScheme(4, 32),
-           QuantScheme(4, 128, symmetric=False), QuantScheme(8, 64, symmetric=False),
-           QuantScheme(8, None, symmetric=False)]
+SCHEMES = [QuantScheme(bits, group, symmetric, arithmetic=arithmetic)
+           for bits, group, symmetric in [(4, 128, True), (8, None, True), (4, 32, True),
+                                          (4, 128, False), (8, 64, False), (8, None, False)]
+           for arithmetic in ("f32", "bf16")]
 
 
 def ct_quantize(weights: torch.Tensor, scheme: QuantScheme) -> tuple[torch.Tensor, ...]:
     """(codes int8 [out, in], scales [out, groups], zero points [out, groups]) as
-    compressed-tensors computes them for a bf16 Linear with min/max observation."""
+    compressed-tensors computes them for a bf16 Linear with min/max observation (the codes by
+    its torch path, or by its Triton kernel's float32 arithmetic)."""
     from compressed_tensors.quantization import QuantizationArgs
     from compressed_tensors.quantization.lifecycle.forward import quantize
     from compressed_tensors.quantization.utils.helpers import calculate_qparams
@@ -31,7 +36,12 @@ def ct_quantize(weights: torch.Tensor, scheme: QuantScheme) -> tuple[torch.Tenso
                             group_size=scheme.group_size)
     grouped = weights.view(out, cols // size, size)
     scale, zero = calculate_qparams(grouped.amin(-1), grouped.amax(-1), args)
-    codes = quantize(weights, scale, zero, args, dtype=torch.int8)
+    if scheme.arithmetic == "bf16":
+        codes = quantize(weights, scale, zero, args, dtype=torch.int8)
+    else:
+        quotient = grouped.float() / scale.float()[..., None] + zero.float()[..., None]
+        codes = torch.round(torch.clamp(quotient, scheme.qmin, scheme.qmax))
+        codes = codes.view(out, cols).to(torch.int8)
     return codes, scale, zero
 
 
@@ -58,6 +68,16 @@ def test_codes_scales_and_zero_points_are_compressed_tensors(scheme):
     assert np.array_equal(packed.scale, scale.view(torch.int16).numpy().view(np.uint16))
     assert np.array_equal(packed.zero_points(), zero.numpy().astype(np.int8))
     assert np.array_equal(packed.codes(), codes.numpy())
+
+
+def test_the_two_arithmetics_give_different_int8_codes():
+    """Each arithmetic is compared with its own rule: int8 quotients above 64 hold only halves
+    in bf16, so the two cannot agree on a normal matrix."""
+    x = bf16_matrix(np.random.default_rng(1), 24, 256)
+    f32, _ = quantize_linear(x, QuantScheme(8, None))
+    bf16, _ = quantize_linear(x, QuantScheme(8, None, arithmetic="bf16"))
+    assert np.array_equal(f32.scale, bf16.scale)
+    assert not np.array_equal(f32.codes(), bf16.codes())
 
 
 def test_the_comparison_sees_a_grid_of_another_rule():

@@ -23,7 +23,8 @@ from quant.requantize import resolve_device
 from quant.schemes import QuantScheme
 
 SCHEMES = [QuantScheme(8, None), QuantScheme(4, 128), QuantScheme(4, 128, False),
-           QuantScheme(8, 64, False), QuantScheme(4, 32)]
+           QuantScheme(8, 64, False), QuantScheme(4, 32), QuantScheme(8, None, arithmetic="bf16"),
+           QuantScheme(4, 128, False, arithmetic="bf16")]
 
 
 def release_matrix(rng, k, n, groups, codes=None, scales=None):
