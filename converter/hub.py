@@ -29,8 +29,10 @@ from converter.errors import (
     MalformedFileError,
     UsageError,
 )
+from converter.formats import formats_from_quantization
 from converter.hashes import git_sha1
 from converter.inspect import inspect_checkpoint
+from converter.names import SCHEMES
 from converter.output import (
     DOWNLOAD_RECORD,
     MANIFEST_NAME,
@@ -247,24 +249,10 @@ def _scheme(config: dict[str, Any], source: Path) -> tuple[str, list[str], bool]
     quant = config.get("quantization_config")
     if not quant:
         return f"dense {config.get('torch_dtype', 'unknown')} weights", ["grok-1"], False
-    groups = quant.get("config_groups") if isinstance(quant, dict) else None
-    group = next(iter(groups.values()), None) if isinstance(groups, dict) else None
-    weights = group.get("weights") if isinstance(group, dict) else None
-    if not isinstance(weights, dict) or not {"num_bits", "strategy", "symmetric"} <= set(weights):
-        raise MalformedFileError(f"{source}: quantization_config is malformed (needs config_groups"
-                                 " whose weights give num_bits, strategy and symmetric)")
-    if weights.get("type") == "float":
-        block = weights.get("block_structure")
-        layout = f"{block[0]}x{block[1]} blocks" if block else "one scale per output channel"
-        return (f"compressed-tensors float-quantized, FP8 e4m3 weights ({layout}) with "
-                "dynamic FP8 activations: needs FP8 tensor cores (NVIDIA Hopper, H100/H200, or "
-                "newer) to be served",
-                ["grok-1", "compressed-tensors", "fp8"], True)
-    size = weights.get("group_size")
-    scheme = (f"compressed-tensors {quant.get('format', 'unknown')}, int{weights['num_bits']} "
-              f"{weights['strategy']}" + (f" (group size {size})" if size else "")
-              + (", symmetric" if weights["symmetric"] else ", asymmetric"))
-    return scheme, ["grok-1", "compressed-tensors", f"int{weights['num_bits']}"], True
+    names = SCHEMES.get(str(config.get("grok1_names")), SCHEMES["hpcai"])
+    experts = formats_from_quantization(quant, names, "BF16", str(source))["moe_gate"]
+    description, tags = experts.card()
+    return description, ["grok-1", *tags], True
 
 
 def invocation(argv: list[str]) -> str:

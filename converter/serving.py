@@ -62,7 +62,8 @@ ENGINES = {
         "run in the tests (5.23, CPU): logits equal `grok1 logits` on every compressed-tensors "
         "output and the original code's on the fixture"),
     "sglang": Engine(
-        "SGLang", ">= 0.5.23 (read: 0.5.23)", True, "NVIDIA GPUs (FP8: Hopper or newer)",
+        "SGLang", ">= 0.5.23 (read: 0.5.23)", True, "NVIDIA GPUs (FP8: Hopper or newer; "
+        "w8a8-int8: Turing or newer, and Xeon CPUs with AMX)",
         "python -m sglang.launch_server --model-path {path} --tp 8 --trust-remote-code",
         "contract tested against SGLang 0.5.23's released source (config keys, tensor names, "
         "MoE kernels); not run here (needs CUDA GPUs)",
@@ -103,7 +104,7 @@ COMPRESSED = ("int8", "int4", "int8-asym", "int4-asym", "fp8", "fp8-block")
 
 # (engine, layouts, names, weights): the output kinds each engine loads correctly
 SERVES: tuple[tuple[str, tuple[str, ...], tuple[str, ...], tuple[str, ...]], ...] = (
-    ("sglang", ("hf",), ("sglang",), (*DENSE, "fp8", "fp8-block")),
+    ("sglang", ("hf",), ("sglang",), (*DENSE, "fp8", "fp8-block", "w8a8-int8")),
     ("llama.cpp", ("gguf",), ANY, ANY),
     ("vllm", ("hf",), ANY, DENSE),
     ("transformers", ("hf", "torch"), ANY, (*DENSE, "int8", "int4", "fp8", "fp8-block")),
@@ -123,6 +124,10 @@ NOT_SERVED: dict[tuple[str, str, str], str] = {
            "int8", "int4", "int8-asym", "int4-asym")},
     **{("vllm-0.24", "sglang", w): "it skips these names and returns NaN logits (write with "
        "--names hpcai)" for w in (*DENSE, *COMPRESSED)},
+    ("transformers", "sglang", "w8a8-int8"): "it has no w8a8_int8 quantization method (an "
+    "SGLang format)",
+    ("vllm", "sglang", "w8a8-int8"): "it has no w8a8_int8 quantization method (an SGLang "
+    "format)",
     **{("transformers", n, w): "5.23 refuses packed zero points, expecting them unpacked "
        "(quantize with --symmetric)" for n in SCHEMES
        for w in ("int8-asym", "int4-asym")},
@@ -220,6 +225,7 @@ def serving_table(sizes: dict[str, int] | None = None) -> list[str]:
              "does not load in |", "| --- | --- | --- | --- | --- |"]
     kinds = [OutputKind(layout, names, weights) for layout, names_list, weights_list in (
         ("hf", ("sglang", "hpcai"), (*DENSE[:2], *COMPRESSED)),
+        ("hf", ("sglang",), ("w8a8-int8",)),
         ("torch", ("hpcai",), ("bf16",)),
         ("gguf", (None,), ("f32/bf16/q8_0/q4_0/K-quants",)),
         ("xai", (None,), ("release-int8",)))

@@ -462,9 +462,8 @@ def convert(src: Path, dst: Path, to: str, names: str | None, dtype: str | None,
                    "CPU: the same bytes; less precise for int8).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
               show_default=True, help="auto picks the Triton kernel when a GPU is present.")
-@click.option("--names", type=click.Choice(list(NAME_SCHEMES)), default="hpcai",
-              show_default=True,
-              help=NAMES_HELP)
+@click.option("--names", type=click.Choice(list(NAME_SCHEMES)),
+              help=NAMES_HELP + " Default: hpcai (w8a8-int8: sglang, its only names).")
 @click.option("--shard-size", default="5GB", show_default=True,
               help=SHARD_SIZE_HELP)
 @click.option("--tokenizer", metavar="PATH|none",
@@ -475,7 +474,7 @@ def convert(src: Path, dst: Path, to: str, names: str | None, dtype: str | None,
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary at the end.")
 def quantize(src: Path, dst: Path, scheme_name: str, group_size: int | None, symmetric: bool,
-             method: str, arithmetic: str, device: str, names: str, shard_size: str,
+             method: str, arithmetic: str, device: str, names: str | None, shard_size: str,
              tokenizer: str | None,
              workers: int | None,
              resume: bool, overwrite: bool, executor: str, ray_address: str | None,
@@ -491,9 +490,10 @@ def quantize(src: Path, dst: Path, scheme_name: str, group_size: int | None, sym
       grok1 quantize ./grok-1 ./grok-1-fp8 --scheme fp8       # Hopper: W8A8-FP8
     """
     from converter.sizes import parse_size
-    from quant.registry import quantize_checkpoint
+    from quant.registry import quantize_checkpoint, scheme_names
 
-    asymmetric = not symmetric and not QUANT_SCHEMES[scheme_name].fp8
+    names = scheme_names(scheme_name, names)
+    asymmetric = not symmetric and QUANT_SCHEMES[scheme_name].integer
     warning = unserved_warning(OutputKind("hf", names, scheme_name + (
         "-asym" if asymmetric else "")))
     summary = quantize_checkpoint(src, dst, scheme_name, group_size=group_size,

@@ -230,6 +230,8 @@ def _one_target(target: Target, state: dict[str, Any], work: Path, source: Path,
     output = work / f"output-{target.name}"
     settings = state["settings"]
     names = None if target.layout == "gguf" else names
+    if target.layout == "quantize" and QUANT_SCHEMES[target.weights].names:
+        names = QUANT_SCHEMES[target.weights].names  # the only names its engine reads
     made = steps.get("convert", {})
     if made.get("done") and made.get("names") != names:
         raise UsageError(f"{work}: {target.name} was made there with --names {made.get('names')}"

@@ -19,7 +19,7 @@ def real_model_sizes() -> dict[str, int]:
     linears = [convert_linears(dtype, specs) for dtype in ("f32", "bf16")]
     for entry in QUANT_SCHEMES.values():
         linears.append(entry.linears(specs))
-        if not entry.fp8:
+        if entry.integer:
             linears.append(entry.linears(specs, symmetric=False))
     sizes = {}
     for made in linears:

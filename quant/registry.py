@@ -13,7 +13,7 @@ from typing import Any
 from converter.errors import UsageError
 from quant.schemes import QuantScheme
 
-__all__ = ["SCHEMES", "SchemeEntry", "quantize_checkpoint", "scheme_for"]
+__all__ = ["SCHEMES", "SchemeEntry", "quantize_checkpoint", "scheme_for", "scheme_names"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,6 +27,14 @@ class SchemeEntry:
     default_group_size: int | None = None
     fp8_block: tuple[int, int] | None = None
     fp8: bool = False
+    channel_int8: bool = False  # SGLang's w8a8_int8
+    names: str | None = None  # the only tensor names its engine reads, where that is one
+
+    @property
+    def integer(self) -> bool:
+        """A pack-quantized integer scheme (takes --group-size, --asymmetric, --method and
+        --arithmetic)."""
+        return not (self.fp8 or self.channel_int8)
 
     def scheme(self, *, group_size: int | None, symmetric: bool, method: str,
                arithmetic: str = "f32") -> QuantScheme:
@@ -38,13 +46,17 @@ class SchemeEntry:
                 symmetric: bool = True, method: str = "rtn", arithmetic: str = "f32",
                 device: str = "cpu") -> Any:
         """The Linears this scheme composes into the writer."""
+        if not self.integer and (group_size is not None or not symmetric or method != "rtn"
+                                 or arithmetic != "f32"):
+            raise UsageError(f"--scheme {self.name} takes no --group-size, --asymmetric, "
+                             "--method or --arithmetic (its grid is fixed)")
+        if self.channel_int8:
+            from quant.w8a8 import ChannelInt8Linears
+
+            return ChannelInt8Linears()
         if self.fp8:
             from quant.fp8 import FP8Linears
 
-            if group_size is not None or not symmetric or method != "rtn" or \
-                    arithmetic != "f32":
-                raise UsageError(f"--scheme {self.name} takes no --group-size, --asymmetric, "
-                                 "--method or --arithmetic (its scales are fixed: max |w| / 448)")
             return FP8Linears(self.fp8_block, device)
         from quant.requantize import QuantizedLinears
 
@@ -62,20 +74,34 @@ SCHEMES: dict[str, SchemeEntry] = {entry.name: entry for entry in (
     SchemeEntry("fp8-block", "float8 e4m3 weights in 128x128 blocks, dynamic group-128 FP8 "
                 "activations (DeepSeek-V3 style; Hopper or newer)", fp8=True,
                 fp8_block=(128, 128)),
+    SchemeEntry("w8a8-int8", "SGLang's w8a8_int8: int8 weights with a float32 scale per "
+                "output channel (the release's codes kept where it scales per channel), "
+                "dynamic per-token int8 activations; SGLang names only (GPUs, and Xeon CPUs "
+                "with AMX)", channel_int8=True, names="sglang"),
 )}
 
 
 def scheme_for(name: str, *, group_size: int | None, symmetric: bool, method: str) -> QuantScheme:
     """The integer scheme behind `--scheme NAME` with the user's options."""
-    if name not in SCHEMES or SCHEMES[name].fp8:
+    if name not in SCHEMES or not SCHEMES[name].integer:
         raise UsageError(f"unknown integer scheme {name!r}; known: "
-                         f"{', '.join(n for n, e in SCHEMES.items() if not e.fp8)}")
+                         f"{', '.join(n for n, e in SCHEMES.items() if e.integer)}")
     return SCHEMES[name].scheme(group_size=group_size, symmetric=symmetric, method=method)
+
+
+def scheme_names(scheme: str, names: str | None) -> str:
+    """The tensor names an output of `scheme` is written with: the user's (default hpcai), or
+    the only ones its engine reads."""
+    required = SCHEMES[scheme].names
+    if required is not None and names not in (None, required):
+        raise UsageError(f"--scheme {scheme} is written with --names {required} only (its "
+                         f"engine reads no other), not {names}")
+    return names or required or "hpcai"
 
 
 def quantize_checkpoint(source: Path, dst: Path, scheme: str, *, group_size: int | None = None,
                         symmetric: bool = True, method: str = "rtn", arithmetic: str = "f32",
-                        names: str = "hpcai",
+                        names: str | None = None,
                         shard_size: int = 5 * 10**9, tokenizer: str | None = None,
                         device: str = "auto", to: str = "hf", **run: Any) -> dict[str, Any]:
     """Re-quantize `source` (any layout) with a registered scheme into compressed-tensors in
@@ -88,6 +114,7 @@ def quantize_checkpoint(source: Path, dst: Path, scheme: str, *, group_size: int
 
     if scheme not in SCHEMES:
         raise UsageError(f"unknown scheme {scheme!r}; known: {', '.join(SCHEMES)}")
+    names = scheme_names(scheme, names)
     reader = open_checkpoint(source)
     linears = SCHEMES[scheme].linears(reader.specs, group_size=group_size, symmetric=symmetric,
                                       method=method, arithmetic=arithmetic,

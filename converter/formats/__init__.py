@@ -2,8 +2,10 @@
 both directions.
 
 Each format is one module with one class (`base.LinearFormat`): its parts, how it reads a value
-back, and its compressed-tensors config group. A new format is one module and one row of
-`FORMATS`; nothing else branches on which format a Linear has.
+back, and its config: a compressed-tensors config group (`FORMATS`, by compressed-tensors format
+name), or a whole quantization_config of its own method (`METHODS`, by `quant_method`: every
+Linear of the model then has that format). A new format is one module and one row of either
+table; nothing else branches on which format a Linear has.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from converter.formats.base import (
     linear_shape,
     lossless_group_size,
 )
+from converter.formats.channel_int8 import ChannelInt8, ChannelInt8Linear
 from converter.formats.dense import Dense
 from converter.formats.float_quantized import (
     E4M3_MAX,
@@ -37,16 +40,34 @@ from converter.formats.pack_quantized import (
 from converter.names import NameScheme
 from converter.spec import EXPERT_ROLES, LINEAR_ROLES
 
-__all__ = ["E4M3_MAX", "FORMATS", "Dense", "FP8Linear", "FloatQuantized", "LinearFormat",
-           "PackQuantized", "PackedLinear", "Part", "StackedExperts", "StoredParts",
-           "config_groups", "e4m3_to_f32", "expand_scale", "formats_from_quantization",
-           "ignored_modules", "linear_shape", "lossless_group_size", "pack_codes",
-           "pack_zero_points", "quantization_config", "unpack_codes"]
+__all__ = ["E4M3_MAX", "FORMATS", "METHODS", "ChannelInt8", "ChannelInt8Linear", "Dense",
+           "FP8Linear", "FloatQuantized", "LinearFormat", "PackQuantized", "PackedLinear", "Part",
+           "StackedExperts", "StoredParts", "config_groups", "e4m3_to_f32", "expand_scale",
+           "formats_from_quantization", "ignored_modules", "linear_shape", "lossless_group_size",
+           "model_quantization", "pack_codes", "pack_zero_points", "quantization_config",
+           "unpack_codes"]
 
 FORMATS: dict[str, type[LinearFormat]] = {
     cls.name: cls for cls in (PackQuantized, FloatQuantized)
 }
-"""The quantized formats, by compressed-tensors format name."""
+"""The compressed-tensors formats, by compressed-tensors format name."""
+
+METHODS: dict[str, type[ChannelInt8]] = {ChannelInt8.name: ChannelInt8}
+"""The formats that are a quantization method of their own, by config.json `quant_method`."""
+
+
+def model_quantization(scheme: NameScheme, formats: dict[str, LinearFormat]
+                       ) -> dict[str, Any] | None:
+    """config.json's `quantization_config` for these Linear formats (None: all dense)."""
+    if not any(f.quantized for f in formats.values()):
+        return None
+    own = {f for f in formats.values() if f.name in METHODS}
+    if own:
+        if len(set(formats.values())) > 1:
+            raise ValueError(f"{next(iter(own)).name} holds every Linear of a model; it cannot "
+                             "be mixed with other formats")
+        return next(iter(own)).model_config()
+    return quantization_config(config_groups(scheme, formats), ignored_modules(scheme))
 
 
 def config_groups(scheme: NameScheme, formats: dict[str, LinearFormat]) -> list[dict[str, Any]]:
@@ -106,6 +127,10 @@ def formats_from_quantization(quantization: Any, scheme: NameScheme, dense_dtype
     `quantization_config(config_groups(...))`)."""
     if not quantization:
         return {role: Dense(dense_dtype) for role in LINEAR_ROLES}
+    method = quantization.get("quant_method") if isinstance(quantization, dict) else None
+    if method in METHODS:
+        fmt = METHODS[method].from_model_config(quantization, source)
+        return dict.fromkeys(LINEAR_ROLES, fmt)
     groups = quantization.get("config_groups") if isinstance(quantization, dict) else None
     if not isinstance(groups, dict):
         raise MalformedFileError(f"{source}: quantization_config has no config_groups object")

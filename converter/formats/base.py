@@ -82,6 +82,10 @@ class LinearFormat:
         """The canonical value of one (expert's) Linear from its stored parts."""
         raise NotImplementedError
 
+    def card(self) -> tuple[str, list[str]]:
+        """What a model card says of these weights, and its tags (besides grok-1)."""
+        raise NotImplementedError
+
     def label(self) -> str:
         """Short name of the weights ("bf16", "int4", "fp8-block"), as the serving table says."""
         raise NotImplementedError
@@ -95,6 +99,10 @@ class LinearFormat:
     def group(self) -> dict[str, Any]:
         """This format's compressed-tensors config group (without `targets`)."""
         raise NotImplementedError(f"{self.name} weights have no quantization_config group")
+
+    def model_config(self) -> dict[str, Any]:
+        """config.json's whole `quantization_config` (formats of `METHODS` only)."""
+        raise NotImplementedError(f"{self.name} weights are described by config groups")
 
     @classmethod
     def recognises(cls, group: dict[str, Any]) -> bool:

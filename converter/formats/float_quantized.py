@@ -52,6 +52,14 @@ class FloatQuantized(LinearFormat):
         """An `FP8Linear`."""
         return FP8Linear(stored.tensor("weight"), stored.floats("weight_scale"), self.block)
 
+    def card(self) -> tuple[str, list[str]]:
+        """FP8 weights, and the hardware they need."""
+        layout = (f"{self.block[0]}x{self.block[1]} blocks" if self.block else
+                  "one scale per output channel")
+        return (f"compressed-tensors {self.name}, FP8 e4m3 weights ({layout}) with dynamic FP8 "
+                "activations: needs FP8 tensor cores (NVIDIA Hopper, H100/H200, or newer) to be "
+                "served", ["compressed-tensors", "fp8"])
+
     def label(self) -> str:
         """fp8 or fp8-block."""
         return "fp8-block" if self.block else "fp8"

@@ -73,6 +73,14 @@ class PackQuantized(LinearFormat):
             zero_point=None if self.symmetric else stored.tensor("weight_zero_point"))
         return _as_release_int8(packed, spec) or packed
 
+    def card(self) -> tuple[str, list[str]]:
+        """e.g. "compressed-tensors pack-quantized, int4 group (group size 128), symmetric"."""
+        strategy = "group" if self.group_size else "channel"
+        size = f" (group size {self.group_size})" if self.group_size else ""
+        return (f"compressed-tensors {self.name}, int{self.bits} {strategy}{size}, "
+                + ("symmetric" if self.symmetric else "asymmetric"),
+                ["compressed-tensors", f"int{self.bits}"])
+
     def label(self) -> str:
         """int4, int8 (-asym when asymmetric)."""
         return f"int{self.bits}" + ("" if self.symmetric else "-asym")

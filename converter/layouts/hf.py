@@ -41,12 +41,10 @@ from converter.executors import ordered_map
 from converter.formats import (
     LinearFormat,
     StackedExperts,
-    config_groups,
     e4m3_to_f32,
     formats_from_quantization,
-    ignored_modules,
     linear_shape,
-    quantization_config,
+    model_quantization,
 )
 from converter.hf_model import AUTO_MAP, MODEL_FILES, write_model_files
 from converter.layouts.base import (
@@ -533,8 +531,7 @@ class ShardedTarget:
         """config.json, generation_config.json, tokenizer, reports; the index last."""
         formats = self.linears.formats
         quantized = any(f.quantized for f in formats.values())
-        quant = quantization_config(config_groups(self.names, formats),
-                                    ignored_modules(self.names)) if quantized else None
+        quant = model_quantization(self.names, formats)
         dense = by_safetensors("BF16" if quantized else
                                next(iter(formats.values())).compute_dtype)
         _write_json(dst / "config.json", hf_config(reader.config, self.names, dense.torch,
