@@ -32,7 +32,7 @@ from grok1.exit_codes import (
 )
 from grok1.pipeline import targets_help
 from quant.registry import SCHEMES as QUANT_SCHEMES
-from quant.schemes import ARITHMETICS, METHODS
+from quant.schemes import ARITHMETICS, GRIDS, METHODS
 from verify.kquant import KQUANTS
 from verify.profiles import DTYPE_PROFILES, PROFILES
 from verify.tokens import MAX_TEXT_TOKENS
@@ -460,6 +460,11 @@ def convert(src: Path, dst: Path, to: str, names: str | None, dtype: str | None,
               help="Integer schemes: w / scale in float32 (compressed-tensors' GPU kernel), or "
                    "rounded to bf16 as compressed-tensors' torch path does (llm-compressor on a "
                    "CPU: the same bytes; less precise for int8).")
+@click.option("--grid", type=click.Choice(GRIDS), default="compressed-tensors",
+              show_default=True,
+              help="Integer schemes: compressed-tensors' (scale max|w| / 7.5 or / 127.5), or "
+                   "the release's (max|w| / 7 or / 127, symmetric: int8 from the release keeps "
+                   "its per-channel codes exactly).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
               show_default=True, help="auto picks the Triton kernel when a GPU is present.")
 @click.option("--names", type=click.Choice(list(NAME_SCHEMES)),
@@ -474,7 +479,8 @@ def convert(src: Path, dst: Path, to: str, names: str | None, dtype: str | None,
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary at the end.")
 def quantize(src: Path, dst: Path, scheme_name: str, group_size: int | None, symmetric: bool,
-             method: str, arithmetic: str, device: str, names: str | None, shard_size: str,
+             method: str, arithmetic: str, grid: str, device: str, names: str | None,
+             shard_size: str,
              tokenizer: str | None,
              workers: int | None,
              resume: bool, overwrite: bool, executor: str, ray_address: str | None,
@@ -498,6 +504,7 @@ def quantize(src: Path, dst: Path, scheme_name: str, group_size: int | None, sym
         "-asym" if asymmetric else "")))
     summary = quantize_checkpoint(src, dst, scheme_name, group_size=group_size,
                                   symmetric=symmetric, method=method, arithmetic=arithmetic,
+                                  grid=grid,
                                   names=names,
                                   shard_size=parse_size(shard_size), tokenizer=tokenizer,
                                   device=device,

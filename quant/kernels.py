@@ -58,14 +58,13 @@ def _bf16_round(x):
 @triton.jit
 def _requant_kernel(w_ptr, ws_ptr, packed_ptr, scale_ptr, zero_ptr, stats_ptr, clip_ptr,
                     K, N, ROWS_PER_SCALE, GROUP, WORDS, GROUPS,
-                    BITS: tl.constexpr, SYMMETRIC: tl.constexpr, SOURCE_INT8: tl.constexpr,
+                    BITS: tl.constexpr, QMIN: tl.constexpr, QMAX: tl.constexpr,
+                    DIVISOR: tl.constexpr, ZERO_SCALE_BITS: tl.constexpr,
+                    SYMMETRIC: tl.constexpr, SOURCE_INT8: tl.constexpr,
                     BF16_QUOTIENT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     pid_n = tl.program_id(0)
     group = tl.program_id(1)
     PER: tl.constexpr = 32 // BITS
-    QMAX: tl.constexpr = (1 << (BITS - 1)) - 1
-    QMIN: tl.constexpr = -(1 << (BITS - 1))
-    LEVELS: tl.constexpr = (1 << BITS) - 1
     n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     nmask = n < N
     k_start = group * GROUP
@@ -83,11 +82,11 @@ def _requant_kernel(w_ptr, ws_ptr, packed_ptr, scale_ptr, zero_ptr, stats_ptr, c
         high = tl.maximum(high, tl.max(x, axis=0))
 
     if SYMMETRIC:
-        divisor = tl.full((BLOCK_N,), LEVELS / 2, tl.float32)
+        divisor = tl.full((BLOCK_N,), DIVISOR, tl.float32)
         raw_bits = _bf16_bits(tl.math.div_rn(absmax, divisor))
         zero = tl.zeros((BLOCK_N,), tl.float32)
     else:
-        divisor = tl.full((BLOCK_N,), LEVELS, tl.float32)
+        divisor = tl.full((BLOCK_N,), DIVISOR, tl.float32)
         raw_bits = _bf16_bits(tl.math.div_rn(_bf16_round(high - low), divisor))
         raw = (raw_bits << 16).to(tl.float32, bitcast=True)
         quotient = tl.math.div_rn(low, tl.where(raw == 0, 1.0, raw))
@@ -95,7 +94,7 @@ def _requant_kernel(w_ptr, ws_ptr, packed_ptr, scale_ptr, zero_ptr, stats_ptr, c
         zero = (tl.minimum(tl.maximum(zero, QMIN), QMAX) + _MAGIC) - _MAGIC
         # low / 0: -inf (QMIN - it clamps to QMAX) for low < 0, 0 / 0 = NaN (zero point 0)
         zero = tl.where(raw == 0, tl.where(low < 0, QMAX, 0.0), zero)
-    scale_bits = tl.where(raw_bits == 0, 0x3C00, raw_bits)  # a zero scale becomes 2^-7
+    scale_bits = tl.where(raw_bits == 0, ZERO_SCALE_BITS, raw_bits)
     scale = (scale_bits << 16).to(tl.float32, bitcast=True)
     tl.store(scale_ptr + n * GROUPS + group, scale_bits.to(tl.uint16), mask=nmask)
     tl.store(zero_ptr + n * GROUPS + group, zero.to(tl.int8), mask=nmask)
@@ -175,7 +174,9 @@ def requantize_triton(source: torch.Tensor, source_scales: torch.Tensor | None,
     grid = (triton.cdiv(n_cols, block_n), groups)
     _requant_kernel[grid](source.contiguous(), source_scales, packed, scales, zeros, stats, clips,
                           k_rows, n_cols, rows_per_scale, group, words, groups,
-                          BITS=scheme.bits, SYMMETRIC=scheme.symmetric, SOURCE_INT8=int8_source,
+                          BITS=scheme.bits, QMIN=scheme.qmin, QMAX=scheme.qmax,
+                          DIVISOR=scheme.divisor, ZERO_SCALE_BITS=scheme.zero_scale_bits,
+                          SYMMETRIC=scheme.symmetric, SOURCE_INT8=int8_source,
                           BF16_QUOTIENT=scheme.arithmetic == "bf16", BLOCK_N=block_n,
                           BLOCK_K=block_k)
     scale_bits = scales.cpu().numpy().view(np.uint16)

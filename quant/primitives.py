@@ -35,7 +35,6 @@ from quant.schemes import QuantScheme
 __all__ = ["MSE_GRID", "Quantized", "choose_qparams", "error_stats", "grouped",
            "mse_qparams", "quantize", "quantize_linear", "scale_bits_of", "search_clip"]
 
-ZERO_SCALE_BITS = np.uint16(0x3C00)  # bf16's eps, 2^-7: compressed-tensors' stand-in for 0
 # Clipping ratios --method mse chooses from, largest first: 1.0 down to 0.7 in steps of 0.025
 # (GPTQ's search stops at 0.8; on the bench model no group's best ratio was below 0.675).
 MSE_GRID = tuple(np.float32(1 - 0.025 * i) for i in range(13))
@@ -52,10 +51,11 @@ def grouped(x: np.ndarray, group_size: int | None) -> np.ndarray:
     return x.reshape(out, groups, size)
 
 
-def scale_bits_of(scale: np.ndarray) -> np.ndarray:
-    """float32 scales -> bf16 bits, rounded to nearest even; a zero scale becomes 2^-7."""
+def scale_bits_of(scale: np.ndarray, scheme: QuantScheme) -> np.ndarray:
+    """float32 scales -> bf16 bits, rounded to nearest even; a zero scale becomes the
+    scheme's stand-in (2^-7, or 2^-126 on the release grid)."""
     bits = f32_to_bf16_bits(scale)
-    return np.where(bits == 0, ZERO_SCALE_BITS, bits).astype(np.uint16)
+    return np.where(bits == 0, np.uint16(scheme.zero_scale_bits), bits).astype(np.uint16)
 
 
 def bf16(values: np.ndarray) -> np.ndarray:
@@ -102,12 +102,12 @@ def qparams(low: np.ndarray, high: np.ndarray, scheme: QuantScheme,
     divisor = np.float32(scheme.divisor)
     if scheme.symmetric:
         absmax = np.maximum(np.abs(low), np.abs(high)) * clip
-        bits = scale_bits_of(absmax / divisor)
+        bits = scale_bits_of(absmax / divisor, scheme)
         return bits, np.zeros(bits.shape, np.int8)
     low = np.minimum(low, np.float32(0)) * clip
     high = np.maximum(high, np.float32(0)) * clip
     raw = bf16_bits_to_f32(f32_to_bf16_bits(bf16(high - low) / divisor))
-    bits = scale_bits_of(raw)
+    bits = scale_bits_of(raw, scheme)
     return bits, zero_points(low, raw, scheme)
 
 

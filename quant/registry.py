@@ -37,19 +37,19 @@ class SchemeEntry:
         return not (self.fp8 or self.channel_int8)
 
     def scheme(self, *, group_size: int | None, symmetric: bool, method: str,
-               arithmetic: str = "f32") -> QuantScheme:
+               arithmetic: str = "f32", grid: str = "compressed-tensors") -> QuantScheme:
         """The integer scheme with the user's options over its defaults."""
         return QuantScheme(self.bits, group_size or self.default_group_size, symmetric, method,
-                           arithmetic)
+                           arithmetic, grid)
 
     def linears(self, specs: list[Any], *, group_size: int | None = None,
                 symmetric: bool = True, method: str = "rtn", arithmetic: str = "f32",
-                device: str = "cpu") -> Any:
+                grid: str = "compressed-tensors", device: str = "cpu") -> Any:
         """The Linears this scheme composes into the writer."""
         if not self.integer and (group_size is not None or not symmetric or method != "rtn"
-                                 or arithmetic != "f32"):
+                                 or arithmetic != "f32" or grid != "compressed-tensors"):
             raise UsageError(f"--scheme {self.name} takes no --group-size, --asymmetric, "
-                             "--method or --arithmetic (its grid is fixed)")
+                             "--method, --arithmetic or --grid (its grid is fixed)")
         if self.channel_int8:
             from quant.w8a8 import ChannelInt8Linears
 
@@ -61,7 +61,7 @@ class SchemeEntry:
         from quant.requantize import QuantizedLinears
 
         scheme = self.scheme(group_size=group_size, symmetric=symmetric, method=method,
-                             arithmetic=arithmetic)
+                             arithmetic=arithmetic, grid=grid)
         return QuantizedLinears.for_specs(scheme, specs, device)
 
 
@@ -101,7 +101,7 @@ def scheme_names(scheme: str, names: str | None) -> str:
 
 def quantize_checkpoint(source: Path, dst: Path, scheme: str, *, group_size: int | None = None,
                         symmetric: bool = True, method: str = "rtn", arithmetic: str = "f32",
-                        names: str | None = None,
+                        grid: str = "compressed-tensors", names: str | None = None,
                         shard_size: int = 5 * 10**9, tokenizer: str | None = None,
                         device: str = "auto", to: str = "hf", **run: Any) -> dict[str, Any]:
     """Re-quantize `source` (any layout) with a registered scheme into compressed-tensors in
@@ -117,7 +117,7 @@ def quantize_checkpoint(source: Path, dst: Path, scheme: str, *, group_size: int
     names = scheme_names(scheme, names)
     reader = open_checkpoint(source)
     linears = SCHEMES[scheme].linears(reader.specs, group_size=group_size, symmetric=symmetric,
-                                      method=method, arithmetic=arithmetic,
+                                      method=method, arithmetic=arithmetic, grid=grid,
                                       device=resolve_device(device))
     summary = convert(source, dst, to=to, reader=reader, options=TargetOptions(
         names=names, linears=linears, shard_size=shard_size, tokenizer=tokenizer),

@@ -9,9 +9,14 @@ import dataclasses
 from converter.errors import UsageError
 from converter.formats import PackQuantized
 
-__all__ = ["ARITHMETICS", "METHODS", "QuantScheme"]
+__all__ = ["ARITHMETICS", "GRIDS", "METHODS", "QuantScheme"]
 
 METHODS = ("rtn", "mse")
+GRIDS = ("compressed-tensors", "release")
+"""compressed-tensors' grid (scale max|w| / ((2^b - 1) / 2), codes from -2^(b-1)), or the
+release's own symmetric grid (scale max|w| / (2^(b-1) - 1), codes in +-(2^(b-1) - 1), a zero
+scale stored as 2^-126): re-quantizing the release's int8 to int8 on it keeps every Linear the
+release scales per output channel exactly (the grids' error, measured: BENCHMARKS.md)."""
 ARITHMETICS = ("f32", "bf16")
 """How `w / scale` is computed: in float32 (compressed-tensors' Triton kernel on a GPU), or
 rounded to bf16 as every bf16 intermediate is in compressed-tensors' torch path (what
@@ -33,12 +38,18 @@ class QuantScheme:
     symmetric: bool = True
     method: str = "rtn"
     arithmetic: str = "f32"
+    grid: str = "compressed-tensors"
 
     def __post_init__(self) -> None:
         if self.bits not in (4, 8):
             raise UsageError(f"{self.bits}-bit is not supported; choose int8 or int4")
         if self.method not in METHODS:
             raise UsageError(f"unknown method {self.method!r}; known: {', '.join(METHODS)}")
+        if self.grid not in GRIDS:
+            raise UsageError(f"unknown grid {self.grid!r}; known: {', '.join(GRIDS)}")
+        if self.grid == "release" and (not self.symmetric or self.arithmetic != "f32"):
+            raise UsageError("--grid release is symmetric, in float32: it takes no "
+                             "--asymmetric or --arithmetic bf16")
         if self.arithmetic not in ARITHMETICS:
             raise UsageError(f"unknown arithmetic {self.arithmetic!r}; known: "
                              f"{', '.join(ARITHMETICS)}")
@@ -51,7 +62,7 @@ class QuantScheme:
     @property
     def qmin(self) -> int:
         """Smallest code."""
-        return -(1 << (self.bits - 1))
+        return -(1 << (self.bits - 1)) + (self.grid == "release")
 
     @property
     def qmax(self) -> int:
@@ -61,16 +72,25 @@ class QuantScheme:
     @property
     def divisor(self) -> float:
         """What the range (absmax when symmetric, max - min when not) is divided by."""
+        if self.grid == "release":
+            return float(self.qmax)
         levels = (1 << self.bits) - 1
         return levels / 2 if self.symmetric else float(levels)
+
+    @property
+    def zero_scale_bits(self) -> int:
+        """The bf16 bits a scale that rounds to zero is stored as: compressed-tensors uses
+        bf16's eps (2^-7), the release grid the smallest normal (2^-126)."""
+        return 0x0080 if self.grid == "release" else 0x3C00
 
     @property
     def label(self) -> str:
         """e.g. int4-g128-sym-rtn."""
         group = f"g{self.group_size}" if self.group_size else "channel"
         arithmetic = "" if self.arithmetic == "f32" else f"-{self.arithmetic}"
+        grid = "" if self.grid == "compressed-tensors" else f"-{self.grid}-grid"
         return (f"int{self.bits}-{group}-{'sym' if self.symmetric else 'asym'}-{self.method}"
-                + arithmetic)
+                + arithmetic + grid)
 
     def linear_format(self) -> PackQuantized:
         """The pack-quantized layout of this scheme."""

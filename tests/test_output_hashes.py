@@ -27,6 +27,8 @@ CASES = {
     "torch-int8-sglang": ["convert", "--to", "torch", "--dtype", "int8", "--names", "sglang"],
     "quant-int8": ["quantize", "--scheme", "int8"],
     "quant-int8-bf16": ["quantize", "--scheme", "int8", "--arithmetic", "bf16"],
+    "quant-int8-release-grid": ["quantize", "--scheme", "int8", "--grid", "release"],
+    "quant-int4-release-grid": ["quantize", "--scheme", "int4", "--grid", "release"],
     "quant-int4": ["quantize", "--scheme", "int4"],
     "quant-int4-asym": ["quantize", "--scheme", "int4", "--asymmetric"],
     "quant-int4-mse": ["quantize", "--scheme", "int4", "--method", "mse"],

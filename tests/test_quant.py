@@ -24,7 +24,8 @@ from quant.schemes import QuantScheme
 
 SCHEMES = [QuantScheme(8, None), QuantScheme(4, 128), QuantScheme(4, 128, False),
            QuantScheme(8, 64, False), QuantScheme(4, 32), QuantScheme(8, None, arithmetic="bf16"),
-           QuantScheme(4, 128, False, arithmetic="bf16")]
+           QuantScheme(4, 128, False, arithmetic="bf16"), QuantScheme(8, None, grid="release"),
+           QuantScheme(4, 128, grid="release")]
 
 
 def release_matrix(rng, k, n, groups, codes=None, scales=None):
@@ -327,3 +328,24 @@ def test_the_forward_decodes_packed_linears_band_by_band_to_the_same_bits(quanti
             assert np.array_equal(_packed_rows(value, first, end).T.numpy(), whole[first:end])
         checked += 1
     assert checked >= 2  # int8: the Linears with one scale group decode as the release's int8
+
+
+def test_the_release_grid_keeps_per_channel_release_codes(small_ckpt, tmp_path):
+    """Why `--grid release` exists: int8 from the release on its own grid reproduces every
+    Linear it scales per output channel exactly; compressed-tensors' grid (max / 127.5)
+    rounds them again."""
+    from converter.layouts import open_checkpoint
+
+    release = open_checkpoint(small_ckpt)
+    spec = next(s for s in release.specs if s.role == "attn_q" and s.layer == 0)
+    assert spec.scale_groups == 1
+    exact = {}
+    for grid in ("release", "compressed-tensors"):
+        out = tmp_path / grid
+        result = CliRunner().invoke(main, ["quantize", str(small_ckpt), str(out), "--scheme",
+                                           "int8", "--grid", grid, "--tokenizer", "none",
+                                           "--quiet"])
+        assert result.exit_code == 0, result.output
+        exact[grid] = np.array_equal(dense_transposed(open_checkpoint(out).read(spec)),
+                                     dense_transposed(release.read(spec)))
+    assert exact == {"release": True, "compressed-tensors": False}

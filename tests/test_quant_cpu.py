@@ -49,8 +49,10 @@ def test_cpu_path_is_bit_identical_to_the_reference(scheme):
             assert stats[key] == reference[key], (name, key)
         assert stats["rel_rms"] == pytest.approx(reference["rel_rms"], rel=1e-6, abs=1e-12), name
         clipped += stats["clipped_pct"]
-    assert clipped > 0  # the path that counts and clips spilling groups ran (compressed-
-    # tensors' symmetric grid clips too: a positive max lands on 7.5 or 127.5, rounded up)
+    if scheme.grid == "compressed-tensors":
+        assert clipped > 0  # the path that counts and clips spilling groups ran (its
+        # symmetric grid clips: a positive max lands on 7.5 or 127.5, rounded up)
+    # (the release grid cannot clip by RTN: its bf16 scale is within 2^-9 of max|w| / qmax)
 
 
 @pytest.mark.parametrize("method", ["rtn", "mse"])
