@@ -38,10 +38,14 @@ def main() -> None:
           "peak RSS MB |")
     print("| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | "
           "---: |")
-    runs = [(args.layers, "int8", "rtn"), (args.layers, "int4", "rtn"),
-            (args.layers, "fp8", "rtn"), (args.layers, "fp8-block", "rtn")]
+    runs = [(args.layers, "int8", "rtn", ()), (args.layers, "int4", "rtn", ()),
+            (args.layers, "int8", "rtn", ("--grid", "release")),
+            (args.layers, "int4", "rtn", ("--grid", "release")),
+            (args.layers, "int8", "rtn", ("--arithmetic", "bf16")),
+            (args.layers, "fp8", "rtn", ()), (args.layers, "fp8-block", "rtn", ()),
+            (args.layers, "w8a8-int8", "rtn", ())]
     if args.mse_layers:
-        runs += [(args.mse_layers, "int4", "rtn"), (args.mse_layers, "int4", "mse")]
+        runs += [(args.mse_layers, "int4", "rtn", ()), (args.mse_layers, "int4", "mse", ())]
     baseline: dict[int, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "out"
@@ -49,7 +53,7 @@ def main() -> None:
         def fresh() -> None:
             shutil.rmtree(out, ignore_errors=True)
 
-        for layers, scheme, method in runs:
+        for layers, scheme, method, options in runs:
             source = checkpoint(args.preset, layers)
             read = du(source)
             config = Grok1Config.preset(args.preset, layers=layers)
@@ -62,11 +66,15 @@ def main() -> None:
                       f"{weights / 1e9:.2f} | {run.seconds:.1f} | "
                       f"{weights / run.seconds / 1e9:.3f} | 1.00 | {run.cpu:.1f} | {run.sys:.1f} | "
                       f"{run.cpu / (read / 1e9):.2f} | | {run.rss / 1e6:.0f} |", flush=True)
+            if scheme == "w8a8-int8" and args.device != "cpu":
+                continue  # CPU only
+            method_args = () if scheme == "w8a8-int8" else ("--method", method)
             run = median_of(args.runs, grok1("quantize", str(source), str(out), "--scheme",
-                                             scheme, "--method", method, "--device",
+                                             scheme, *method_args, *options, "--device",
                                              args.device, "--quiet"), fresh)
             report = json.loads((out / "quantization_report.json").read_text())["summary"]
-            print(f"| {layers} | quantize {scheme} {method} | {args.device} | "
+            label = " ".join((scheme, *method_args[1:], *options))
+            print(f"| {layers} | quantize {label} | {args.device} | "
                   f"{read / 1e9:.2f} | {weights / 1e9:.2f} | {run.seconds:.1f} | "
                   f"{weights / run.seconds / 1e9:.3f} | {baseline[layers] / run.seconds:.2f} | "
                   f"{run.cpu:.1f} | {run.sys:.1f} | {run.cpu / (read / 1e9):.2f} | "
