@@ -1,3 +1,65 @@
-"""The face of the toolchain: the `grok1` command line and the pipeline that chains download,
-convert or quantize, verify and upload. The only package that imports `converter`, `quant` and
-`verify` together; each command body calls one library function."""
+"""The face of the toolchain: the `grok1` command line, the pipeline that chains download,
+convert or quantize, verify and upload, and the library verbs a program calls, one per job:
+
+    import grok1
+    grok1.convert("grok-1", "grok-1-hf", to="hf", dtype="bf16", names="sglang")
+    grok1.quantize("grok-1", "grok-1-w8a8", "w8a8-int8")
+    result = grok1.verify("grok-1", "grok-1-w8a8")      # result.passed, result.metrics
+
+The only package that imports `converter`, `quant` and `verify` together; each command body
+calls one library function. The verbs are imported on first use, so `import grok1` (and the
+command line's start) stays light.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__all__ = ["convert", "download", "inspect", "logits", "pipeline", "quantize", "serve_mirror",
+           "upload", "verify"]
+
+# verb -> (module, function): each is that function itself, or the thin wrapper below
+_VERBS = {
+    "download": ("converter.hub", "download"),
+    "upload": ("converter.hub", "upload"),
+    "inspect": ("converter.inspect", "inspect_checkpoint"),
+    "quantize": ("quant.registry", "quantize_checkpoint"),
+    "logits": ("verify.api", "write_logits"),
+    "pipeline": ("grok1.pipeline", "run_pipeline"),
+    "serve_mirror": ("converter.hub_server", "make_server"),
+}
+
+
+def convert(source: Any, dst: Any, *, to: str = "hf", dtype: str | None = None,
+            names: str | None = None, tokenizer: str | None = None,
+            shard_size: int = 5 * 10**9, **run: Any) -> dict[str, Any]:
+    """Convert `source` (any layout) into layout `to` in `dst`, as `grok1 convert` does;
+    `run` takes workers, resume, overwrite, dry_run, quiet, executor, ray_address. Returns the
+    run's summary."""
+    from pathlib import Path
+
+    from converter.engine import convert as run_convert
+    from converter.layouts.base import TargetOptions
+
+    options = TargetOptions(names=names, dtype=dtype, shard_size=shard_size, tokenizer=tokenizer)
+    return run_convert(Path(source), Path(dst), to=to, options=options, **run)
+
+
+def verify(reference: Any, candidate: Any | None = None, **options: Any) -> Any:
+    """Check `candidate` against `reference` (or, with `reference_logits=`, the one checkpoint
+    given against a stored reference run), as `grok1 verify` does; returns the result
+    (`.passed`, `.metrics`, `.reasons`). `options` are `verify.api.verify_checkpoints`'."""
+    from pathlib import Path
+
+    from verify.api import verify_checkpoints
+
+    paths = tuple(Path(p) for p in (reference, candidate) if p is not None)
+    return verify_checkpoints(paths, **options)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _VERBS:
+        module, function = _VERBS[name]
+        return getattr(importlib.import_module(module), function)
+    raise AttributeError(f"module 'grok1' has no attribute {name!r}")

@@ -20,8 +20,8 @@ release scales per output channel exactly (the grids' error, measured: BENCHMARK
 ARITHMETICS = ("f32", "bf16")
 """How `w / scale` is computed: in float32 (compressed-tensors' Triton kernel on a GPU), or
 rounded to bf16 as every bf16 intermediate is in compressed-tensors' torch path (what
-llm-compressor computes on a CPU, byte for byte; int8 loses precision there: quotients above 64
-are rounded to halves before they are rounded to a code)."""
+llm-compressor computes on a CPU, byte for byte; int8 loses a little precision there: quotients
+above 64 are rounded to halves before they are rounded to a code)."""
 
 
 @dataclasses.dataclass(frozen=True)

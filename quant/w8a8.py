@@ -18,7 +18,7 @@ import numpy as np
 from converter.formats import ChannelInt8, LinearFormat
 from converter.spec import LINEAR_ROLES, TensorSpec
 from converter.tensors import QuantizedWeight8bit, bf16_bits_to_f32, transposed
-from quant.cpu import NotFinite, SourceRows, quantize_cpu
+from quant.cpu import BAND, NotFinite, quantize_cpu
 from quant.primitives import error_stats
 from quant.requantize import ReportedLinears, check_finite, not_finite_error
 from quant.schemes import QuantScheme
@@ -51,9 +51,7 @@ class ChannelInt8Linears(ReportedLinears):
         if isinstance(value, QuantizedWeight8bit) and value.scale_groups == 1:
             scale = bf16_bits_to_f32(value.scales).T.copy()
             check_finite(spec, expert, scale)
-            norm_sq = float(np.square(SourceRows(value, None).fill(0, value.weight.shape[0]),
-                                      dtype=np.float64).sum())
-            stats = error_stats(0.0, norm_sq, 0.0, 0, value.weight.size)
+            stats = error_stats(0.0, _norm_sq(value), 0.0, 0, value.weight.size)
             codes = transposed(value.weight)
         else:
             try:
@@ -63,3 +61,14 @@ class ChannelInt8Linears(ReportedLinears):
             codes, scale = packed.codes(), packed.scale_f32()
         stats["group_size"] = None
         return {"weight": np.ascontiguousarray(codes), "weight_scale": scale}, stats
+
+
+def _norm_sq(value: QuantizedWeight8bit) -> float:
+    """Squared norm of the release's per-channel Linear, a band of rows at a time (each
+    column's summed squared codes times its squared scale)."""
+    codes = value.weight
+    column_sq = np.zeros(codes.shape[1], np.float64)
+    for r0 in range(0, codes.shape[0], BAND):
+        band = codes[r0:r0 + BAND].astype(np.float32)
+        column_sq += np.einsum("kn,kn->n", band, band)
+    return float(column_sq @ np.square(bf16_bits_to_f32(value.scales[0]).astype(np.float64)))
