@@ -16,7 +16,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["convert", "download", "inspect", "logits", "pipeline", "quantize", "serve_mirror",
+__all__ = ["convert", "download", "inspect", "logits", "quantize", "run_pipeline", "serve_mirror",
            "upload", "verify"]
 
 # verb -> (module, function): each is that function itself, or the thin wrapper below
@@ -26,7 +26,7 @@ _VERBS = {
     "inspect": ("converter.inspect", "inspect_checkpoint"),
     "quantize": ("quant.registry", "quantize_checkpoint"),
     "logits": ("verify.api", "write_logits"),
-    "pipeline": ("grok1.pipeline", "run_pipeline"),
+    "run_pipeline": ("grok1.pipeline", "run_pipeline"),  # (grok1.pipeline is its module)
     "serve_mirror": ("converter.hub_server", "make_server"),
 }
 
