@@ -5,7 +5,8 @@ into a file whose header was planned up front; reading memory-maps the data.
 
 Block types are pure functions over numpy arrays, each checked against gguf-py's reference
 implementation in the tests: Q8_0 (32 int8 codes and one f16 scale per block), Q4_0 (32 4-bit
-codes, offset 8, and one f16 scale), F16, BF16 and F32. `q8_0_from_release` builds Q8_0 blocks
+codes, offset 8, and one f16 scale), MXFP4 (32 e2m1 values, two per byte, and one e8m0
+exponent), F16, BF16 and F32. `q8_0_from_release` builds Q8_0 blocks
 from the release's own int8 codes and bf16 scales, exactly, where each block lies in one scale
 group and each scale is an exact f16.
 """
@@ -26,8 +27,8 @@ from converter.atomic import atomic_open
 from converter.errors import MalformedFileError, UsageError
 from converter.tensors import bf16_bits_to_f32, f32_to_bf16_bits
 
-__all__ = ["GGML_TYPES", "GGUFReader", "GGUFWriter", "GgmlType", "TensorInfo", "decode",
-           "encode", "q8_0_from_release"]
+__all__ = ["GGML_TYPES", "MXFP4_VALUES", "GGUFReader", "GGUFWriter", "GgmlType", "TensorInfo",
+           "decode", "encode", "mxfp4_half_scale", "q8_0_from_release"]
 
 MAGIC = b"GGUF"
 VERSION = 3
@@ -71,7 +72,10 @@ GGML_TYPES: dict[str, GgmlType] = {t.name: t for t in (
     GgmlType("IQ1_M", 29, 256, 56), GgmlType("TQ1_0", 34, 256, 54),
     GgmlType("TQ2_0", 35, 256, 66), GgmlType("MXFP4", 39, 32, 17),
 )}
-OWN_TYPES = ("F32", "F16", "Q4_0", "Q8_0", "BF16")  # encoded and decoded here
+OWN_TYPES = ("F32", "F16", "Q4_0", "Q8_0", "BF16", "MXFP4")  # encoded and decoded here
+# MXFP4's e2m1 values, doubled (ggml's kvalues_mxfp4), in the order of their 4-bit codes
+MXFP4_VALUES = np.array([0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12], np.float32)
+_MXFP4_CHUNK = 4096  # blocks rounded at once (a [chunk, 32, 16] float32 working array)
 _BY_ID = {t.id: t for t in GGML_TYPES.values()}
 
 # GGUF value types
@@ -125,7 +129,36 @@ def encode(values: np.ndarray, kind: str) -> np.ndarray:
         q = np.minimum(np.float32(15), np.trunc(blocks * inverse + np.float32(8.5))).astype(
             np.uint8)
         return _pack_blocks(_f16(d), q[:, :16] | (q[:, 16:] << 4))
+    if kind == "MXFP4":
+        return _mxfp4(blocks)
     raise UsageError(f"cannot encode GGUF type {kind}")
+
+
+def mxfp4_half_scale(exponent: np.ndarray) -> np.ndarray:
+    """Half of 2^(e - 127) for e8m0 exponents (ggml's ggml_e8m0_to_fp32_half), as float32."""
+    e = exponent.astype(np.uint32)
+    bits = np.where(e < 2, np.uint32(0x00200000) << e, (e - np.uint32(1)) << np.uint32(23))
+    return bits.astype(np.uint32).view(np.float32)
+
+
+def _mxfp4(blocks: np.ndarray) -> np.ndarray:
+    """ggml's MXFP4 rule, as gguf-py's reference quantizer applies it: the shared exponent is
+    floor(log2(max |x|)) - 2 (its largest value then lands at or below 6 x 2^e: this rule floors,
+    where compressed-tensors' rounds a maximum with mantissa >= 1.75 up), and each value takes the
+    nearest of the 16 codes (the first in code order on a tie)."""
+    amax = np.abs(blocks).max(axis=1)
+    with np.errstate(divide="ignore"):
+        exponent = np.where(amax > 0, np.floor(np.log2(amax)) - 2 + 127, 0).astype(np.uint8)
+    half = mxfp4_half_scale(exponent)
+    codes = np.empty(blocks.shape, np.uint8)
+    for c0 in range(0, blocks.shape[0], _MXFP4_CHUNK):
+        c1 = min(c0 + _MXFP4_CHUNK, blocks.shape[0])
+        grid = half[c0:c1, None, None] * MXFP4_VALUES[None, None, :]
+        codes[c0:c1] = np.abs(grid - blocks[c0:c1, :, None]).argmin(axis=-1)
+    out = np.empty((blocks.shape[0], 17), np.uint8)
+    out[:, 0] = exponent
+    out[:, 1:] = codes[:, :16] | (codes[:, 16:] << 4)
+    return out.reshape(-1)
 
 
 def _round_away(x: np.ndarray) -> np.ndarray:
@@ -152,6 +185,10 @@ def decode(raw: np.ndarray, kind: str, shape: tuple[int, ...]) -> np.ndarray:
         return _decode_with_gguf(raw, kind, shape)
     block = GGML_TYPES[kind].block_bytes
     blocks = raw.reshape(-1, block)
+    if kind == "MXFP4":
+        q = blocks[:, 1:]
+        codes = np.concatenate([q & 0x0F, q >> 4], axis=1)
+        return (MXFP4_VALUES[codes] * mxfp4_half_scale(blocks[:, 0])[:, None]).reshape(shape)
     d = blocks[:, :2].copy().view(np.float16).astype(np.float32)
     if kind == "Q8_0":
         codes = blocks[:, 2:].view(np.int8).astype(np.float32)

@@ -227,7 +227,7 @@ def serving_table(sizes: dict[str, int] | None = None) -> list[str]:
         ("hf", ("sglang", "hpcai"), (*DENSE[:2], *COMPRESSED)),
         ("hf", ("sglang",), ("w8a8-int8",)),
         ("torch", ("hpcai",), ("bf16",)),
-        ("gguf", (None,), ("f32/bf16/q8_0/q4_0/K-quants",)),
+        ("gguf", (None,), ("f32/bf16/q8_0/q4_0/mxfp4/K-quants",)),
         ("xai", (None,), ("release-int8",)))
         for names in names_list for weights in weights_list]
     for kind in kinds:

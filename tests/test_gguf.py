@@ -36,7 +36,7 @@ def arrays():
     yield "ties", ties
 
 
-@pytest.mark.parametrize("kind", ["Q8_0", "Q4_0", "F16", "BF16", "F32"])
+@pytest.mark.parametrize("kind", ["Q8_0", "Q4_0", "MXFP4", "F16", "BF16", "F32"])
 def test_block_types_match_gguf_py(kind):
     from gguf.constants import GGMLQuantizationType
     from gguf.quants import dequantize, quantize

@@ -146,3 +146,28 @@ def test_k_quants_are_made_by_llama_cpp_and_verified(small_ckpt, tmp_path, monke
     assert json.loads((tmp_path / "q4s" / "kquant_report.json").read_text())["verified"] is False
     assert sorted(p.name for p in (tmp_path / "q4s").iterdir()) == [
         "grok-1-Q4_K_S.gguf.unverified", "kquant_report.json"]
+
+
+def swap_mxfp4_nibbles(path):
+    """Swap the two 4-bit values of every byte of every MXFP4 block (the first half of a block
+    with its second), as a packer that got the nibble order wrong would."""
+    reader = GGUFReader(path)
+    data = bytearray(path.read_bytes())
+    for info, start in reader.tensors.values():
+        if info.kind == "MXFP4":
+            blocks = np.frombuffer(data, np.uint8, info.nbytes, start).reshape(-1, 17).copy()
+            blocks[:, 1:] = (blocks[:, 1:] >> 4) | (blocks[:, 1:] << 4)
+            data[start:start + info.nbytes] = blocks.tobytes()
+    path.write_bytes(bytes(data))
+
+
+def test_mxfp4_moe_gguf_runs_in_llama_cpp_as_we_read_it(small_ckpt, tmp_path, ids):
+    path = gguf(small_ckpt, tmp_path / "m", "mxfp4")
+    kinds = {name: info.kind for name, (info, _) in GGUFReader(path).tensors.items()}
+    assert kinds["blk.0.ffn_gate_exps.weight"] == "MXFP4"
+    assert kinds["blk.0.attn_q.weight"] == "Q8_0"
+    found = metrics(path, path, ids)  # llama.cpp against our forward on the same file
+    assert within(found, {"kl_mean": 1e-4, "top1_agreement": 0.95}), found  # measured 1e-5
+    assert within(metrics(small_ckpt, path, ids), {"kl_mean": 0.03, "top1_agreement": 0.9})
+    swap_mxfp4_nibbles(path)
+    assert not within(metrics(small_ckpt, path, ids), Q8_BOUNDS)

@@ -40,6 +40,7 @@ CASES = {
 GGUF_CASES = {
     "gguf-Q8_0": ["convert", "--to", "gguf", "--dtype", "Q8_0"],
     "gguf-Q4_0": ["convert", "--to", "gguf", "--dtype", "Q4_0"],
+    "gguf-MXFP4": ["convert", "--to", "gguf", "--dtype", "MXFP4"],
     "gguf-BF16": ["convert", "--to", "gguf", "--dtype", "BF16", "--shard-size", "20MB"],
 }
 

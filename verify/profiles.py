@@ -42,7 +42,7 @@ PROFILES: dict[str, Thresholds] = {
 # The profile of what `convert --dtype D` writes, by D (f32, the release's int8 and GGUF q8_0
 # hold the release's values exactly), and of `quantize --scheme S` by the start of S.
 DTYPE_PROFILES = {"f32": "lossless", "int8": "lossless", "q8_0": "lossless", "bf16": "int8",
-                  "f16": "int8", "q4_0": "int4"}
+                  "f16": "int8", "q4_0": "int4", "mxfp4": "int4"}
 SCHEME_PROFILES = {"int8": "int8", "int4": "int4", "fp8": "fp8", "w8a8": "int8"}
 # Whatever the profile: these always fail.
 ALWAYS_FAIL_TOP1 = 0.80

@@ -15,6 +15,10 @@ dequantizes to exactly the release's weights; a Linear where that cannot hold is
 shape) or quantized from floats (a scale outside f16), and `gguf_report.json` says which.
 Norms and the router stay F32; embeddings are F32 for f32 and q8_0 (exact), F16 / BF16 for
 those types, Q8_0 for q4_0.
+
+`--dtype mxfp4` is llama.cpp's MXFP4_MOE: the experts in MXFP4 (ggml's rule, as gguf-py's
+reference quantizer: the shared exponent floors), everything else as q8_0 (the release's codes
+kept where blocks allow, embeddings F32).
 """
 
 from __future__ import annotations
@@ -64,8 +68,15 @@ __all__ = ["DTYPES", "LAYOUT", "NAMES", "GgufCheckpoint", "GgufTarget"]
 
 ARCH = "grok"
 REPORT_NAME = "gguf_report.json"
-DTYPES = {"f32": "F32", "f16": "F16", "bf16": "BF16", "q8_0": "Q8_0", "q4_0": "Q4_0"}
-_EMBED = {"F32": "F32", "F16": "F16", "BF16": "BF16", "Q8_0": "F32", "Q4_0": "Q8_0"}
+DTYPES = {"f32": "F32", "f16": "F16", "bf16": "BF16", "q8_0": "Q8_0", "q4_0": "Q4_0",
+          "mxfp4": "MXFP4"}
+# llama.cpp's general.file_type of each (llama_ftype: ALL_F32, MOSTLY_F16, MOSTLY_Q4_0,
+# MOSTLY_Q8_0, MOSTLY_BF16, MOSTLY_MXFP4_MOE)
+FILE_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 7, "bf16": 32, "mxfp4": 38}
+_EMBED = {"F32": "F32", "F16": "F16", "BF16": "BF16", "Q8_0": "F32", "Q4_0": "Q8_0",
+          "MXFP4": "F32"}
+# MXFP4_MOE, as llama.cpp's quantizer makes it: the experts in MXFP4, the other Linears Q8_0
+_NOT_EXPERTS = {"MXFP4": "Q8_0"}
 # canonical role -> llama.cpp's tensor name (blk.{layer}. prefixed per layer)
 NAMES = {"embed": "token_embd", "final_norm": "output_norm", "pre_attn_norm": "attn_norm",
          "attn_q": "attn_q", "attn_k": "attn_k", "attn_v": "attn_v", "attn_o": "attn_output",
@@ -115,6 +126,8 @@ def _plan_kind(spec: TensorSpec, linear_kind: str) -> tuple[str, str]:
     role = ROLE[spec.role]
     if role.kind in ("norm", "router"):
         return "F32", "kept F32 (as llama.cpp keeps it)"
+    if role.linear and not role.expert:
+        linear_kind = _NOT_EXPERTS.get(linear_kind, linear_kind)
     kind = _EMBED[linear_kind] if role.kind == "embed" else linear_kind
     rows = spec.shape[-1] if role.kind == "embed" else spec.shape[-2]
     if GGML_TYPES[kind].block > 1 and rows % QK:
@@ -159,7 +172,7 @@ def metadata(config: Grok1Config, dtype: str, tokenizer: Path | None) -> dict[st
     p = f"{ARCH}."
     return {
         "general.architecture": ARCH, "general.name": "Grok-1",
-        "general.file_type": {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 7, "bf16": 32}[dtype],
+        "general.file_type": FILE_TYPES[dtype],
         p + "context_length": config.max_seq_len, p + "embedding_length": config.emb,
         p + "block_count": config.layers, p + "feed_forward_length": config.ffn_size,
         p + "expert_feed_forward_length": config.ffn_size,
@@ -473,7 +486,7 @@ def _inspect(path: Path) -> dict[str, Any]:
 
 def _target(reader: CheckpointReader, options: TargetOptions) -> Target:
     if options.linears is not None:
-        raise UsageError("GGUF output takes --dtype (f32, f16, bf16, q8_0, q4_0), not a "
+        raise UsageError(f"GGUF output takes --dtype ({', '.join(DTYPES)}), not a "
                          "compressed-tensors scheme")
     dtype = options.dtype or "q8_0"
     if dtype not in DTYPES:
