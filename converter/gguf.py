@@ -75,7 +75,8 @@ GGML_TYPES: dict[str, GgmlType] = {t.name: t for t in (
 OWN_TYPES = ("F32", "F16", "Q4_0", "Q8_0", "BF16", "MXFP4")  # encoded and decoded here
 # MXFP4's e2m1 values, doubled (ggml's kvalues_mxfp4), in the order of their 4-bit codes
 MXFP4_VALUES = np.array([0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12], np.float32)
-_MXFP4_CHUNK = 4096  # blocks rounded at once (a [chunk, 32, 16] float32 working array)
+# halfway between neighbouring magnitudes 0, 1, 2, 3, 4, 6, 8, 12
+_MXFP4_MIDPOINTS = np.array([0.5, 1.5, 2.5, 3.5, 5, 7, 10], np.float32)
 _BY_ID = {t.id: t for t in GGML_TYPES.values()}
 
 # GGUF value types
@@ -145,16 +146,19 @@ def _mxfp4(blocks: np.ndarray) -> np.ndarray:
     """ggml's MXFP4 rule, as gguf-py's reference quantizer applies it: the shared exponent is
     floor(log2(max |x|)) - 2 (its largest value then lands at or below 6 x 2^e: this rule floors,
     where compressed-tensors' rounds a maximum with mantissa >= 1.75 up), and each value takes the
-    nearest of the 16 codes (the first in code order on a tie)."""
+    nearest of the 16 codes, the first in code order on a tie (the smaller magnitude, and +0 for
+    a negative value that rounds to zero). The reference measures all 16 distances; here |x| in
+    units of half the scale is compared with the midpoints of the grid (each an exact multiple
+    of a power of two), which decides the same way (each distance it compares is exact)."""
     amax = np.abs(blocks).max(axis=1)
     with np.errstate(divide="ignore"):
         exponent = np.where(amax > 0, np.floor(np.log2(amax)) - 2 + 127, 0).astype(np.uint8)
     half = mxfp4_half_scale(exponent)
-    codes = np.empty(blocks.shape, np.uint8)
-    for c0 in range(0, blocks.shape[0], _MXFP4_CHUNK):
-        c1 = min(c0 + _MXFP4_CHUNK, blocks.shape[0])
-        grid = half[c0:c1, None, None] * MXFP4_VALUES[None, None, :]
-        codes[c0:c1] = np.abs(grid - blocks[c0:c1, :, None]).argmin(axis=-1)
+    magnitude = np.abs(blocks)
+    codes = np.zeros(blocks.shape, np.uint8)
+    for midpoint in _MXFP4_MIDPOINTS:  # codes 0-7 count the midpoints below |x|
+        codes += magnitude > (half * midpoint)[:, None]
+    np.add(codes, np.uint8(8), out=codes, where=(blocks < 0) & (codes > 0))
     out = np.empty((blocks.shape[0], 17), np.uint8)
     out[:, 0] = exponent
     out[:, 1:] = codes[:, :16] | (codes[:, 16:] << 4)

@@ -204,3 +204,17 @@ def test_every_file_of_a_run_is_the_same_however_it_ran(small_ckpt, q8, tmp_path
     ok("convert", small_ckpt, tmp_path / "one", "--to", "gguf", "--shard-size", "20MB",
        "--resume")
     assert file_digests(tmp_path / "one", skip=skip) == file_digests(q8, skip=skip)
+
+
+def test_mxfp4_decides_every_tie_as_gguf_py():
+    """Values on the grid's midpoints, at many exponents: MXFP4 takes the first of two equally
+    near codes (the smaller magnitude, +0 for a negative zero), as gguf-py's argmin does."""
+    from gguf.quants import MXFP4
+
+    rng = np.random.default_rng(0)
+    for exponent in range(-30, 8, 3):
+        half = np.float32(2.0 ** exponent) / np.float32(2)
+        values = rng.integers(-26, 27, (8, 64)).astype(np.float32) * half
+        values[0, :32] = -0.0
+        expected = MXFP4.quantize_blocks(values.reshape(-1, 32)).reshape(-1)
+        assert np.array_equal(encode(values, "MXFP4"), expected), exponent
