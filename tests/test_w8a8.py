@@ -106,3 +106,21 @@ def test_serving_names_sglang_and_why_not_the_others(w8a8):
     assert result.exit_code == 0, result.output
     assert "SGLang" in result.output and "Xeon CPUs with AMX" in result.output
     assert "Not transformers: it has no w8a8_int8 quantization method" in result.output
+
+
+def test_a_scale_off_by_a_factor_fails_verification(small_ckpt, w8a8, tmp_path):
+    """Every weight_scale times 1.25 must not pass as int8: the scales are read and used."""
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    broken = tmp_path / "broken"
+    shutil.copytree(w8a8, broken)
+    tensors = load_file(broken / "model.safetensors")
+    for name in tensors:
+        if name.endswith(".weight_scale"):
+            tensors[name] = tensors[name] * np.float32(1.25)
+    save_file(tensors, broken / "model.safetensors")
+    result = CliRunner().invoke(main, ["verify", str(small_ckpt), str(broken), "--profile",
+                                       "int8", "--quiet"])
+    assert result.exit_code == 1, result.output
