@@ -190,11 +190,17 @@ class ReleaseInt8Linears(_NoReports):
                 "weight_shape": np.array([n, k], np.int64)}, None
 
 
-CONVERT_DTYPES = ("bf16", "f32", "int8")
+CONVERT_DTYPES = {
+    "bf16": "rounded once, as the release's bf16 run did",
+    "f32": "exact",
+    "int8": "the release's codes and scales as compressed-tensors, lossless",
+}
+"""What `--dtype` the hf and torch layouts take, the default first."""
 
 
-def convert_linears(dtype: str, specs: list[TensorSpec]) -> Linears:
+def convert_linears(dtype: str | None, specs: list[TensorSpec]) -> Linears:
     """The Linears of `grok1 convert --dtype`: dense bf16 / f32, or the release's int8."""
+    dtype = dtype or next(iter(CONVERT_DTYPES))
     if dtype == "int8":
         return ReleaseInt8Linears.for_specs(specs)
     if dtype not in CONVERT_DTYPES:

@@ -122,6 +122,21 @@ def _stack(*options: Callable[..., Any]) -> Callable[..., Any]:
     return apply
 
 
+def dtype_help() -> str:
+    """convert's --dtype help, from each layout's table (layouts that take the same share a
+    line; each layout's default first)."""
+    groups: dict[tuple[tuple[str, str], ...], list[str]] = {}
+    for name, entry in LAYOUTS.items():
+        groups.setdefault(tuple(entry.dtypes.items()), []).append(name)
+    parts = []
+    for dtypes, names in groups.items():
+        (first, note), *rest = dtypes
+        listed = [f"{first} ({note + '; ' if note else ''}the default)"]
+        listed += [f"{d} ({n})" if n else d for d, n in rest]
+        parts.append(f"{'/'.join(names)}: {', '.join(listed)}")
+    return "Linear weights (any case). " + ". ".join(parts) + "."
+
+
 NAMES_HELP = ("Tensor names for hf/torch output: hpcai (vLLM <= 0.24, hpcai-tech's port) or "
               "sglang (SGLang's Grok1ForCausalLM); `grok1 serving` says which engine takes what.")
 SHARD_SIZE_HELP = "Largest output file: bytes, or with a unit (500MB, 5GB, 2GiB)."
@@ -400,10 +415,7 @@ def _print_run(summary: dict[str, Any], dst: Path, as_json: bool) -> None:
 @click.option("--names", type=click.Choice(list(NAME_SCHEMES)),
               help=NAMES_HELP + " For --to hf and torch [default: hpcai].")
 @click.option("--dtype", type=click.Choice(LAYOUT_DTYPES, case_sensitive=False),
-              help="Linear weights. hf/torch: bf16 (rounded as the release ran; the default), "
-                   "f32 (exact), or int8 (the release's codes and scales as compressed-tensors, "
-                   "lossless). gguf (any case): Q8_0 (the release's codes, exact; the default), "
-                   "F32, F16, BF16, Q4_0.")
+              help=dtype_help())
 @click.option("--shard-size", default="5GB", show_default=True,
               help=SHARD_SIZE_HELP)
 @click.option("--tokenizer", metavar="PATH|none",

@@ -177,3 +177,19 @@ def test_ctrl_c_while_the_cli_imports_exits_130_quietly():
                           timeout=60, check=False)
     assert done.returncode == 130, done
     assert done.stderr == "error: interrupted\n" and "Traceback" not in done.stdout
+
+
+def test_convert_help_lists_what_every_layout_takes():
+    """--dtype's help is generated from the layouts' tables: a new dtype cannot be missing."""
+    from click.testing import CliRunner
+
+    from converter.layouts import LAYOUTS
+    from converter.layouts.gguf import DTYPE_NOTES, DTYPES
+    from grok1.cli import main
+
+    assert list(DTYPE_NOTES) == [d for d in DTYPE_NOTES if d in DTYPES]
+    assert set(DTYPE_NOTES) == set(DTYPES)
+    text = " ".join(CliRunner().invoke(main, ["convert", "--help"]).output.split())
+    for name, entry in LAYOUTS.items():
+        default = next(iter(entry.dtypes))
+        assert f"{default} (" in text and all(d in text for d in entry.dtypes), name

@@ -130,3 +130,4 @@ def test_core_subpackage_layering(package):
                                                   for f in CORE_FORBIDDEN[package]))
                  for m, deps in inside.items()}
     assert {m: d for m, d in offenders.items() if d} == {}
+

@@ -89,7 +89,8 @@ class Layout:
     describe: Callable[[Path], dict[str, Any]]
     target: Callable[[CheckpointReader, TargetOptions], Target]
     name_schemes: tuple[str, ...] = ()
-    dtypes: tuple[str, ...] = ()
+    # the --dtype values it takes, the default first, each with a few words for --help
+    dtypes: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 def require_folder(path: Path) -> Path:

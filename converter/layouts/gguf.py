@@ -70,6 +70,9 @@ ARCH = "grok"
 REPORT_NAME = "gguf_report.json"
 DTYPES = {"f32": "F32", "f16": "F16", "bf16": "BF16", "q8_0": "Q8_0", "q4_0": "Q4_0",
           "mxfp4": "MXFP4"}
+# what --dtype takes, the default first, with a few words for --help
+DTYPE_NOTES = {"q8_0": "the release's codes, exact", "f32": "", "f16": "", "bf16": "",
+               "q4_0": "", "mxfp4": "llama.cpp's MXFP4_MOE: experts MXFP4, the rest q8_0"}
 # llama.cpp's general.file_type of each (llama_ftype: ALL_F32, MOSTLY_F16, MOSTLY_Q4_0,
 # MOSTLY_Q8_0, MOSTLY_BF16, MOSTLY_MXFP4_MOE)
 FILE_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 7, "bf16": 32, "mxfp4": 38}
@@ -488,7 +491,7 @@ def _target(reader: CheckpointReader, options: TargetOptions) -> Target:
     if options.linears is not None:
         raise UsageError(f"GGUF output takes --dtype ({', '.join(DTYPES)}), not a "
                          "compressed-tensors scheme")
-    dtype = options.dtype or "q8_0"
+    dtype = options.dtype or next(iter(DTYPE_NOTES))
     if dtype not in DTYPES:
         raise UsageError(f"--to gguf takes --dtype {', '.join(DTYPES)}, not {dtype}")
     check_representable(reader.config)
@@ -500,4 +503,4 @@ LAYOUT = Layout(name="gguf", summary="llama.cpp GGUF (split files), arch grok",
                 detect=lambda path: (path.suffix == ".gguf" and path.is_file()) or (
                     path.is_dir() and any(path.glob("*.gguf"))),
                 open=lambda path: GgufCheckpoint(path), describe=_inspect, target=_target,
-                dtypes=tuple(DTYPES))
+                dtypes=DTYPE_NOTES)

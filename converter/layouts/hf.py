@@ -55,7 +55,7 @@ from converter.layouts.base import (
     Unit,
     require_folder,
 )
-from converter.linears import Linears, convert_linears
+from converter.linears import CONVERT_DTYPES, Linears, convert_linears
 from converter.names import SCHEMES, NameScheme, OutputName, scheme
 from converter.produce import Producer
 from converter.safe_read import read_json
@@ -602,7 +602,7 @@ def _describe(path: Path, container: Container) -> dict[str, Any]:
 
 def _target(container: Container) -> Any:
     def make(reader: CheckpointReader, options: TargetOptions) -> Target:
-        linears = options.linears or convert_linears(options.dtype or "bf16", reader.specs)
+        linears = options.linears or convert_linears(options.dtype, reader.specs)
         return ShardedTarget(container, scheme(options.names or "hpcai"), linears,
                              options.shard_size,
                              resolve_tokenizer(options.tokenizer, reader.config.vocab))
@@ -616,7 +616,7 @@ def _layout(container: Container, summary: str) -> Layout:
     return Layout(name=container.name, summary=summary, detect=detect,
                   open=lambda path: HfCheckpoint(require_folder(path), container),
                   describe=lambda path: _describe(path, container), target=_target(container),
-                  name_schemes=tuple(SCHEMES), dtypes=("bf16", "f32", "int8"))
+                  name_schemes=tuple(SCHEMES), dtypes=CONVERT_DTYPES)
 
 
 SAFETENSORS = _layout(CONTAINERS["hf"], "sharded safetensors + config.json (vLLM, SGLang)")

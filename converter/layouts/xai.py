@@ -289,4 +289,4 @@ def _target(reader: CheckpointReader, options: TargetOptions) -> Target:
 LAYOUT = Layout(name="xai", summary="the original release: ckpt-0/tensor*_000 pickles",
                 detect=lambda path: find_tensor_dir(path) is not None,
                 open=lambda path: XaiCheckpoint.open(path), describe=_inspect, target=_target,
-                dtypes=("int8",))
+                dtypes={"int8": "the release's own"})
