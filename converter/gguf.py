@@ -139,7 +139,7 @@ def mxfp4_half_scale(exponent: np.ndarray) -> np.ndarray:
     """Half of 2^(e - 127) for e8m0 exponents (ggml's ggml_e8m0_to_fp32_half), as float32."""
     e = exponent.astype(np.uint32)
     bits = np.where(e < 2, np.uint32(0x00200000) << e, (e - np.uint32(1)) << np.uint32(23))
-    return bits.astype(np.uint32).view(np.float32)
+    return bits.view(np.float32)
 
 
 def _mxfp4(blocks: np.ndarray) -> np.ndarray:
@@ -150,11 +150,11 @@ def _mxfp4(blocks: np.ndarray) -> np.ndarray:
     a negative value that rounds to zero). The reference measures all 16 distances; here |x| in
     units of half the scale is compared with the midpoints of the grid (each an exact multiple
     of a power of two), which decides the same way (each distance it compares is exact)."""
-    amax = np.abs(blocks).max(axis=1)
+    magnitude = np.abs(blocks)
+    amax = magnitude.max(axis=1)
     with np.errstate(divide="ignore"):
         exponent = np.where(amax > 0, np.floor(np.log2(amax)) - 2 + 127, 0).astype(np.uint8)
     half = mxfp4_half_scale(exponent)
-    magnitude = np.abs(blocks)
     codes = np.zeros(blocks.shape, np.uint8)
     for midpoint in _MXFP4_MIDPOINTS:  # codes 0-7 count the midpoints below |x|
         codes += magnitude > (half * midpoint)[:, None]

@@ -30,8 +30,8 @@ import numpy as np
 
 from converter.formats import PackedLinear, pack_codes, pack_zero_points
 from converter.linears import CanonicalRows
-from converter.tensors import bf16_bits_to_f32, round_to_bf16_inplace, transposed
-from quant.primitives import code_quotients, error_stats, qparams, search_clip
+from converter.tensors import bf16_bits_to_f32, transposed
+from quant.primitives import code_quotients, error_stats, on_code_grid, qparams, search_clip
 from quant.schemes import QuantScheme
 
 __all__ = ["BAND", "NotFinite", "SourceRows", "quantize_cpu"]
@@ -103,7 +103,6 @@ class _GroupErrors:
 
     def __call__(self, bits: np.ndarray, zero: np.ndarray) -> np.ndarray:
         source, scheme = self.source, self.scheme
-        rounded = scheme.arithmetic == "bf16"
         errors = np.empty(bits.shape, np.float32)
         for c0 in range(0, source.cols, self.width):
             c1 = min(c0 + self.width, source.cols)
@@ -115,16 +114,11 @@ class _GroupErrors:
                 work = self.work[:rows, :cols]
                 scratch = self.scratch[:rows, :cols]
                 np.copyto(work, ratio)
-                if rounded:
-                    round_to_bf16_inplace(work, scratch)
-                if not scheme.symmetric:
-                    shift = zero[g, c0:c1].astype(np.float32)
-                    work += shift
-                    if rounded:
-                        round_to_bf16_inplace(work, scratch)
+                shift = None if scheme.symmetric else zero[g, c0:c1].astype(np.float32)
+                on_code_grid(work, shift, scheme, scratch)
                 np.rint(work, out=work)
                 np.clip(work, scheme.qmin, scheme.qmax, out=work)
-                if not scheme.symmetric:
+                if shift is not None:
                     work -= shift
                 work -= ratio
                 np.square(work, out=work)
@@ -151,16 +145,10 @@ def _encode(source: SourceRows, extremes: tuple[np.ndarray, np.ndarray], bits: n
     rows = np.empty((min(BAND, k), n), np.float32)
     work = np.empty_like(rows)
     scratch = np.empty(rows.shape, np.uint32)
-    rounded = scheme.arithmetic == "bf16"
     for g, r0, r1 in source.pieces:
         x = source.fill(r0, r1, 0, n, rows[:r1 - r0])
         w = np.divide(x, scale[g], out=work[:r1 - r0])
-        if rounded:
-            round_to_bf16_inplace(w, scratch[:r1 - r0])
-        if not scheme.symmetric:
-            w += zero_f[g]
-            if rounded:
-                round_to_bf16_inplace(w, scratch[:r1 - r0])
+        on_code_grid(w, None if scheme.symmetric else zero_f[g], scheme, scratch[:r1 - r0])
         np.rint(w, out=w)
         spill = np.flatnonzero(spills[g])
         if spill.size:

@@ -81,12 +81,11 @@ def _requant_kernel(w_ptr, ws_ptr, packed_ptr, scale_ptr, zero_ptr, stats_ptr, c
         low = tl.minimum(low, tl.min(x, axis=0))
         high = tl.maximum(high, tl.max(x, axis=0))
 
+    divisor = tl.full((BLOCK_N,), DIVISOR, tl.float32)
     if SYMMETRIC:
-        divisor = tl.full((BLOCK_N,), DIVISOR, tl.float32)
         raw_bits = _bf16_bits(tl.math.div_rn(absmax, divisor))
         zero = tl.zeros((BLOCK_N,), tl.float32)
     else:
-        divisor = tl.full((BLOCK_N,), DIVISOR, tl.float32)
         raw_bits = _bf16_bits(tl.math.div_rn(_bf16_round(high - low), divisor))
         raw = (raw_bits << 16).to(tl.float32, bitcast=True)
         quotient = tl.math.div_rn(low, tl.where(raw == 0, 1.0, raw))

@@ -29,7 +29,12 @@ from collections.abc import Callable
 import numpy as np
 
 from converter.formats import PackedLinear, pack_codes, pack_zero_points
-from converter.tensors import bf16_bits_to_f32, f32_to_bf16_bits, round_to_bf16_inplace
+from converter.tensors import (
+    bf16_bits_to_f32,
+    f32_to_bf16_bits,
+    round_to_bf16,
+    round_to_bf16_inplace,
+)
 from quant.schemes import QuantScheme
 
 __all__ = ["MSE_GRID", "Quantized", "choose_qparams", "error_stats", "grouped",
@@ -58,34 +63,37 @@ def scale_bits_of(scale: np.ndarray, scheme: QuantScheme) -> np.ndarray:
     return np.where(bits == 0, np.uint16(scheme.zero_scale_bits), bits).astype(np.uint16)
 
 
-def bf16(values: np.ndarray) -> np.ndarray:
-    """A copy of float32 values rounded to bf16 (kept as float32)."""
-    return round_to_bf16_inplace(np.array(values, np.float32))
-
-
 def zero_points(low: np.ndarray, raw_scale: np.ndarray, scheme: QuantScheme) -> np.ndarray:
     """int8 zero points: qmin - bf16(low / scale), rounded to bf16, clamped, rounded half to
     even. The scale is the one before a zero became 2^-7; dividing by that zero gives -inf for
     low < 0 (zero point qmax) and NaN for 0 / 0 (compressed-tensors' int8 cast makes it 0)."""
     zeroed = raw_scale == 0
-    zero = bf16(np.float32(scheme.qmin) - bf16(low / np.where(zeroed, np.float32(1), raw_scale)))
+    quotient = round_to_bf16(low / np.where(zeroed, np.float32(1), raw_scale))
+    zero = round_to_bf16(np.float32(scheme.qmin) - quotient)
     zero = np.rint(np.clip(zero, scheme.qmin, scheme.qmax))
     return np.where(zeroed, np.where(low < 0, scheme.qmax, 0), zero).astype(np.int8)
 
 
+def on_code_grid(quotient: np.ndarray, zero: np.ndarray | None, scheme: QuantScheme,
+                 scratch: np.ndarray | None = None) -> np.ndarray:
+    """x / scale (float32, in place) made what is rounded to a code: under bf16 arithmetic
+    rounded to bf16, then (asymmetric: `zero` not None) plus the zero point, rounded again;
+    `scratch` is round_to_bf16_inplace's. Every quantizer (reference, CPU path) calls this."""
+    rounded = scheme.arithmetic == "bf16"
+    if rounded:
+        round_to_bf16_inplace(quotient, scratch)
+    if zero is not None:
+        quotient += zero
+        if rounded:
+            round_to_bf16_inplace(quotient, scratch)
+    return quotient
+
+
 def code_quotients(x: np.ndarray, scale: np.ndarray, zero: np.ndarray | None,
                    scheme: QuantScheme) -> np.ndarray:
-    """x / scale (asymmetric: plus the zero point), each result rounded to bf16 under bf16
-    arithmetic, as float32 in a new array (x [..., n]; scales and zero points broadcast)."""
-    rounded = scheme.arithmetic == "bf16"
-    work = np.divide(x, scale, dtype=np.float32)
-    if rounded:
-        round_to_bf16_inplace(work)
-    if zero is not None:
-        work += zero.astype(np.float32)
-        if rounded:
-            round_to_bf16_inplace(work)
-    return work
+    """`on_code_grid` of x / scale, in a new float32 array (x [..., n]; scales and zero points
+    broadcast)."""
+    return on_code_grid(np.divide(x, scale, dtype=np.float32), zero, scheme)
 
 
 def group_extremes(x: np.ndarray, group_size: int | None) -> tuple[np.ndarray, np.ndarray]:
@@ -106,7 +114,7 @@ def qparams(low: np.ndarray, high: np.ndarray, scheme: QuantScheme,
         return bits, np.zeros(bits.shape, np.int8)
     low = np.minimum(low, np.float32(0)) * clip
     high = np.maximum(high, np.float32(0)) * clip
-    raw = bf16_bits_to_f32(f32_to_bf16_bits(bf16(high - low) / divisor))
+    raw = round_to_bf16(round_to_bf16(high - low) / divisor)
     bits = scale_bits_of(raw, scheme)
     return bits, zero_points(low, raw, scheme)
 
@@ -163,8 +171,7 @@ def _group_sq_error(x: np.ndarray, bits: np.ndarray, zero: np.ndarray,
     g = grouped(x, scheme.group_size)
     scale = bf16_bits_to_f32(bits)
     ratio = g / scale[..., None]
-    work = code_quotients(g, scale[..., None], None if scheme.symmetric else zero[..., None],
-                          scheme)
+    work = on_code_grid(ratio.copy(), None if scheme.symmetric else zero[..., None], scheme)
     np.rint(work, out=work)
     np.clip(work, scheme.qmin, scheme.qmax, out=work)
     if not scheme.symmetric:
