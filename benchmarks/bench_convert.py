@@ -19,8 +19,8 @@ import tempfile
 from pathlib import Path
 
 from benchmarks.common import checkpoint, du, grok1, median_of, run_measured
-from converter.config import Grok1Config
-from converter.spec import build_spec
+from converter.model import GROK1
+from converter.model.config import Grok1Config
 
 CASES = [
     ("xai -> hf bf16", "xai", ["--to", "hf", "--dtype", "bf16"]),
@@ -46,7 +46,7 @@ def main() -> None:
           "---: | ---: | ---: |")
     for depth in args.depths:
         config = Grok1Config.preset(args.preset, layers=depth)
-        largest = max(s.payload_bytes for s in build_spec(config))
+        largest = max(s.payload_bytes for s in GROK1.build_spec(config))
         source = checkpoint(args.preset, depth)
         with tempfile.TemporaryDirectory(dir=args.scratch) as tmp:
             tmp = Path(tmp)

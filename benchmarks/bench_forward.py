@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import checkpoint, grok1, run_measured
-from converter.config import Grok1Config
-from converter.spec import build_spec
+from converter.model import GROK1
+from converter.model.config import Grok1Config
 
 
 def main() -> None:
@@ -29,7 +29,7 @@ def main() -> None:
     print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for depth in args.depths:
         config = Grok1Config.preset("bench", layers=depth)
-        specs = build_spec(config)
+        specs = GROK1.build_spec(config)
         layer_bytes = sum(s.payload_bytes for s in specs if s.layer == 0)
         folder = checkpoint("bench", depth)
         with tempfile.TemporaryDirectory() as tmp:

@@ -14,8 +14,8 @@ import tempfile
 from pathlib import Path
 
 from benchmarks.common import checkpoint, du, grok1, run_measured
-from converter.config import Grok1Config
-from converter.spec import build_spec
+from converter.model import GROK1
+from converter.model.config import Grok1Config
 
 
 def main() -> None:
@@ -26,7 +26,7 @@ def main() -> None:
     parser.add_argument("--scratch", type=Path, default=None)
     args = parser.parse_args()
     config = Grok1Config.preset(args.preset, layers=args.layers)
-    largest = max(s.payload_bytes for s in build_spec(config))
+    largest = max(s.payload_bytes for s in GROK1.build_spec(config))
     source = checkpoint(args.preset, args.layers)
     print("| preset | layers | dtype | input GB | output GB | seconds | cp seconds | "
           "peak RSS MB | largest tensor MB |")

@@ -27,9 +27,9 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import checkpoint, grok1, run_measured
-from converter.containers import SafetensorsReader
+from converter.files.shards import SafetensorsReader
 from converter.formats import ignored_modules, unpack_codes
-from converter.names import SCHEMES
+from converter.model import GROK1
 
 # case: (our quantize options, llm-compressor's scheme: a preset name or weight arguments)
 CASES = {
@@ -41,6 +41,7 @@ CASES = {
 }
 LLMC = """
 import json, sys
+from converter.model import GROK1
 from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
 from llmcompressor.entrypoints.model_free import model_free_ptq
 scheme = json.loads(sys.argv[3])
@@ -99,7 +100,7 @@ def main() -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     source = bf16_input(args.preset, args.layers)
-    ignore = json.dumps(ignored_modules(SCHEMES["hpcai"]))
+    ignore = json.dumps(ignored_modules(GROK1.name_schemes["hpcai"]))
     rows = []
     with tempfile.TemporaryDirectory(dir=source.parent) as work:
         for case in args.cases.split(","):

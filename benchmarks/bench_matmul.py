@@ -18,9 +18,9 @@ import torch
 
 from benchmarks.bench_verify import int4_of
 from benchmarks.common import checkpoint
+from converter.forward.grok1 import StreamedGrok1
 from converter.layouts import open_checkpoint
 from converter.tensors import dense
-from verify.torch_forward import StreamedGrok1
 
 
 def seconds(function, runs: int) -> float:

@@ -21,8 +21,8 @@ import tempfile
 from pathlib import Path
 
 from benchmarks.common import checkpoint, du, grok1, median_of
-from converter.config import Grok1Config
-from converter.spec import build_spec
+from converter.model import GROK1
+from converter.model.config import Grok1Config
 
 
 def main() -> None:
@@ -57,7 +57,7 @@ def main() -> None:
             source = checkpoint(args.preset, layers)
             read = du(source)
             config = Grok1Config.preset(args.preset, layers=layers)
-            weights = sum(s.numel for s in build_spec(config) if s.quantized)
+            weights = sum(s.numel for s in GROK1.build_spec(config) if s.quantized)
             if layers not in baseline:
                 run = median_of(args.runs, grok1("convert", str(source), str(out), "--to", "hf",
                                                  "--dtype", "bf16", "--quiet"), fresh)

@@ -21,13 +21,14 @@ from pathlib import Path
 import numpy as np
 
 from converter import __version__
-from converter.atomic import check_free_space
-from converter.config import Grok1Config, save_sidecar
+from converter.engine.output import OutputFolder, discard_folder
+from converter.engine.progress import byte_bar
 from converter.errors import UsageError
+from converter.files.atomic import check_free_space
 from converter.layouts.xai import TENSOR_DIRS, write_leaf
-from converter.output import OutputFolder, discard_folder
-from converter.progress import byte_bar
-from converter.spec import TensorSpec, build_spec
+from converter.model import GROK1
+from converter.model.config import Grok1Config, save_sidecar
+from converter.model.spec import TensorSpec
 from converter.tensors import f32_to_bf16_bits
 
 __all__ = ["generate_checkpoint"]
@@ -101,7 +102,7 @@ def generate_checkpoint(folder: Path, config: Grok1Config, *, seed: int = 0,
     toolchain holding nothing else.
     """
     out = OutputFolder(Path(folder))
-    specs = build_spec(config)
+    specs = GROK1.build_spec(config)
     total = sum(s.payload_bytes for s in specs)
     out.lock()  # before anything in the folder is read or deleted
     try:

@@ -21,13 +21,13 @@ __all__ = ["convert", "download", "inspect", "logits", "quantize", "run_pipeline
 
 # verb -> (module, function): each is that function itself, or the thin wrapper below
 _VERBS = {
-    "download": ("converter.hub", "download"),
-    "upload": ("converter.hub", "upload"),
-    "inspect": ("converter.inspect", "inspect_checkpoint"),
+    "download": ("converter.hub.client", "download"),
+    "upload": ("converter.hub.client", "upload"),
+    "inspect": ("converter.report.inspect", "inspect_checkpoint"),
     "quantize": ("quant.registry", "quantize_checkpoint"),
     "logits": ("verify.api", "write_logits"),
     "run_pipeline": ("grok1.pipeline", "run_pipeline"),  # (grok1.pipeline is its module)
-    "serve_mirror": ("converter.hub_server", "make_server"),
+    "serve_mirror": ("converter.hub.server", "make_server"),
 }
 
 
@@ -39,7 +39,7 @@ def convert(source: Any, dst: Any, *, to: str = "hf", dtype: str | None = None,
     run's summary."""
     from pathlib import Path
 
-    from converter.engine import convert as run_convert
+    from converter.convert import convert as run_convert
     from converter.layouts.base import TargetOptions
 
     options = TargetOptions(names=names, dtype=dtype, shard_size=shard_size, tokenizer=tokenizer)

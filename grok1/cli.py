@@ -15,14 +15,14 @@ from typing import Any
 import click
 
 from converter import __version__
-from converter.config import PRESETS, Grok1Config
+from converter.engine.executors import EXECUTORS
 from converter.errors import DiskSpaceError, Grok1Error, UsageError
-from converter.executors import EXECUTORS
-from converter.hub import invocation
+from converter.hub.client import invocation
 from converter.layouts import DTYPES as LAYOUT_DTYPES
 from converter.layouts import LAYOUTS
-from converter.names import SCHEMES as NAME_SCHEMES
-from converter.serving import OutputKind, unserved_warning
+from converter.model import ARCHITECTURES
+from converter.model.config import PRESETS, Grok1Config
+from converter.report.serving import OutputKind, unserved_warning
 from grok1.exit_codes import (
     EXIT_BAD_INPUT,
     EXIT_FAILED,
@@ -36,6 +36,9 @@ from quant.schemes import ARITHMETICS, GRIDS, METHODS
 from verify.kquant import KQUANTS
 from verify.profiles import DTYPE_PROFILES, PROFILES
 from verify.tokens import MAX_TEXT_TOKENS
+
+# every architecture's Hugging Face name schemes (--names)
+NAME_SCHEMES = list(dict.fromkeys(n for a in ARCHITECTURES.values() for n in a.name_schemes))
 
 _MAX_ERROR = 400  # characters of an error line: input echoed in a message stays bounded
 
@@ -230,7 +233,7 @@ def inspect(path: Path, as_json: bool, check_hashes: bool) -> None:
       grok1 inspect ./tiny-grok --json | jq .problems
       grok1 inspect ./grok-1 --check-hashes      # after `grok1 download`
     """
-    from converter.inspect import format_report, inspect_checkpoint
+    from converter.report.inspect import format_report, inspect_checkpoint
 
     report = inspect_checkpoint(path, check_hashes=check_hashes)
     click.echo(json.dumps(report, indent=2) if as_json else format_report(report))
@@ -395,7 +398,7 @@ def _print_run(summary: dict[str, Any], dst: Path, as_json: bool) -> None:
     if as_json:
         echo_json(summary)
     elif "files" in summary:
-        from converter.atomic import free_bytes
+        from converter.files.atomic import free_bytes
 
         for item in summary["files"]:
             click.echo(f"{item['bytes']:>16,}  {item['path']}")
@@ -412,7 +415,7 @@ def _print_run(summary: dict[str, Any], dst: Path, as_json: bool) -> None:
 @click.option("--to", "to", type=click.Choice(list(LAYOUTS)), default="hf", show_default=True,
               help="Output layout: " + "; ".join(f"{e.name}: {e.summary}"
                                                  for e in LAYOUTS.values()) + ".")
-@click.option("--names", type=click.Choice(list(NAME_SCHEMES)),
+@click.option("--names", type=click.Choice(NAME_SCHEMES),
               help=NAMES_HELP + " For --to hf and torch [default: hpcai].")
 @click.option("--dtype", type=click.Choice(LAYOUT_DTYPES, case_sensitive=False),
               help=dtype_help())
@@ -440,7 +443,7 @@ def convert(src: Path, dst: Path, to: str, names: str | None, dtype: str | None,
       grok1 convert ./grok-1 ./out --to hf --resume            # after an interruption
       grok1 convert ./grok-1 ./grok-1-gguf --to gguf --dtype q8_0 --shard-size 45GB
     """
-    from converter.engine import convert as run
+    from converter.convert import convert as run
     from converter.layouts.base import TargetOptions
     from converter.sizes import parse_size
 
@@ -479,7 +482,7 @@ def convert(src: Path, dst: Path, to: str, names: str | None, dtype: str | None,
                    "its per-channel codes exactly).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
               show_default=True, help="auto picks the Triton kernel when a GPU is present.")
-@click.option("--names", type=click.Choice(list(NAME_SCHEMES)),
+@click.option("--names", type=click.Choice(NAME_SCHEMES),
               help=NAMES_HELP + " Default: hpcai (w8a8-int8: sglang, its only names).")
 @click.option("--shard-size", default="5GB", show_default=True,
               help=SHARD_SIZE_HELP)
@@ -633,7 +636,7 @@ def serve(folder: Path, host: str, port: int, rate_limit: int, token: str | None
       HF_ENDPOINT=http://127.0.0.1:8080 grok1 download --local-dir ./grok-1
       HF_ENDPOINT=http://127.0.0.1:8080 HF_HUB_DISABLE_XET=1 grok1 upload ./out --repo me/x
     """
-    from converter.hub_server import make_server
+    from converter.hub.server import make_server
 
     folder.mkdir(parents=True, exist_ok=True)
     try:
@@ -675,7 +678,7 @@ def download(repo: str, revision: str | None, local_dir: Path, include: tuple[st
       grok1 download --local-dir ./grok-1                 # ckpt-0/*, 318 GB
       grok1 download --dry-run --revision main
     """
-    from converter.hub import download as run
+    from converter.hub.client import download as run
 
     summary = run(repo, local_dir, revision=revision, include=include, workers=workers,
                   dry_run=dry_run, verify=not no_verify, quiet=quiet, endpoint=endpoint)
@@ -713,7 +716,7 @@ def upload(folder: Path, repo: str, revision: str | None, private: bool, create_
     Example:
       grok1 upload ./grok-1-int4 --repo me/grok-1-w4a16
     """
-    from converter.hub import upload as run
+    from converter.hub.client import upload as run
 
     info = run(folder, repo, revision=revision, private=private, create_pr=create_pr,
                endpoint=endpoint, any_folder=any_folder)
@@ -739,7 +742,7 @@ def upload(folder: Path, repo: str, revision: str | None, private: bool, create_
 @click.option("--upload", "upload_repo", metavar="REPO",
               help="Repo to publish each verified result to; with several targets, {to} "
                    "stands for the target (me/grok-1-{to}).")
-@click.option("--names", type=click.Choice(list(NAME_SCHEMES)),
+@click.option("--names", type=click.Choice(NAME_SCHEMES),
               help=NAMES_HELP + " For hf and quantized targets [default: hpcai].")
 @click.option("--tokenizer", metavar="PATH|none",
               help="Tokenizer files to ship (default: Grok-1's for a 131072-token vocabulary).")
@@ -767,7 +770,7 @@ def pipeline(to: str, repo: str, revision: str | None, source_dir: Path | None,
       grok1 pipeline --to int8,int4,gguf-Q8_0 --upload me/grok-1-{to}
       grok1 pipeline --to hf-bf16 --source ./grok-1 --names sglang
     """
-    from converter.engine import default_workers
+    from converter.convert import default_workers
     from grok1.pipeline import DEFAULT_NAMES, parse_targets, run_pipeline
 
     targets = parse_targets(to)
@@ -816,7 +819,7 @@ def serving(folder: Path | None, as_json: bool) -> None:
       grok1 serving ./grok-1-fp8       # engines, commands and caveats for this folder
       grok1 serving                    # the table the README shows
     """
-    from converter.serving import how_to_serve, kind_of, serving_engines, serving_table
+    from converter.report.serving import how_to_serve, kind_of, serving_engines, serving_table
     from grok1.sizes import real_model_sizes
 
     if folder is None:

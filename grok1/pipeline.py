@@ -18,14 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from converter import __version__
-from converter.atomic import atomic_open
-from converter.engine import convert
+from converter.convert import convert
+from converter.engine.output import DOWNLOAD_RECORD, MANIFEST_NAME, PROVENANCE_NAME
 from converter.errors import MalformedFileError, UsageError, VerificationFailed
+from converter.files.atomic import atomic_open
+from converter.files.safe_read import read_json
 from converter.layouts.base import TargetOptions
 from converter.layouts.gguf import DTYPES as GGUF_DTYPES
-from converter.output import DOWNLOAD_RECORD, MANIFEST_NAME, PROVENANCE_NAME
-from converter.safe_read import read_json
-from converter.serving import OutputKind
+from converter.report.serving import OutputKind
 from quant.registry import SCHEMES as QUANT_SCHEMES
 from quant.registry import quantize_checkpoint
 from verify.profiles import DTYPE_PROFILES
@@ -135,8 +135,8 @@ def upload_repo_of(template: str | None, target: Target, count: int) -> str | No
 def check_local_source(source: Path, workers: int) -> dict[str, Any]:
     """A local copy of the release, checked file by file against the hashes its download
     recorded; returns that record's repo and commit."""
-    from converter.hashes import recorded_hash_problems
-    from converter.safe_read import read_record
+    from converter.engine.hashes import recorded_hash_problems
+    from converter.files.safe_read import read_record
 
     if not source.is_dir():
         raise UsageError(f"{source}: --source is not a folder")
@@ -166,7 +166,7 @@ def run_pipeline(*, to: list[Target], repo: str, revision: str | None, work_dir:
                          "llama.cpp's)")
     repos = {t.name: upload_repo_of(upload, t, len(to)) for t in to}
     if upload is not None:
-        from converter.hub import check_repo_id
+        from converter.hub.client import check_repo_id
 
         for repo_id in repos.values():  # before hours of download, not after
             check_repo_id(repo_id, "--upload")
@@ -209,7 +209,7 @@ def _fetch(repo: str, revision: str | None, work: Path, source_dir: Path | None,
     if source_dir is not None:
         echo(f"[1/4] check {source_dir} against its recorded hashes")
         return {"done": True, **check_local_source(source_dir.resolve(), workers)}
-    from converter.hub import download
+    from converter.hub.client import download
 
     source = work / "source"
     echo(f"[1/4] download {repo}@{revision or 'main'} -> {source}")
@@ -265,7 +265,7 @@ def _one_target(target: Target, state: dict[str, Any], work: Path, source: Path,
 
     uploaded = steps.get("upload", {})
     if upload_repo and not (uploaded.get("done") and uploaded.get("repo") == upload_repo):
-        from converter.hub import upload
+        from converter.hub.client import upload
 
         echo(f"[4/4] upload {output} -> {upload_repo}")
         info = upload(output, upload_repo, endpoint=endpoint)

@@ -3,11 +3,10 @@ read or written): what the serving table says each output needs."""
 
 from __future__ import annotations
 
-from converter.config import Grok1Config
 from converter.layouts.hf import plan_outputs
-from converter.linears import convert_linears
-from converter.names import SCHEMES
-from converter.spec import build_spec
+from converter.layouts.linears import convert_linears
+from converter.model import GROK1
+from converter.model.config import Grok1Config
 from quant.registry import SCHEMES as QUANT_SCHEMES
 
 __all__ = ["real_model_sizes"]
@@ -15,7 +14,7 @@ __all__ = ["real_model_sizes"]
 
 def real_model_sizes() -> dict[str, int]:
     """Bytes of the real model's hf output by weights (f32, bf16, int8, int4, ...)."""
-    specs = build_spec(Grok1Config())
+    specs = GROK1.build_spec(Grok1Config())
     linears = [convert_linears(dtype, specs) for dtype in ("f32", "bf16")]
     for entry in QUANT_SCHEMES.values():
         linears.append(entry.linears(specs))
@@ -23,6 +22,6 @@ def real_model_sizes() -> dict[str, int]:
             linears.append(entry.linears(specs, symmetric=False))
     sizes = {}
     for made in linears:
-        outputs = plan_outputs(specs, SCHEMES["hpcai"], made.formats)
+        outputs = plan_outputs(specs, GROK1.scheme(), made.formats)
         sizes[made.formats["moe_gate"].label()] = sum(o.entry.nbytes for o in outputs)
     return sizes

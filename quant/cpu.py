@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from converter.formats import PackedLinear, pack_codes, pack_zero_points
-from converter.linears import CanonicalRows
+from converter.layouts.linears import CanonicalRows
 from converter.tensors import bf16_bits_to_f32, transposed
 from quant.primitives import code_quotients, error_stats, on_code_grid, qparams, search_clip
 from quant.schemes import QuantScheme

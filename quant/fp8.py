@@ -29,7 +29,7 @@ from converter.formats import (
     e4m3_to_f32,
     expand_scale,
 )
-from converter.spec import LINEAR_ROLES, TensorSpec
+from converter.model.spec import TensorSpec
 from converter.tensors import transposed
 from quant.cpu import BAND, NotFinite, SourceRows
 from quant.primitives import error_stats
@@ -147,8 +147,9 @@ def quantize_fp8_cpu(value: Any, block: tuple[int, int] | None) -> tuple[FP8Line
 
 @dataclasses.dataclass(frozen=True)
 class FP8Linears(ReportedLinears):
-    """Linears re-quantized to FP8 e4m3 (per channel, or per block)."""
+    """The Linear `roles` re-quantized to FP8 e4m3 (per channel, or per block)."""
 
+    roles: tuple[str, ...]
     block: tuple[int, int] | None = None
     device: str = "cpu"
 
@@ -160,7 +161,7 @@ class FP8Linears(ReportedLinears):
     @property
     def formats(self) -> dict[str, LinearFormat]:
         """float-quantized, float32 scales, for every role."""
-        return dict.fromkeys(LINEAR_ROLES, FloatQuantized(self.block))
+        return dict.fromkeys(self.roles, FloatQuantized(self.block))
 
     def settings(self) -> dict[str, Any]:
         """What identifies this output for --resume."""

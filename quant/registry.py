@@ -50,14 +50,16 @@ class SchemeEntry:
                                  or arithmetic != "f32" or grid != "compressed-tensors"):
             raise UsageError(f"--scheme {self.name} takes no --group-size, --asymmetric, "
                              "--method, --arithmetic or --grid (its grid is fixed)")
+        from converter.model.spec import linear_roles
+
         if self.channel_int8:
             from quant.w8a8 import ChannelInt8Linears
 
-            return ChannelInt8Linears()
+            return ChannelInt8Linears(linear_roles(specs))
         if self.fp8:
             from quant.fp8 import FP8Linears
 
-            return FP8Linears(self.fp8_block, device)
+            return FP8Linears(linear_roles(specs), self.fp8_block, device)
         from quant.requantize import QuantizedLinears
 
         scheme = self.scheme(group_size=group_size, symmetric=symmetric, method=method,
@@ -106,10 +108,10 @@ def quantize_checkpoint(source: Path, dst: Path, scheme: str, *, group_size: int
                         device: str = "auto", to: str = "hf", **run: Any) -> dict[str, Any]:
     """Re-quantize `source` (any layout) with a registered scheme into compressed-tensors in
     `dst`; returns the run's summary with the scheme, the device and the report."""
-    from converter.engine import convert
+    from converter.convert import convert
+    from converter.files.safe_read import read_json
     from converter.layouts import open_checkpoint
     from converter.layouts.base import TargetOptions
-    from converter.safe_read import read_json
     from quant.requantize import REPORT_NAME, resolve_device
 
     if scheme not in SCHEMES:

@@ -19,11 +19,11 @@ from typing import Any
 
 import numpy as np
 
+from converter.engine.output import QUANT_PLOT
 from converter.errors import MalformedFileError, UsageError
 from converter.formats import LinearFormat, PackedLinear
-from converter.output import QUANT_PLOT
-from converter.plots import expert_heatmap
-from converter.spec import LINEAR_ROLES, TensorSpec
+from converter.model.spec import TensorSpec
+from converter.report.plots import expert_heatmap
 from converter.tensors import QuantizedWeight8bit, dense
 from quant.cpu import NotFinite, quantize_cpu
 from quant.schemes import QuantScheme
@@ -73,7 +73,7 @@ def role_schemes(specs: list[TensorSpec], scheme: QuantScheme) -> dict[str, Quan
     input width; where it does not (small test models), the role uses gcd(width, group size)."""
     schemes = {}
     for spec in specs:
-        if spec.role not in LINEAR_ROLES or spec.role in schemes:
+        if not spec.param.linear or spec.role in schemes:
             continue
         width, group = spec.shape[-2], scheme.group_size
         if group is not None and width % group:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from converter.formats import ChannelInt8, LinearFormat
-from converter.spec import LINEAR_ROLES, TensorSpec
+from converter.model.spec import TensorSpec
 from converter.tensors import QuantizedWeight8bit, bf16_bits_to_f32, transposed
 from quant.cpu import BAND, NotFinite, quantize_cpu
 from quant.primitives import error_stats
@@ -31,15 +31,16 @@ PER_CHANNEL = QuantScheme(8, None)
 @dataclasses.dataclass(frozen=True)
 class ChannelInt8Linears(ReportedLinears):
     """Linears in SGLang's w8a8_int8 (CPU only: the work is a transpose and, for two Linears
-    per layer, a per-channel quantization)."""
+    per layer, a per-channel quantization), for the Linear `roles`."""
 
+    roles: tuple[str, ...]
     device: str = "cpu"
     label: str = "w8a8-int8"
 
     @property
     def formats(self) -> dict[str, LinearFormat]:
         """w8a8_int8 for every role."""
-        return dict.fromkeys(LINEAR_ROLES, ChannelInt8())
+        return dict.fromkeys(self.roles, ChannelInt8())
 
     def settings(self) -> dict[str, Any]:
         """What identifies this output for --resume."""

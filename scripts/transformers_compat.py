@@ -50,13 +50,13 @@ def check(folders: list[str]) -> int:
 
 def main(version: str) -> int:
     """Write the outputs here, then check them in a venv with transformers `version`."""
-    from converter.config import Grok1Config
-    from converter.engine import convert
+    from converter.convert import convert
+    from converter.forward.drive import torch_logits
     from converter.generate import generate_checkpoint
     from converter.layouts import open_checkpoint
     from converter.layouts.base import TargetOptions
+    from converter.model.config import Grok1Config
     from quant.registry import quantize_checkpoint
-    from verify.torch_forward import torch_logits
 
     venv = Path(tempfile.gettempdir()) / f"grok1-transformers-{version}"
     if not (venv / "bin" / "python").exists():

@@ -104,8 +104,8 @@ def reference_logprobs(folder: Path, tokens: np.ndarray) -> np.ndarray:
     ([B, T-1, V])."""
     import torch
 
+    from converter.forward.drive import torch_logits
     from converter.layouts import open_checkpoint
-    from verify.torch_forward import torch_logits
 
     logits = torch.from_numpy(torch_logits(open_checkpoint(folder), tokens))
     return torch.log_softmax(logits[:, :-1].double(), dim=-1).float().numpy()
@@ -113,10 +113,10 @@ def reference_logprobs(folder: Path, tokens: np.ndarray) -> np.ndarray:
 
 def outputs(root: Path) -> dict[str, tuple[Path, str | None]]:
     """Our outputs of a `serve` checkpoint: name -> (folder, vLLM dtype or None if quantized)."""
-    from converter.config import Grok1Config
-    from converter.engine import convert
+    from converter.convert import convert
     from converter.generate import generate_checkpoint
     from converter.layouts.base import TargetOptions
+    from converter.model.config import Grok1Config
     from quant.registry import quantize_checkpoint
 
     source = root / "release"

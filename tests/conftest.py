@@ -15,8 +15,8 @@ if not torch.cuda.is_available():
 
 import pytest
 
-from converter.config import Grok1Config
 from converter.generate import generate_checkpoint
+from converter.model.config import Grok1Config
 
 REPO = Path(__file__).resolve().parent.parent
 TEST_DATA = REPO / "tests" / "data"  # copies of the shared fixtures, with their provenance

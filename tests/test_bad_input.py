@@ -16,8 +16,8 @@ from converter.errors import (
     ShapeMismatchError,
     UnsafePickleError,
 )
+from converter.files.pickle_reader import load_leaf
 from converter.layouts.xai import XaiCheckpoint
-from converter.pickle_reader import load_leaf
 from grok1.cli import main
 from tests.conftest import bad_input
 

@@ -140,8 +140,8 @@ def test_quantize_refuses_nan_norms_and_embeddings(tiny_ckpt, tmp_path):
 def test_inspect_checks_recorded_hashes(tiny_ckpt, tmp_path):
     folder = tmp_path / "dl"
     shutil.copytree(tiny_ckpt, folder)
-    from converter.hashes import git_sha1
-    from converter.output import file_sha256
+    from converter.engine.hashes import git_sha1
+    from converter.engine.output import file_sha256
 
     files = sorted(p.relative_to(folder).as_posix() for p in (folder / "ckpt-0").iterdir())
     (folder / "grok1-download.json").write_text(json.dumps({

@@ -7,7 +7,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from converter.containers import SafetensorsReader
+from converter.files.shards import SafetensorsReader
 from converter.layouts import open_checkpoint
 from converter.tensors import bf16_bits_to_f32
 from grok1.cli import main

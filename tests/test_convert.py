@@ -18,8 +18,8 @@ from safetensors import safe_open
 
 from converter.layouts import open_checkpoint
 from converter.layouts.hf import plan_outputs
-from converter.linears import ReleaseInt8Linears
-from converter.names import SCHEMES
+from converter.layouts.linears import ReleaseInt8Linears
+from converter.model import GROK1 as ARCH
 from converter.tensors import round_to_bf16
 from grok1.cli import main
 from tests.conftest import bad_input, file_digests, output_digests
@@ -206,7 +206,7 @@ def test_preflight_refuses_a_small_disk(upstream, tmp_path, monkeypatch):
 
 def test_disk_full_mid_run_leaves_nothing_that_looks_complete(small_ckpt, tmp_path,
                                                               monkeypatch):
-    from converter import containers
+    import converter.files.shards as containers
     calls = {"n": 0}
     original = containers._raw
 
@@ -291,7 +291,8 @@ def test_inspect_reads_hf_and_torch_layouts(upstream, tmp_path):
         assert (report["layout"], report["names"], report["problems"]) == (layout, names, [])
         specs = open_checkpoint(upstream).specs
         assert report["totals"]["parameters"] == sum(s.numel for s in specs)
-    planned = plan_outputs(specs, SCHEMES["hpcai"], ReleaseInt8Linears.for_specs(specs).formats)
+    planned = plan_outputs(specs, ARCH.scheme("hpcai"),
+                           ReleaseInt8Linears.for_specs(specs).formats)
     assert json.loads(CliRunner().invoke(main, ["inspect", str(tmp_path / "hf"), "--json"])
                       .output)["totals"]["tensors"] == len(planned)
     victim = tmp_path / "hf" / "model-00003-of-00006.safetensors"
@@ -314,7 +315,7 @@ def test_generation_config_and_tokenizer_choices(upstream, tmp_path):
 
 
 def test_hf_tensor_with_the_wrong_shape_is_named(upstream, tmp_path):
-    from converter.containers import SafetensorsReader, SafetensorsWriter
+    from converter.files.shards import SafetensorsReader, SafetensorsWriter
     ok(upstream, tmp_path / "hf", "--dtype", "f32")
     path = tmp_path / "hf" / "model.safetensors"
     reader = SafetensorsReader(path)
@@ -332,8 +333,8 @@ def test_hf_tensor_with_the_wrong_shape_is_named(upstream, tmp_path):
 
 @pytest.mark.parametrize("writer", ["safetensors", "torch"])
 def test_shard_writers_enforce_the_plan(writer, tmp_path):
-    from converter.containers import Entry, SafetensorsWriter, TorchShardWriter
     from converter.errors import UsageError
+    from converter.files.shards import Entry, SafetensorsWriter, TorchShardWriter
     cls = {"safetensors": SafetensorsWriter, "torch": TorchShardWriter}[writer]
     plan = [Entry("a", "F32", (2,)), Entry("b", "I32", (3,))]
     path = tmp_path / "shard"

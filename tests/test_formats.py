@@ -14,14 +14,14 @@ from converter.formats import (
     ignored_modules,
     quantization_config,
 )
-from converter.names import SCHEMES
-from converter.spec import LINEAR_ROLES, TensorSpec
+from converter.model import GROK1
+from converter.model.spec import TensorSpec
 
 QUANTIZED = [PackQuantized(8), PackQuantized(8, 32), PackQuantized(4, 128),
              PackQuantized(4, 128, symmetric=False), FloatQuantized(), FloatQuantized((128, 128))]
 
 # one expert's Linear of 256 inputs and 64 outputs
-SPEC = TensorSpec("layer/linear", "moe_gate", 0, (8, 256, 64), True, 1, 0)
+SPEC = TensorSpec("layer/linear", "moe_gate", 0, (8, 256, 64), True, 1, 0, GROK1.role["moe_gate"])
 
 
 def test_every_quantized_format_is_registered_under_its_own_name():
@@ -37,11 +37,11 @@ def test_a_format_reads_back_its_own_group(fmt):
     assert type(fmt).from_group("g", group["weights"], "config.json") == fmt
 
 
-@pytest.mark.parametrize("names", list(SCHEMES))
+@pytest.mark.parametrize("names", list(GROK1.name_schemes))
 @pytest.mark.parametrize("experts", QUANTIZED, ids=repr)
 def test_quantization_config_round_trips_mixed_formats(names, experts):
-    scheme = SCHEMES[names]
-    formats = dict.fromkeys(LINEAR_ROLES, experts)
+    scheme = GROK1.name_schemes[names]
+    formats = dict.fromkeys(GROK1.linear_roles, experts)
     formats["attn_o"] = PackQuantized(8, 32)
     formats["attn_q"] = FloatQuantized((128, 128))
     config = quantization_config(config_groups(scheme, formats), ignored_modules(scheme))
@@ -49,7 +49,7 @@ def test_quantization_config_round_trips_mixed_formats(names, experts):
 
 
 def test_without_quantization_every_linear_is_dense():
-    formats = formats_from_quantization(None, SCHEMES["hpcai"], "F32")
+    formats = formats_from_quantization(None, GROK1.name_schemes["hpcai"], "F32")
     assert set(formats.values()) == {Dense("F32")}
     assert Dense("F32").compute_dtype == "F32" and not Dense("F32").quantized
 
@@ -84,7 +84,7 @@ def test_a_group_in_no_known_format_is_one_line_naming_the_file():
     config["format"] = "pack-quantized"
     with pytest.raises(MalformedFileError, match=r"^cfg/config.json: quantization config group "
                        r"'group_0' is in no supported format \(format 'mystery-quantized'"):
-        formats_from_quantization(config, SCHEMES["hpcai"], "BF16", "cfg/config.json")
+        formats_from_quantization(config, GROK1.name_schemes["hpcai"], "BF16", "cfg/config.json")
 
 
 def test_an_fp8_block_larger_than_its_linear_is_refused_before_allocating():

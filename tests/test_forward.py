@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from converter.forward.drive import torch_logits
 from converter.layouts import open_checkpoint
 from grok1.cli import main
 from tests.conftest import bad_input
 from verify.reference import reference_logits
-from verify.torch_forward import torch_logits
 
 TOLERANCE = 2e-4
 
@@ -75,9 +75,9 @@ def test_logits_rejects_bad_tokens(upstream, tmp_path, bad):
 def test_the_embedding_is_a_file_map_whose_pages_can_be_dropped(small_ckpt, tmp_path):
     from click.testing import CliRunner
 
+    from converter.forward.layer_weights import _file_backed, drop_pages, mapped_embedding
     from converter.layouts import open_checkpoint
     from grok1.cli import main
-    from verify.weights import _file_backed, drop_pages, mapped_embedding
 
     assert CliRunner().invoke(main, ["convert", str(small_ckpt), str(tmp_path / "hf"), "--to",
                                      "hf", "--dtype", "f32", "--quiet"]).exit_code == 0

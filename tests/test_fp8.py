@@ -9,10 +9,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from converter.containers import SafetensorsReader, SafetensorsWriter
+from converter.files.shards import SafetensorsReader, SafetensorsWriter
 from converter.formats import FP8Linear, e4m3_to_f32, expand_scale
 from converter.layouts import open_checkpoint
-from converter.linears import dense_transposed
+from converter.layouts.linears import dense_transposed
 from grok1.cli import main
 from quant.cpu import NotFinite
 from quant.fp8 import e4m3_bits, quantize_fp8, quantize_fp8_cpu
@@ -201,6 +201,6 @@ def test_a_transposed_block_grid_is_refused(fp8, tmp_path):
 def test_fp8_options_and_card(small_ckpt, fp8, tmp_path):
     assert "--scheme fp8 takes no --group-size" in bad_input(
         "quantize", small_ckpt, tmp_path / "x", "--scheme", "fp8", "--group-size", "64")
-    from converter.hub import model_card
+    from converter.hub.client import model_card
     card = model_card(fp8 / "fp8-block", "me/grok-1-fp8")
     assert "FP8 e4m3 weights (128x128 blocks)" in card and "Hopper" in card

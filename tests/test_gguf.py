@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from converter.gguf import GGUFReader, decode, encode
+from converter.files.gguf_file import GGUFReader, decode, encode
 from converter.layouts import open_checkpoint
-from converter.layouts.gguf import tensor_name
+from converter.model import GROK1
 from converter.tensors import f32_to_bf16_bits
 from grok1.cli import main
 from tests.conftest import bad_input
@@ -65,8 +65,8 @@ def test_q8_0_from_the_release_keeps_its_codes_and_verifies_lossless(small_ckpt,
     release = open_checkpoint(small_ckpt)
     spec = next(s for s in release.specs if s.role == "moe_up" and s.layer == 3)
     reader = next(GGUFReader(p) for p in sorted(q8.glob("*.gguf"))
-                  if tensor_name(spec) in GGUFReader(p).tensors)
-    info, _ = reader.tensors[tensor_name(spec)]
+                  if GROK1.gguf.tensor(spec) in GGUFReader(p).tensors)
+    info, _ = reader.tensors[GROK1.gguf.tensor(spec)]
     assert info.kind == "Q8_0" and info.shape == (8, spec.shape[2], spec.shape[1])
     blocks = reader.raw(info.name).reshape(-1, 34)
     codes = blocks[:, 2:].view(np.int8).reshape(8, spec.shape[2], spec.shape[1])
@@ -76,7 +76,7 @@ def test_q8_0_from_the_release_keeps_its_codes_and_verifies_lossless(small_ckpt,
                                        "lossless", "--seq-len", "16", "--batch", "2"])
     assert result.exit_code == 0, result.output
     report = json.loads((q8 / "gguf_report.json").read_text())
-    assert report["tensors"][tensor_name(spec)]["made"] == "release int8 codes and scales"
+    assert report["tensors"][GROK1.gguf.tensor(spec)]["made"] == "release int8 codes and scales"
     # small's expert down projection has 1368 = 8 x 171 rows: blocks of 32 cannot keep its
     # scale groups, so it is stored exactly in F32, and the report says so
     assert report["fallbacks"] == [f"blk.{i}.ffn_down_exps.weight" for i in range(5)]

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from converter.errors import MalformedFileError
-from converter.gguf import MAX_HEADER, GGUFReader
+from converter.files.gguf_file import MAX_HEADER, GGUFReader
 from grok1.cli import main
 from tests.conftest import bad_input
 
@@ -127,7 +127,7 @@ def test_a_tensor_in_two_members_is_refused(split_set, tmp_path):
 def test_the_type_table_is_ggmls():
     from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
-    from converter.gguf import GGML_TYPES
+    from converter.files.gguf_file import GGML_TYPES
 
     for name, kind in GGML_TYPES.items():
         assert GGMLQuantizationType[name].value == kind.id, name

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from converter.errors import MalformedFileError, UnsafePickleError
-from converter.pickle_reader import load_leaf, parse_leaf
+from converter.files.pickle_reader import load_leaf, parse_leaf
 from grok1.cli import main
 from tests.conftest import bad_input
 
@@ -225,7 +225,7 @@ def test_index_weight_map_that_is_a_string(hf, tmp_path):
 # ---- what inspect must find ----------------------------------------------------------------
 
 def rewrite_tensor(folder, name, make):
-    from converter.containers import Entry, SafetensorsReader, SafetensorsWriter
+    from converter.files.shards import Entry, SafetensorsReader, SafetensorsWriter
 
     index = json.loads((folder / "model.safetensors.index.json").read_text())
     path = folder / index["weight_map"][name]
@@ -256,7 +256,7 @@ def test_inspect_finds_a_bad_recorded_weight_shape(tiny_ckpt, tmp_path):
     (tmp_path / "hf8" / "grok1-manifest.json").unlink()
     name = "model.layers.2.attn.q_proj.weight_shape"
     path = tmp_path / "hf8" / "model.safetensors"
-    from converter.containers import SafetensorsReader, SafetensorsWriter
+    from converter.files.shards import SafetensorsReader, SafetensorsWriter
 
     reader = SafetensorsReader(path)
     entries = [e for e, _ in reader.entries.values()]

@@ -13,9 +13,9 @@ import time
 import numpy as np
 import pytest
 
-from converter.config import Grok1Config
 from converter.generate import generate_checkpoint
 from converter.layouts.xai import XaiCheckpoint, value_payloads, write_leaf
+from converter.model.config import Grok1Config
 from tests.conftest import file_digests
 
 GROK1 = [sys.executable, "-m", "grok1"]
@@ -285,7 +285,7 @@ def test_http_errors_become_one_line_messages(status, words):
     httpx2 = pytest.importorskip("httpx2")  # huggingface_hub 2.x's HTTP client
     from huggingface_hub.errors import HfHubHTTPError
 
-    from converter.hub import _hub_error
+    from converter.hub.client import _hub_error
     response = httpx2.Response(status, request=httpx2.Request("GET", "http://127.0.0.1/x"))
     error = _hub_error(HfHubHTTPError("boom", response=response), "org/repo", None)
     assert words in str(error) and "\n" not in str(error)

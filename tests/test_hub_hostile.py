@@ -10,9 +10,9 @@ import threading
 import pytest
 from click.testing import CliRunner
 
-from converter.config import Grok1Config
 from converter.generate import generate_checkpoint
-from converter.hub_server import HubStore, make_server, parse_range
+from converter.hub.server import HubStore, make_server, parse_range
+from converter.model.config import Grok1Config
 from grok1.cli import main
 from tests.conftest import bad_input
 from tests.test_hub import Server, env_for, grok1

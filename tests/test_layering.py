@@ -1,8 +1,8 @@
 """The package layering of the README's Repository section, checked on the source: the core
 (`converter`) imports neither `quant`, `verify`, the face (`grok1`) nor click; `quant` and
-`verify` depend on the core only, never on each other or on the face; within the core,
-`converter.formats` sits below the layouts and the engine; and no module imports itself through
-others. Imports inside functions count too."""
+`verify` depend on the core only, never on each other or on the face; within the core, modules
+import downward through the tiers of `CORE_TIERS`; and no module imports itself through others.
+Imports inside functions count too."""
 
 import ast
 from pathlib import Path
@@ -46,13 +46,20 @@ def test_the_checker_sees_nested_imports(tmp_path):
 
 PACKAGES = ("converter", "quant", "verify", "grok1")
 
-# Subpackages of the core that sit below the rest of it: a storage format knows nothing of the
-# layouts that write it, the engine that drives them, or the Hub.
-CORE_FORBIDDEN = {
-    "converter.formats": {"converter.layouts", "converter.engine", "converter.hub",
-                          "converter.linears", "converter.produce", "converter.serving"},
-}
-
+# The core's tiers, lowest first (the README's architecture tour): a module imports its own tier
+# and those below it, never one above. A storage format knows nothing of the layouts that write
+# it; the forward knows no layout; the layouts know neither the verbs that drive them nor the Hub.
+CORE_TIERS: tuple[tuple[str, ...], ...] = (
+    ("converter", "converter.errors", "converter.dtypes", "converter.tensors", "converter.sizes"),
+    ("converter.files",),
+    ("converter.tokenizer", "converter.hf_model", "converter.model"),
+    ("converter.formats",),
+    ("converter.engine",),
+    ("converter.forward",),
+    ("converter.layouts",),
+    ("converter.convert", "converter.generate"),
+    ("converter.hub", "converter.report", "converter.vllm_grok1"),
+)
 
 def module_name(path: Path) -> str:
     """`converter/formats/base.py` -> `converter.formats.base` (a package is its __init__)."""
@@ -121,13 +128,37 @@ def test_the_cycle_finder_finds_cycles():
     assert cycles({"a": {"b"}, "b": set()}) == []
 
 
-@pytest.mark.parametrize("package", sorted(CORE_FORBIDDEN))
-def test_core_subpackage_layering(package):
-    graph = import_graph()
-    inside = {m: deps for m, deps in graph.items() if m == package or m.startswith(package + ".")}
-    assert inside
-    offenders = {m: sorted(d for d in deps if any(d == f or d.startswith(f + ".")
-                                                  for f in CORE_FORBIDDEN[package]))
-                 for m, deps in inside.items()}
-    assert {m: d for m, d in offenders.items() if d} == {}
+def tier(module: str) -> int:
+    """The index of the core tier a module belongs to (its longest matching prefix)."""
+    matches = [(len(prefix), i) for i, names in enumerate(CORE_TIERS) for prefix in names
+               if module == prefix or module.startswith(prefix + ".")]
+    assert matches, f"{module} is in no tier of CORE_TIERS"
+    return max(matches)[1]
 
+
+def upward_imports(graph: dict[str, set[str]]) -> dict[str, list[str]]:
+    """Core modules that import a module of a higher tier, with what they import."""
+    found = {}
+    for module, deps in graph.items():
+        if module.split(".")[0] != "converter":
+            continue
+        up = sorted(d for d in deps if d.split(".")[0] == "converter" and tier(d) > tier(module))
+        if up:
+            found[module] = up
+    return found
+
+
+def test_core_tiers_import_downward_only():
+    assert upward_imports(import_graph()) == {}
+
+
+def test_every_core_module_has_a_tier():
+    for module in import_graph():
+        if module.split(".")[0] == "converter":
+            tier(module)
+
+
+def test_the_tier_check_sees_an_upward_import():
+    graph = {"converter.formats.base": {"converter.layouts.hf", "converter.model.spec"},
+             "converter.model.spec": set()}
+    assert upward_imports(graph) == {"converter.formats.base": ["converter.layouts.hf"]}

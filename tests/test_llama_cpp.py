@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from converter.gguf import GGUFReader
+from converter.files.gguf_file import GGUFReader
+from converter.forward.drive import torch_logits
 from converter.layouts import open_checkpoint
 from grok1.cli import main
 from verify.llama_runner import available, llama_logits, llama_tokenize
 from verify.metrics import ReferenceLogits, compare_logits
 from verify.tokens import DEFAULT_TEXT, read_documents
-from verify.torch_forward import torch_logits
 
 pytestmark = pytest.mark.skipif(not available(), reason="needs llama-cpp-python")
 
@@ -107,8 +107,8 @@ def test_a_wrong_attention_output_scale_fails(small_ckpt, tmp_path, ids, monkeyp
 
     original = layout.metadata
 
-    def wrong(config, dtype, tokenizer):
-        keys = original(config, dtype, tokenizer)
+    def wrong(*args):
+        keys = original(*args)
         keys["grok.attention.output_scale"] = 1.0  # instead of 1/sqrt(head size)
         return keys
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from converter.output import OutputFolder
+from converter.engine.output import OutputFolder
 from grok1.cli import main
 from tests.conftest import bad_input, file_digests
 

@@ -8,11 +8,11 @@ import shutil
 import numpy as np
 import pytest
 
-from converter.config import Grok1Config
+from converter.files.pickle_reader import load_leaf
+from converter.files.pickle_writer import ArrayMeta, encode_leaf
 from converter.generate import generate_checkpoint
 from converter.layouts.xai import XaiCheckpoint, write_xai
-from converter.pickle_reader import load_leaf
-from converter.pickle_writer import ArrayMeta, encode_leaf
+from converter.model.config import Grok1Config
 from converter.tensors import QuantizedWeight8bit, bf16_bits_to_f32
 
 

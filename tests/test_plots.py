@@ -7,7 +7,7 @@ import zlib
 import numpy as np
 from click.testing import CliRunner
 
-from converter.plots import BAND, RED, expert_heatmap, layer_error_plot, png
+from converter.report.plots import BAND, RED, expert_heatmap, layer_error_plot, png
 from grok1.cli import main
 from tests.conftest import bad_input
 

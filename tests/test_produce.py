@@ -9,9 +9,10 @@ import pytest
 from converter.errors import UsageError
 from converter.formats import unpack_codes
 from converter.layouts import open_checkpoint
-from converter.linears import DenseLinears, ReleaseInt8Linears, convert_linears
-from converter.names import SCHEMES, OutputName
-from converter.produce import Producer
+from converter.layouts.linears import DenseLinears, ReleaseInt8Linears, convert_linears
+from converter.layouts.produce import Producer
+from converter.model import GROK1
+from converter.model.names import OutputName
 from converter.tensors import round_to_bf16
 
 
@@ -25,11 +26,12 @@ def find(reader, role, layer):
 
 
 def origin(role, layer, expert, part, names="hpcai"):
-    return OutputName(SCHEMES[names].tensor(role, layer, expert, part), role, layer, expert, part)
+    return OutputName(GROK1.scheme(names).tensor(role, layer, expert, part), role, layer,
+                      expert, part)
 
 
 def test_plain_tensors(reader):
-    produce = Producer(reader, DenseLinears("f32"), SCHEMES["sglang"])
+    produce = Producer(reader, DenseLinears("f32", GROK1.linear_roles), GROK1.scheme("sglang"))
     router = find(reader, "router", 4)
     got = produce(router, origin("router", 4, None, "weight"))
     np.testing.assert_array_equal(got, np.asarray(reader.read(router)).T)
@@ -42,7 +44,7 @@ def test_plain_tensors(reader):
 
 
 def test_dense_bf16_rounds_the_exact_product_once(reader):
-    produce = Producer(reader, DenseLinears("bf16"), SCHEMES["hpcai"])
+    produce = Producer(reader, DenseLinears("bf16", GROK1.linear_roles), GROK1.scheme("hpcai"))
     down = find(reader, "moe_down", 2)
     bits = produce(down, origin("moe_down", 2, 5, "weight"))
     expected = round_to_bf16(reader.read(down).dequantize()[5].T.copy())
@@ -51,7 +53,7 @@ def test_dense_bf16_rounds_the_exact_product_once(reader):
 
 def test_release_int8_keeps_codes_and_scales(reader):
     linears = ReleaseInt8Linears.for_specs(reader.specs)
-    produce = Producer(reader, linears, SCHEMES["hpcai"])
+    produce = Producer(reader, linears, GROK1.name_schemes["hpcai"])
     out = find(reader, "attn_o", 3)  # G = 8 scale groups along the input
     value = reader.read(out)
     packed = produce(out, origin("attn_o", 3, None, "weight_packed"))
@@ -89,7 +91,7 @@ class Counting:
 def test_each_linear_is_made_once_by_concurrent_threads(reader):
     # every part of four experts' Linears asked for at once, each part once (as writers do)
     linears = Counting(ReleaseInt8Linears.for_specs(reader.specs))
-    produce = Producer(reader, linears, SCHEMES["hpcai"])
+    produce = Producer(reader, linears, GROK1.name_schemes["hpcai"])
     gate = find(reader, "moe_gate", 1)
     asks = [(e, p) for e in (3, 4, 5, 6) for p in ("weight_packed", "weight_scale",
                                                   "weight_shape")]
@@ -111,7 +113,7 @@ def test_each_linear_is_made_once_by_concurrent_threads(reader):
 
 def test_a_failed_linear_fails_every_part_and_is_not_kept(reader):
     produce = Producer(reader, Counting(convert_linears("int8", reader.specs), fail=True),
-                       SCHEMES["hpcai"])
+                       GROK1.name_schemes["hpcai"])
     query = find(reader, "attn_q", 0)
     for part in ("weight_packed", "weight_scale"):
         with pytest.raises(UsageError, match="boom"):
@@ -125,7 +127,7 @@ def test_band_by_band_transposes_match_the_plain_ones(shape, groups):
     """dense_transposed / bf16_transposed dequantize in bands of rows that cross the release's
     scale blocks (43 rows here) and transpose tile by tile, with both tile shapes (rows 2 KiB
     apart or not): the same arrays as dequantizing whole and transposing."""
-    from converter.linears import bf16_transposed, dense_transposed
+    from converter.layouts.linears import bf16_transposed, dense_transposed
     from converter.tensors import QuantizedWeight8bit, f32_to_bf16_bits, transposed
 
     rng = np.random.default_rng(sum(shape))

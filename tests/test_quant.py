@@ -9,12 +9,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from converter.config import Grok1Config
-from converter.containers import SafetensorsReader, SafetensorsWriter
 from converter.errors import MalformedFileError, UsageError
+from converter.files.shards import SafetensorsReader, SafetensorsWriter
 from converter.formats import pack_codes, unpack_codes
-from converter.linears import dense_transposed
-from converter.spec import LINEAR_ROLES, ROLE
+from converter.layouts.linears import dense_transposed
+from converter.model import GROK1
+from converter.model.config import Grok1Config
 from converter.tensors import QuantizedWeight8bit, bf16_bits_to_f32, f32_to_bf16_bits
 from grok1.cli import main
 from quant.primitives import quantize_linear
@@ -201,7 +201,8 @@ def test_quantized_output_format(quantized):
         (256, 1368 // 8)
     report = json.loads((quantized / "int4" / "quantization_report.json").read_text())
     config = Grok1Config.preset("small")
-    linears_per_layer = sum(config.experts if ROLE[r].expert else 1 for r in LINEAR_ROLES)
+    linears_per_layer = sum(config.experts if GROK1.role[r].expert else 1
+                            for r in GROK1.linear_roles)
     assert report["summary"]["tensors"] == config.layers * linears_per_layer
     assert 0.05 < report["summary"]["mean_rel_rms"] < 0.2
     rows = report["tensors"]
@@ -283,7 +284,7 @@ def test_quantize_workers_and_resume(small_ckpt, tmp_path, monkeypatch):
              "--shard-size", "10MB")
     quantize(small_ckpt, tmp_path / "two", "--scheme", "int4", "--workers", "2",
              "--shard-size", "10MB")
-    from converter import containers
+    import converter.files.shards as containers
     original, calls = containers._raw, {"n": 0}
 
     def interrupted(entry, array, path):
@@ -311,21 +312,20 @@ def test_quantize_workers_and_resume(small_ckpt, tmp_path, monkeypatch):
 @pytest.mark.parametrize("name", ["int8", "int4", "int4-asym"])
 def test_the_forward_decodes_packed_linears_band_by_band_to_the_same_bits(quantized, name):
     from converter.formats import PackedLinear
+    from converter.forward.matmul import packed_bands, packed_rows
     from converter.layouts import open_checkpoint
-    from converter.spec import EXPERT_ROLES
-    from verify.torch_forward import _packed_bands, _packed_rows
 
     reader = open_checkpoint(quantized / name)
     checked = 0
     for spec in reader.specs:
         if spec.layer != 0 or not spec.quantized:
             continue
-        value = reader.read_expert(spec, 3) if spec.role in EXPERT_ROLES else reader.read(spec)
+        value = reader.read_expert(spec, 3) if spec.param.expert else reader.read(spec)
         if not isinstance(value, PackedLinear):
             continue
         whole = value.dequantize()
-        for first, end in _packed_bands(value):
-            assert np.array_equal(_packed_rows(value, first, end).T.numpy(), whole[first:end])
+        for first, end in packed_bands(value):
+            assert np.array_equal(packed_rows(value, first, end).T.numpy(), whole[first:end])
         checked += 1
     assert checked >= 2  # int8: the Linears with one scale group decode as the release's int8
 

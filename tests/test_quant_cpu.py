@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from converter.linears import dense_transposed
+from converter.layouts.linears import dense_transposed
 from converter.tensors import f32_to_bf16_bits
 from quant.cpu import NotFinite, quantize_cpu
 from quant.primitives import quantize_linear

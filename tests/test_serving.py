@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from converter.config import Grok1Config
-from converter.hub import model_card
+from converter.hub.client import model_card
 from converter.layouts.base import TargetOptions
-from converter.serving import ENGINES, OutputKind, kind_of, serving_engines, serving_table
+from converter.model.config import Grok1Config
+from converter.report.serving import ENGINES, OutputKind, kind_of, serving_engines, serving_table
 from grok1.cli import main
 from grok1.sizes import real_model_sizes
 from tests.conftest import REPO, bad_input
@@ -81,7 +81,7 @@ CONSUMER_NAMES = {
 def test_each_consumer_reads_each_role_from_the_right_tensor(small_ckpt, tmp_path, names):
     from safetensors import safe_open
 
-    from converter.engine import convert
+    from converter.convert import convert
     from converter.layouts import open_checkpoint
     from converter.tensors import dense
 
@@ -100,7 +100,7 @@ def test_each_consumer_reads_each_role_from_the_right_tensor(small_ckpt, tmp_pat
 
 @pytest.fixture(scope="module")
 def sglang_out(small_ckpt, tmp_path_factory):
-    from converter.engine import convert
+    from converter.convert import convert
 
     folder = tmp_path_factory.mktemp("sg") / "out"
     convert(small_ckpt, folder, to="hf", quiet=True,
@@ -134,7 +134,7 @@ def test_sglang_tensor_names_are_the_ones_its_loader_takes(sglang_out):
 
 
 def test_vllm_024_computes_grok1_from_the_config(tmp_path, small_ckpt):
-    from converter.engine import convert
+    from converter.convert import convert
 
     convert(small_ckpt, tmp_path / "out", to="hf", quiet=True,
             options=TargetOptions(dtype="bf16", tokenizer="none"))

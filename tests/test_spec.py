@@ -3,16 +3,16 @@ import math
 
 import pytest
 
-from converter.config import PRESETS, Grok1Config, default_ffn_size
 from converter.errors import ConfigMismatchError, MalformedFileError, UsageError
-from converter.spec import build_spec
+from converter.model import GROK1
+from converter.model.config import PRESETS, Grok1Config, default_ffn_size
 from tests.conftest import REAL_INDEX
 
 
 def test_real_config_reproduces_the_release_index_row_for_row():
     with open(REAL_INDEX) as f:
         rows = list(csv.DictReader(f, delimiter="\t"))
-    specs = build_spec(Grok1Config())
+    specs = GROK1.build_spec(Grok1Config())
     assert len(specs) == len(rows) == 770
     for spec, row in zip(specs, rows, strict=True):
         assert (str(spec.file_index), spec.file_name, spec.name, str(spec.shape), spec.stored_as,
@@ -22,13 +22,13 @@ def test_real_config_reproduces_the_release_index_row_for_row():
 
 
 def test_real_parameter_count_and_size():
-    specs = build_spec(Grok1Config())
+    specs = GROK1.build_spec(Grok1Config())
     assert sum(s.numel for s in specs) == 315_684_820_992
     assert abs(sum(s.payload_bytes for s in specs) / 1e9 - 318.24) < 0.01
 
 
 def test_layers_are_in_lexicographic_file_order():
-    specs = build_spec(Grok1Config.preset("tiny"))
+    specs = GROK1.build_spec(Grok1Config.preset("tiny"))
     layer_of_file = [s.layer for s in specs[2::12]]
     assert layer_of_file == [0, 1, 10, 11, 2, 3, 4, 5, 6, 7, 8, 9]
     layer10_gate = next(s for s in specs if s.layer == 10 and s.role == "moe_gate")
@@ -42,7 +42,7 @@ def test_layers_are_in_lexicographic_file_order():
 
 
 def test_scale_groups_only_on_the_row_parallel_matrices():
-    groups = {s.role: s.scale_groups for s in build_spec(Grok1Config()) if s.quantized}
+    groups = {s.role: s.scale_groups for s in GROK1.build_spec(Grok1Config()) if s.quantized}
     assert groups == {"moe_gate": 1, "moe_down": 8, "moe_up": 1, "attn_k": 1, "attn_o": 8,
                       "attn_q": 1, "attn_v": 1}
 
@@ -59,11 +59,12 @@ def test_presets_run_on_the_original_code(name):
 
 
 def test_preset_sizes():
-    size = {n: sum(s.payload_bytes for s in build_spec(Grok1Config.preset(n))) for n in PRESETS}
+    size = {n: sum(s.payload_bytes for s in GROK1.build_spec(Grok1Config.preset(n)))
+            for n in PRESETS}
     assert size["tiny"] < 10e6
     assert 30e6 < size["small"] < 70e6
     assert 1.5e9 < size["bench"] < 2.5e9 and Grok1Config.preset("bench").layers >= 12
-    one_layer = sum(s.payload_bytes for s in build_spec(Grok1Config.preset("real", layers=1)))
+    one_layer = sum(s.payload_bytes for s in GROK1.build_spec(Grok1Config.preset("real", layers=1)))
     assert abs(one_layer / 1e9 - 8.1) < 0.1
 
 
@@ -88,6 +89,6 @@ def test_sidecar_typos_and_contradictions_are_errors():
 
 
 def test_upstream_sidecar_loads(upstream):
-    from converter.config import load_sidecar
+    from converter.model.config import load_sidecar
     c = load_sidecar(upstream)
     assert c == Grok1Config.preset("tiny")

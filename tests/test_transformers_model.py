@@ -8,16 +8,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from converter.config import Grok1Config
-from converter.engine import convert
+from converter.convert import convert
+from converter.forward.drive import torch_logits
 from converter.generate import generate_checkpoint
 from converter.hf_model import AUTO_MAP, MODEL_FILES, register
 from converter.layouts import open_checkpoint
 from converter.layouts.base import TargetOptions
 from converter.layouts.hf import CONTAINERS
+from converter.model.config import Grok1Config
 from quant.registry import quantize_checkpoint
 from tests.test_forward import TOLERANCE
-from verify.torch_forward import torch_logits
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -109,7 +109,7 @@ def test_fp8_weights_equal_grok1_logits_and_activations_are_quantized(outputs, k
 
 
 def test_asymmetric_packing_is_refused_by_transformers_as_the_serving_table_says(outputs):
-    from converter.serving import ENGINES, kind_of, serving_engines
+    from converter.report.serving import ENGINES, kind_of, serving_engines
 
     assert ENGINES["transformers"] not in serving_engines(kind_of(outputs["int4-asym"]))
     with pytest.raises(RuntimeError, match="mismatch"):

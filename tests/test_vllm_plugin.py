@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from converter.engine import convert
+from converter.convert import convert
 from converter.layouts.base import TargetOptions
-from converter.names import SCHEMES
+from converter.model import GROK1
 from converter.vllm_grok1 import ARCHITECTURES, MODEL_CLASS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,7 +31,7 @@ def test_the_entry_point_names_the_register_function():
     assert project["project"]["optional-dependencies"]["vllm"] == ["vllm>=0.25"]
 
 
-@pytest.mark.parametrize("names", list(SCHEMES))
+@pytest.mark.parametrize("names", list(GROK1.name_schemes))
 def test_every_architecture_we_write_is_registered(small_ckpt, tmp_path, names):
     convert(small_ckpt, tmp_path / "out", to="hf", quiet=True,
             options=TargetOptions(dtype="bf16", names=names, tokenizer="none"))

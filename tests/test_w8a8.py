@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from safetensors import safe_open
 
 from converter.layouts import open_checkpoint
-from converter.spec import LINEAR_ROLES
+from converter.model import GROK1
 from converter.tensors import QuantizedWeight8bit
 from grok1.cli import main
 from quant.cpu import quantize_cpu
@@ -40,7 +40,7 @@ def test_config_and_every_linear_are_what_sglang_creates(small_ckpt, w8a8):
         for spec in (s for s in release.specs if s.layer == 1):
             module = f"model.layers.1.{CONSUMER_NAMES['sglang'][spec.role]}" \
                 if spec.role in CONSUMER_NAMES["sglang"] else None
-            if spec.role not in LINEAR_ROLES:
+            if spec.role not in GROK1.linear_roles:
                 continue
             out, cols = spec.shape[-1], spec.shape[-2]
             for e in range(spec.shape[0]) if spec.role.startswith("moe_") else [None]:
@@ -58,7 +58,7 @@ def test_per_channel_release_linears_keep_their_codes_others_are_requantized(sma
                                                                              w8a8):
     release, ours = open_checkpoint(small_ckpt), open_checkpoint(w8a8)
     kept = requantized = 0
-    for spec in (s for s in release.specs if s.role in LINEAR_ROLES and s.layer == 2):
+    for spec in (s for s in release.specs if s.role in GROK1.linear_roles and s.layer == 2):
         source, written = release.read(spec), ours.read(spec)
         if spec.scale_groups == 1:
             assert isinstance(written, QuantizedWeight8bit), spec.name

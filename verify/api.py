@@ -9,11 +9,11 @@ from typing import Any
 
 import numpy as np
 
-from converter.atomic import atomic_open
+from converter.engine.output import VERIFY_PLOT, VERIFY_REPORT_JSON, VERIFY_REPORT_MD
 from converter.errors import UsageError
+from converter.files.atomic import atomic_open
 from converter.layouts import open_checkpoint
-from converter.output import VERIFY_PLOT, VERIFY_REPORT_JSON, VERIFY_REPORT_MD
-from converter.plots import layer_error_plot
+from converter.report.plots import layer_error_plot
 from verify.metrics import ReferenceLogits
 from verify.profiles import infer_profile, lossy_hint, profile
 from verify.report import format_markdown
@@ -117,7 +117,7 @@ def write_logits(checkpoint: Path, out: Path, *, tokens_path: Path | None = None
     vocab] to `out` (atomically, a few positions at a time: memory does not grow with the
     text), and the token ids beside it (`<out>.tokens.npy`) when they came from text. Returns
     the logits' shape and where the tokens came from."""
-    from verify.torch_forward import stream_logits
+    from converter.forward.drive import stream_logits
 
     reader = open_checkpoint(checkpoint)
     if tokens_path is None and not text_files and not texts:

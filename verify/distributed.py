@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from converter.executors import ray_connect, ray_get
+from converter.engine.executors import ray_connect, ray_get
 from converter.layouts import open_checkpoint
 from verify.metrics import ReferenceLogits
 from verify.profiles import Thresholds

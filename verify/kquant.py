@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from converter.atomic import atomic_open
 from converter.errors import EngineError, UsageError
+from converter.files.atomic import atomic_open
 from converter.layouts import open_checkpoint
 from converter.layouts.gguf import GgufCheckpoint
 from verify.llama_runner import INSTALL, available, llama_logits, llama_quantize
@@ -39,7 +39,7 @@ def quantize_gguf(source: Path, dst: Path, kind: str, *, batch: int = 2, seq_len
     in llama.cpp against our forward of the source; returns the report (also written). Only a
     verified result gets its `.gguf` name; one that failed, or crashed llama.cpp, is kept as
     `NAME.gguf.unverified` beside the report."""
-    from verify.torch_forward import torch_logits  # torch only when it runs
+    from converter.forward.drive import torch_logits  # torch only when it runs
 
     if kind not in KQUANTS:
         raise UsageError(f"unknown K-quant {kind!r}; known: {', '.join(KQUANTS)}")

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from converter.atomic import atomic_open
 from converter.errors import MalformedFileError
+from converter.files.atomic import atomic_open
 
 __all__ = ["MetricSums", "Positions", "ReferenceLogits", "compare_logits", "log_softmax",
            "next_ids"]

@@ -6,10 +6,10 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from converter.engine.output import MANIFEST_NAME
 from converter.errors import UsageError
-from converter.output import MANIFEST_NAME
-from converter.safe_read import read_record
-from converter.serving import kind_of
+from converter.files.safe_read import read_record
+from converter.report.serving import kind_of
 
 __all__ = ["PROFILES", "Thresholds", "infer_profile", "judge", "lossy_hint"]
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from converter.config import Grok1Config
-from converter.layouts import CheckpointReader
-from verify.weights import dense, global_weights, load_layer
+from converter.forward.layer_weights import dense, global_weights, load_layer
+from converter.model.config import Grok1Config
+from converter.model.stream import CheckpointReader
 
 __all__ = ["gelu_tanh", "reference_logits", "rms_norm", "rope"]
 

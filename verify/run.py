@@ -14,15 +14,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from converter.engine.progress import step_bar
 from converter.errors import ConfigMismatchError, UsageError
-from converter.layouts import CheckpointReader
-from converter.progress import step_bar
+from converter.forward import forward_class
+from converter.forward.base import HEAD_ENTRIES
+from converter.forward.layer_weights import dense
+from converter.model.stream import CheckpointReader
 from converter.tensors import QuantizedWeight8bit
 from verify.metrics import MetricSums, Positions, ReferenceLogits, next_ids
 from verify.profiles import Thresholds, judge
 from verify.tokens import usable_tokens
-from verify.torch_forward import HEAD_ENTRIES, StreamedGrok1
-from verify.weights import dense
 
 __all__ = ["VerifyResult", "compare_tensors", "run_verification"]
 
@@ -175,8 +176,8 @@ def run_forwards(reference: CheckpointReader | None, candidate: CheckpointReader
     logits, never the whole text's. A progress bar counts layers (and the head) on a
     terminal unless `quiet`."""
     config = candidate.config
-    cand_model = StreamedGrok1(candidate, dtype=dtype, device=device)
-    ref_model = (StreamedGrok1(reference, dtype=dtype, device=device)
+    cand_model = forward_class(candidate)(candidate, dtype=dtype, device=device)
+    ref_model = (forward_class(reference)(reference, dtype=dtype, device=device)
                  if reference is not None and (reference_logits is None or per_layer)
                  else None)
     valid = torch.from_numpy(tokens != config.pad_token).to(cand_model.device)
@@ -194,15 +195,17 @@ def run_forwards(reference: CheckpointReader | None, candidate: CheckpointReader
             for rows_of in groups:
                 out_ref = None
                 if ref_model is not None and h_ref is not None:
-                    out_ref = ref_model.layer(ref_weights, h_ref[rows_of], valid[rows_of])
+                    out_ref = ref_model.layer(ref_weights, h_ref[rows_of], valid[rows_of],
+                                              index=index)
                 if per_layer and out_ref is not None and h_ref is not None:
-                    alone = cand_model.layer(weights, h_ref[rows_of], valid[rows_of])
+                    alone = cand_model.layer(weights, h_ref[rows_of], valid[rows_of], index=index)
                     _add_sums(rows, {"layer": index,
                                      "attention": _sq(alone.attention, out_ref.attention,
                                                       valid[rows_of]),
                                      "moe": _sq(alone.moe, out_ref.moe, valid[rows_of]),
                                      "hidden": _sq(alone.hidden, out_ref.hidden, valid[rows_of])})
-                h_cand[rows_of] = cand_model.layer(weights, h_cand[rows_of], valid[rows_of]).hidden
+                h_cand[rows_of] = cand_model.layer(weights, h_cand[rows_of], valid[rows_of],
+                                                   index=index).hidden
                 if out_ref is not None and h_ref is not None:
                     h_ref[rows_of] = out_ref.hidden
             del weights, ref_weights
@@ -213,7 +216,7 @@ def run_forwards(reference: CheckpointReader | None, candidate: CheckpointReader
     return outcome
 
 
-def _reduce_head(cand_model: StreamedGrok1, ref_model: StreamedGrok1 | None,
+def _reduce_head(cand_model: Any, ref_model: Any,
                  h_cand: torch.Tensor, h_ref: torch.Tensor | None, tokens: np.ndarray,
                  stored: ReferenceLogits | None, rows: list[dict[str, Any]] | None,
                  keep_top_k: int | None) -> ForwardOutcome:

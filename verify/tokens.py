@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from converter.config import Grok1Config
 from converter.errors import MalformedFileError, UsageError
-from converter.safe_read import open_regular
+from converter.files.safe_read import open_regular
+from converter.model.config import Grok1Config
 from converter.tokenizer import GROK1_VOCAB, encoder
 
 __all__ = ["DEFAULT_TEXT", "MAX_TEXT_TOKENS", "choose_tokens", "iter_documents", "load_tokens",

@@ -37,8 +37,7 @@ from converter.formats.pack_quantized import (
     pack_zero_points,
     unpack_codes,
 )
-from converter.names import NameScheme
-from converter.spec import EXPERT_ROLES, LINEAR_ROLES
+from converter.model.names import NameScheme
 
 __all__ = ["E4M3_MAX", "FORMATS", "METHODS", "ChannelInt8", "ChannelInt8Linear", "Dense",
            "FP8Linear", "FloatQuantized", "LinearFormat", "PackQuantized", "PackedLinear", "Part",
@@ -76,9 +75,9 @@ def config_groups(scheme: NameScheme, formats: dict[str, LinearFormat]) -> list[
     regex); any other group names its roles by regex, which takes precedence over a class
     target in compressed-tensors and vLLM alike."""
     by_format: dict[LinearFormat, list[str]] = {}
-    for role in LINEAR_ROLES:
+    for role in scheme.linear_roles:
         by_format.setdefault(formats[role], []).append(role)
-    experts = {formats[r] for r in EXPERT_ROLES}
+    experts = {formats[r] for r in scheme.expert_roles}
     by_class = next(iter(experts)) if len(experts) == 1 else None
     return [{"targets": ["Linear"] if fmt == by_class else
              [scheme.module_pattern(r) for r in roles], **fmt.group()}
@@ -126,11 +125,11 @@ def formats_from_quantization(quantization: Any, scheme: NameScheme, dense_dtype
     """Each Linear role's format, from a config.json `quantization_config` (the inverse of
     `quantization_config(config_groups(...))`)."""
     if not quantization:
-        return {role: Dense(dense_dtype) for role in LINEAR_ROLES}
+        return {role: Dense(dense_dtype) for role in scheme.linear_roles}
     method = quantization.get("quant_method") if isinstance(quantization, dict) else None
     if method in METHODS:
         fmt = METHODS[method].from_model_config(quantization, source)
-        return dict.fromkeys(LINEAR_ROLES, fmt)
+        return dict.fromkeys(scheme.linear_roles, fmt)
     groups = quantization.get("config_groups") if isinstance(quantization, dict) else None
     if not isinstance(groups, dict):
         raise MalformedFileError(f"{source}: quantization_config has no config_groups object")
@@ -141,13 +140,13 @@ def formats_from_quantization(quantization: Any, scheme: NameScheme, dense_dtype
     named: set[str] = set()  # roles a regex names: a class target does not override them
     for name, group in groups.items():
         targets, fmt = _group_format(name, group, source)
-        for role in LINEAR_ROLES:
+        for role in scheme.linear_roles:
             if scheme.module_pattern(role) in targets:
                 formats[role] = fmt
                 named.add(role)
             elif "Linear" in targets and role not in named:
                 formats[role] = fmt
-    missing = [r for r in LINEAR_ROLES if r not in formats]
+    missing = [r for r in scheme.linear_roles if r not in formats]
     if missing:
         raise MalformedFileError(f"{source}: quantization_config covers no config group for "
                                  f"{missing}")

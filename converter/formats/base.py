@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Protocol
 import numpy as np
 
 from converter.errors import MalformedFileError
-from converter.spec import TensorSpec
+from converter.model.spec import TensorSpec
 from converter.tensors import dense
 
 __all__ = ["LinearFormat", "Part", "StackedExperts", "StoredParts", "linear_shape",

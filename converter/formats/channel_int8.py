@@ -14,7 +14,7 @@ import numpy as np
 
 from converter.dtypes import FLOATS
 from converter.formats.base import LinearFormat, Part, StoredParts
-from converter.spec import TensorSpec
+from converter.model.spec import TensorSpec
 from converter.tensors import QuantizedWeight8bit, bf16_bits_to_f32, f32_to_bf16_bits, transposed
 
 __all__ = ["ChannelInt8", "ChannelInt8Linear"]

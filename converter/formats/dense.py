@@ -9,7 +9,7 @@ import numpy as np
 
 from converter.dtypes import FLOATS
 from converter.formats.base import LinearFormat, Part, StoredParts
-from converter.spec import TensorSpec
+from converter.model.spec import TensorSpec
 
 __all__ = ["Dense"]
 

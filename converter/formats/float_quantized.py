@@ -12,7 +12,7 @@ import numpy as np
 from converter.dtypes import FLOATS
 from converter.errors import MalformedFileError
 from converter.formats.base import LinearFormat, Part, StoredParts, linear_shape
-from converter.spec import TensorSpec
+from converter.model.spec import TensorSpec
 
 __all__ = ["E4M3_MAX", "FP8Linear", "FloatQuantized", "e4m3_to_f32", "expand_scale"]
 

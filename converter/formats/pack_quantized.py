@@ -18,7 +18,7 @@ import numpy as np
 from converter.dtypes import FLOATS
 from converter.errors import MalformedFileError
 from converter.formats.base import LinearFormat, Part, StoredParts, linear_shape
-from converter.spec import TensorSpec
+from converter.model.spec import TensorSpec
 from converter.tensors import QuantizedWeight8bit, bf16_bits_to_f32, transposed
 
 __all__ = ["PackQuantized", "PackedLinear", "pack_codes", "pack_zero_points", "packed_width",

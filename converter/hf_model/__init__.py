@@ -11,7 +11,7 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-from converter.atomic import atomic_open
+from converter.files.atomic import atomic_open
 
 __all__ = ["AUTO_MAP", "MODEL_FILES", "register", "write_model_files"]
 

@@ -1,10 +1,10 @@
 """What a layout is: a reader over the canonical stream, a target that writes units of work, and
 the registry entry that ties them to a name, detection and `inspect`.
 
-Every reader exposes `config`, `specs` (the canonical parameter tree in file order) and
-`read(spec)`, which returns a float32 numpy array or an object with `.dequantize()` giving the
-canonical float32 matrix `[..., in, out]`. Every target plans units (one output file each),
-writes one unit, names the files it writes after them, and writes those last.
+Every reader is a `converter.model.stream.CheckpointReader`: its architecture, the config, the
+canonical parameter tree in file order, and `read(spec)`, which yields one `StreamValue`. Every
+target plans units (one output file each), writes one unit, names the files it writes after
+them, and writes those last.
 """
 
 from __future__ import annotations
@@ -14,27 +14,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from converter.config import Grok1Config
 from converter.errors import CheckpointNotFoundError, LayoutError
-from converter.spec import TensorSpec
+from converter.model.stream import CheckpointReader
 
 __all__ = ["CheckpointReader", "Layout", "Target", "TargetOptions", "Unit", "require_folder"]
-
-
-class CheckpointReader(Protocol):
-    """What every layout's reader offers."""
-
-    layout: str
-    config: Grok1Config
-    specs: list[TensorSpec]
-
-    def read(self, spec: TensorSpec) -> Any: ...
-
-    def read_expert(self, spec: TensorSpec, expert: int) -> Any: ...
-
-    def byte_ranges(self, spec: TensorSpec) -> list[tuple[Path, int, int]]: ...
-
-    def source_files(self) -> list[Path]: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,7 +71,7 @@ class Layout:
     open: Callable[[Path], CheckpointReader]
     describe: Callable[[Path], dict[str, Any]]
     target: Callable[[CheckpointReader, TargetOptions], Target]
-    name_schemes: tuple[str, ...] = ()
+    takes_names: bool = False  # --names: the architecture's Hugging Face name schemes
     # the --dtype values it takes, the default first, each with a few words for --help
     dtypes: dict[str, str] = dataclasses.field(default_factory=dict)
 

@@ -31,8 +31,6 @@ from typing import Any
 
 import numpy as np
 
-from converter.atomic import atomic_open
-from converter.config import Grok1Config
 from converter.errors import (
     ConfigMismatchError,
     LayoutError,
@@ -41,7 +39,8 @@ from converter.errors import (
     ShapeMismatchError,
     UsageError,
 )
-from converter.gguf import (
+from converter.files.atomic import atomic_open
+from converter.files.gguf_file import (
     GGML_TYPES,
     QK,
     GGUFReader,
@@ -50,6 +49,7 @@ from converter.gguf import (
     encode,
     q8_0_from_release,
 )
+from converter.files.safe_read import parse_json
 from converter.layouts.base import (
     CheckpointReader,
     Layout,
@@ -58,15 +58,15 @@ from converter.layouts.base import (
     Unit,
     require_folder,
 )
-from converter.linears import dense_transposed
-from converter.safe_read import parse_json
-from converter.spec import ROLE, TensorSpec, build_spec
+from converter.layouts.linears import dense_transposed
+from converter.model import ARCHITECTURES, Architecture
+from converter.model.config import Grok1Config
+from converter.model.spec import TensorSpec
 from converter.tensors import QuantizedWeight8bit, dense, transposed
 from converter.tokenizer import read_pieces, resolve_tokenizer
 
-__all__ = ["DTYPES", "LAYOUT", "NAMES", "GgufCheckpoint", "GgufTarget"]
+__all__ = ["DTYPES", "LAYOUT", "GgufCheckpoint", "GgufTarget"]
 
-ARCH = "grok"
 REPORT_NAME = "gguf_report.json"
 DTYPES = {"f32": "F32", "f16": "F16", "bf16": "BF16", "q8_0": "Q8_0", "q4_0": "Q4_0",
           "mxfp4": "MXFP4"}
@@ -80,25 +80,13 @@ _EMBED = {"F32": "F32", "F16": "F16", "BF16": "BF16", "Q8_0": "F32", "Q4_0": "Q8
           "MXFP4": "F32"}
 # MXFP4_MOE, as llama.cpp's quantizer makes it: the experts in MXFP4, the other Linears Q8_0
 _NOT_EXPERTS = {"MXFP4": "Q8_0"}
-# canonical role -> llama.cpp's tensor name (blk.{layer}. prefixed per layer)
-NAMES = {"embed": "token_embd", "final_norm": "output_norm", "pre_attn_norm": "attn_norm",
-         "attn_q": "attn_q", "attn_k": "attn_k", "attn_v": "attn_v", "attn_o": "attn_output",
-         "post_attn_norm": "attn_output_norm", "pre_moe_norm": "ffn_norm",
-         "router": "ffn_gate_inp", "moe_gate": "ffn_gate_exps", "moe_up": "ffn_up_exps",
-         "moe_down": "ffn_down_exps", "post_moe_norm": "layer_output_norm"}
 _SPLIT = re.compile(r"^(?P<prefix>.+)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
 _TOKEN_TYPES = {1: 1, 2: 2, 3: 3, 5: 5, 6: 6}  # SentencePiece piece type -> llama.cpp type
 
 
-def tensor_name(spec: TensorSpec) -> str:
-    """llama.cpp's name of a canonical tensor."""
-    base = NAMES[spec.role]
-    return f"{base}.weight" if spec.layer is None else f"blk.{spec.layer}.{base}.weight"
-
-
 def gguf_shape(spec: TensorSpec) -> tuple[int, ...]:
     """The tensor's shape in numpy order as stored: matrices [.., out, in]."""
-    if ROLE[spec.role].matrix:
+    if spec.param.matrix:
         return (*spec.shape[:-2], spec.shape[-1], spec.shape[-2])
     return spec.shape
 
@@ -116,17 +104,18 @@ class GgufTensor:
     """One planned tensor: the spec it comes from, its ggml type and why that type."""
 
     spec: TensorSpec
+    name: str
     kind: str
     note: str
 
     @property
     def info(self) -> TensorInfo:
         """Its GGUF tensor info."""
-        return TensorInfo(tensor_name(self.spec), gguf_shape(self.spec), self.kind)
+        return TensorInfo(self.name, gguf_shape(self.spec), self.kind)
 
 
 def _plan_kind(spec: TensorSpec, linear_kind: str) -> tuple[str, str]:
-    role = ROLE[spec.role]
+    role = spec.param
     if role.kind in ("norm", "router"):
         return "F32", "kept F32 (as llama.cpp keeps it)"
     if role.linear and not role.expert:
@@ -170,25 +159,14 @@ def _vocabulary(config: Grok1Config, model: Path | None) -> dict[str, Any]:
             "tokenizer.ggml.add_bos_token": False, "tokenizer.ggml.add_eos_token": False}
 
 
-def metadata(config: Grok1Config, dtype: str, tokenizer: Path | None) -> dict[str, Any]:
-    """Every key llama.cpp's grok reads, from the config (none left to its defaults)."""
-    p = f"{ARCH}."
+def metadata(architecture: Architecture, config: Any, dtype: str,
+             tokenizer: Path | None) -> dict[str, Any]:
+    """Every key llama.cpp reads for the architecture, from the config (none left to its
+    defaults)."""
     return {
-        "general.architecture": ARCH, "general.name": "Grok-1",
+        "general.architecture": architecture.gguf.arch, "general.name": architecture.title,
         "general.file_type": FILE_TYPES[dtype],
-        p + "context_length": config.max_seq_len, p + "embedding_length": config.emb,
-        p + "block_count": config.layers, p + "feed_forward_length": config.ffn_size,
-        p + "expert_feed_forward_length": config.ffn_size,
-        p + "attention.head_count": config.q_heads,
-        p + "attention.head_count_kv": config.kv_heads,
-        p + "attention.key_length": config.key_size,
-        p + "attention.value_length": config.key_size,
-        p + "rope.dimension_count": config.key_size, p + "rope.freq_base": config.rope_base,
-        p + "attention.layer_norm_rms_epsilon": config.rms_norm_eps,
-        p + "expert_count": config.experts, p + "expert_used_count": config.topk,
-        p + "embedding_scale": config.emb_mult, p + "logit_scale": config.out_mult,
-        p + "attention.output_scale": config.attn_mult,
-        p + "attn_logit_softcapping": config.attn_softcap,
+        **architecture.gguf.config.write(config),
         "grok1.config": json.dumps(config.to_dict(), sort_keys=True),
         **_vocabulary(config, tokenizer),
     }
@@ -210,9 +188,10 @@ class GgufTarget:
 
     def tensors(self, reader: CheckpointReader) -> list[GgufTensor]:
         """Every tensor in write order: globals, then layer by layer."""
+        name = reader.architecture.gguf.tensor
         ordered = sorted(reader.specs, key=lambda s: (-1 if s.layer is None else s.layer,
-                                                      tensor_name(s)))
-        return [GgufTensor(s, *_plan_kind(s, DTYPES[self.dtype])) for s in ordered]
+                                                      name(s)))
+        return [GgufTensor(s, name(s), *_plan_kind(s, DTYPES[self.dtype])) for s in ordered]
 
     def plan(self, reader: CheckpointReader) -> list[Unit]:
         """Split files of at most shard_size bytes (a larger tensor gets its own)."""
@@ -224,7 +203,7 @@ class GgufTarget:
                 size = 0
             splits[-1].append(tensor)
             size += tensor.info.nbytes
-        stem = f"grok-1-{DTYPES[self.dtype]}"
+        stem = f"{reader.architecture.name}-{DTYPES[self.dtype]}"
         names = ([f"{stem}.gguf"] if len(splits) == 1 else
                  [f"{stem}-{i + 1:05d}-of-{len(splits):05d}.gguf" for i in range(len(splits))])
         return [Unit(name, sum(t.info.nbytes for t in split), tuple(split))
@@ -234,7 +213,8 @@ class GgufTarget:
         """Write one GGUF file, one tensor (one expert) at a time."""
         units = self.plan(reader)
         number = next(i for i, u in enumerate(units) if u.path == unit.path)
-        keys = metadata(reader.config, self.dtype, self.tokenizer) if number == 0 else {}
+        keys = (metadata(reader.architecture, reader.config, self.dtype, self.tokenizer)
+                if number == 0 else {})
         if len(units) > 1:
             keys |= {"split.no": (2, number), "split.count": (2, len(units)),
                      "split.tensors.count": (5, sum(len(u.items) for u in units))}
@@ -287,7 +267,7 @@ def _pieces(reader: CheckpointReader, tensor: GgufTensor) -> Any:
     """(raw bytes, how they were made) of a planned tensor, one expert and at most about 32 MB
     of rows at a time. A GGUF source tensor already of the target type is copied as it is."""
     spec, kind = tensor.spec, tensor.kind
-    role = ROLE[spec.role]
+    role = spec.param
     if isinstance(reader, GgufCheckpoint):
         home, info = reader.tensor_info(spec)
         if info.kind == kind:
@@ -331,13 +311,11 @@ class GgufCheckpoint:
             self.files = _model_files(self.root)
         self.readers = [GGUFReader(f) for f in self.files]
         self.metadata = self.readers[0].metadata
-        if self.metadata.get("general.architecture") != ARCH:
-            raise LayoutError(f"{self.files[0]}: architecture "
-                              f"{self.metadata.get('general.architecture')!r}, not {ARCH}")
-        self.config = _config(self.metadata, str(self.files[0]))
-        self.specs = build_spec(self.config)
+        self.architecture = _architecture(self.metadata, self.files[0])
+        self.config = _config(self.architecture, self.metadata, str(self.files[0]))
+        self.specs = self.architecture.build_spec(self.config)
         self.where = _tensor_homes(self.readers)
-        names = {tensor_name(s) for s in self.specs}
+        names = {self.architecture.gguf.tensor(s) for s in self.specs}
         unmapped, missing = sorted(set(self.where) - names), sorted(names - set(self.where))
         if unmapped or missing:
             raise MappingError(f"{self.root}: " + "; ".join(
@@ -350,8 +328,9 @@ class GgufCheckpoint:
 
     def tensor_info(self, spec: TensorSpec) -> tuple[GGUFReader, TensorInfo]:
         """The file holding a spec's tensor and its info, checked against the config."""
-        reader = self.where[tensor_name(spec)]
-        info, _ = reader.tensors[tensor_name(spec)]
+        name = self.architecture.gguf.tensor(spec)
+        reader = self.where[name]
+        info, _ = reader.tensors[name]
         if info.shape != gguf_shape(spec):
             raise ShapeMismatchError(f"{reader.path}: {info.name} has shape {list(info.shape)},"
                                      f" the config implies {list(gguf_shape(spec))}")
@@ -364,19 +343,19 @@ class GgufCheckpoint:
 
     def stored_dtype(self, spec: TensorSpec) -> str | None:
         """The ggml type of a plain (non-matrix) tensor; None for matrices (stored [out, in])."""
-        return None if ROLE[spec.role].matrix else self.tensor_info(spec)[1].kind
+        return None if spec.param.matrix else self.tensor_info(spec)[1].kind
 
     def read(self, spec: TensorSpec) -> np.ndarray:
         """The canonical float32 value of one spec ([.., in, out] matrices)."""
         reader, info = self.tensor_info(spec)
         value = reader.read(info.name)
-        if not ROLE[spec.role].matrix:
+        if not spec.param.matrix:
             return value
         return np.ascontiguousarray(np.swapaxes(value, -1, -2))
 
     def read_expert(self, spec: TensorSpec, expert: int) -> np.ndarray:
         """One expert's canonical [in, out] matrix, decoding only its bytes."""
-        from converter.gguf import decode
+        from converter.files.gguf_file import decode
 
         reader, info = self.tensor_info(spec)
         per_expert = info.nbytes // info.shape[0]
@@ -443,32 +422,30 @@ def _tensor_homes(readers: list[GGUFReader]) -> dict[str, GGUFReader]:
     return where
 
 
-def _config(meta: dict[str, Any], source: str) -> Grok1Config:
-    """The Grok-1 config: exact from `grok1.config`, else from llama.cpp's grok keys."""
+def _architecture(meta: dict[str, Any], source: Path) -> Architecture:
+    """The registered architecture of a GGUF's `general.architecture`."""
+    arch = meta.get("general.architecture")
+    for candidate in ARCHITECTURES.values():
+        if candidate.gguf.arch == arch:
+            return candidate
+    known = ", ".join(a.gguf.arch for a in ARCHITECTURES.values())
+    raise LayoutError(f"{source}: architecture {arch!r}, not {known}")
+
+
+def _config(architecture: Architecture, meta: dict[str, Any], source: str) -> Any:
+    """The model's config: exact from `grok1.config` (our own key), else from llama.cpp's
+    keys of the architecture."""
+    config_type = architecture.config_type
     if isinstance(meta.get("grok1.config"), str):
         data = parse_json(meta["grok1.config"], f"{source}: grok1.config")
         if not isinstance(data, dict):
             raise MalformedFileError(f"{source}: grok1.config is not a JSON object")
-        return Grok1Config.from_dict(data, source=source)
-    p = f"{ARCH}."
+        return config_type.from_dict(data, source=source)
     try:
-        return Grok1Config(
-            layers=int(meta[p + "block_count"]), emb=int(meta[p + "embedding_length"]),
-            q_heads=int(meta[p + "attention.head_count"]),
-            kv_heads=int(meta[p + "attention.head_count_kv"]),
-            key_size=int(meta.get(p + "attention.key_length", meta[p + "embedding_length"]
-                                  // meta[p + "attention.head_count"])),
-            vocab=len(meta["tokenizer.ggml.tokens"]), experts=int(meta[p + "expert_count"]),
-            topk=int(meta[p + "expert_used_count"]),
-            ffn_size=int(meta.get(p + "expert_feed_forward_length",
-                                  meta[p + "feed_forward_length"])),
-            emb_mult=float(meta.get(p + "embedding_scale", 78.38367176906169)),
-            out_mult=float(meta.get(p + "logit_scale", 0.5773502691896257)),
-            attn_mult=float(meta.get(p + "attention.output_scale", 0.08838834764831845)),
-            attn_softcap=float(meta.get(p + "attn_logit_softcapping", 30.0)),
-            rope_base=float(meta.get(p + "rope.freq_base", 10000.0)),
-            rms_norm_eps=float(meta[p + "attention.layer_norm_rms_epsilon"]),
-            max_seq_len=int(meta.get(p + "context_length", 8192)))
+        values = architecture.gguf.config.read(meta)
+        types = {name: type(value) for name, value in config_type().to_dict().items()}
+        return config_type(vocab=len(meta["tokenizer.ggml.tokens"]),
+                           **{name: types[name](value) for name, value in values.items()})
     except KeyError as exc:
         raise MalformedFileError(f"{source}: missing GGUF key {exc.args[0]!r}") from None
     except (TypeError, ValueError, ZeroDivisionError, UsageError) as exc:

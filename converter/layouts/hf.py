@@ -17,17 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from converter.atomic import atomic_open
-from converter.config import Grok1Config
-from converter.containers import (
-    Entry,
-    SafetensorsReader,
-    SafetensorsWriter,
-    TorchShardReader,
-    TorchShardWriter,
-    tensor_digest,
-)
 from converter.dtypes import FLOATS, by_safetensors, by_torch
+from converter.engine.executors import ordered_map
 from converter.errors import (
     CheckpointNotFoundError,
     Grok1Error,
@@ -37,7 +28,16 @@ from converter.errors import (
     ShapeMismatchError,
     UsageError,
 )
-from converter.executors import ordered_map
+from converter.files.atomic import atomic_open
+from converter.files.safe_read import read_json
+from converter.files.shards import (
+    Entry,
+    SafetensorsReader,
+    SafetensorsWriter,
+    TorchShardReader,
+    TorchShardWriter,
+    tensor_digest,
+)
 from converter.formats import (
     LinearFormat,
     StackedExperts,
@@ -55,11 +55,11 @@ from converter.layouts.base import (
     Unit,
     require_folder,
 )
-from converter.linears import CONVERT_DTYPES, Linears, convert_linears
-from converter.names import SCHEMES, NameScheme, OutputName, scheme
-from converter.produce import Producer
-from converter.safe_read import read_json
-from converter.spec import EXPERT_ROLES, LINEAR_ROLES, ROLE, TensorSpec, build_spec
+from converter.layouts.linears import CONVERT_DTYPES, Linears, convert_linears
+from converter.layouts.produce import Producer
+from converter.model import ARCHITECTURES, GROK1, Architecture
+from converter.model.names import NameScheme, OutputName
+from converter.model.spec import TensorSpec
 from converter.tensors import QuantizedWeight8bit, bf16_bits_to_f32
 from converter.tokenizer import TOKENIZER_FILES, resolve_tokenizer, write_tokenizer
 
@@ -110,14 +110,14 @@ def plan_outputs(specs: list[TensorSpec], scheme: NameScheme,
     ordered = sorted(specs, key=lambda s: (-1 if s.layer is None else s.layer, s.role))
     outputs = []
     for spec in ordered:
-        if spec.role in LINEAR_ROLES:
+        if spec.param.linear:
             fmt = formats[spec.role]
             for origin in scheme.names_for(spec, fmt.parts()):
                 dtype, shape = fmt.part(origin.part, spec)
                 outputs.append(OutTensor(origin, dtype, shape, spec))
             continue
         part = scheme.plain_part(spec.role)
-        shape = spec.shape[::-1] if ROLE[spec.role].matrix else spec.shape
+        shape = spec.shape[::-1] if spec.param.matrix else spec.shape
         for origin in scheme.names_for(spec, (part,)):
             outputs.append(OutTensor(origin, "F32", shape, spec))
         if spec.role == "embed" and scheme.tied_lm_head:
@@ -126,54 +126,15 @@ def plan_outputs(specs: list[TensorSpec], scheme: NameScheme,
     return outputs
 
 
-def hf_config(config: Grok1Config, scheme: NameScheme, torch_dtype: str,
+def hf_config(architecture: Architecture, config: Any, scheme: NameScheme, torch_dtype: str,
               quantization: dict[str, Any] | None = None) -> dict[str, Any]:
-    """config.json for transformers (our shipped model, through `auto_map`), SGLang and
-    vLLM <= 0.24, plus the exact Grok-1 config under `grok1`. Each engine reads its own keys:
-    SGLang's `grok.py` every key it reads below, with Grok-1's values; vLLM 0.24 scales attention
-    logits by head_dim ** -0.5 and then multiplies the attention output by
-    `attn_output_multiplier` (so 1.0), and reads the router's soft cap and renormalisation."""
-    data: dict[str, Any] = {
-        "architectures": ["Grok1ModelForCausalLM"],
-        "model_type": "grok-1",
-        "auto_map": dict(AUTO_MAP),
-        "vocab_size": config.vocab,
-        "hidden_size": config.emb,
-        "intermediate_size": config.ffn_size,
-        "num_hidden_layers": config.layers,
-        "num_attention_heads": config.q_heads,
-        "num_key_value_heads": config.kv_heads,
-        "head_dim": config.key_size,
-        "num_experts": config.experts,
-        "num_local_experts": config.experts,
-        "num_experts_per_tok": config.topk,
-        "attention_multiplier": config.attn_mult,
-        "attn_output_multiplier": 1.0,
-        "attn_logit_softcapping": config.attn_softcap,
-        "attn_logit_softcapping_method": "tanh",
-        "attn_temperature_len": -1,
-        "max_attn_value": config.attn_softcap,
-        "router_logit_softcapping": 0.0,
-        "moe_router_renormalize": False,
-        "residual_moe": False,
-        "embedding_multiplier_scale": config.emb_mult,
-        "output_multiplier_scale": config.out_mult,
-        "rms_norm_eps": config.rms_norm_eps,
-        "rope_theta": config.rope_base,
-        "rope_rotate_half_dims": False,
-        "max_position_embeddings": config.max_seq_len,
-        "tie_word_embeddings": scheme.tied_lm_head is None,
-        "torch_dtype": torch_dtype,
-        "pad_token_id": config.pad_token,
-        "bos_token_id": config.bos_token,
-        "eos_token_id": config.eos_token,
-        "load_presharded_attn": False,
-        "load_presharded_mlp": False,
-        "load_presharded_embedding": False,
-        "grok1_modules": dataclasses.asdict(scheme.layer_modules),
-        "grok1": config.to_dict(),
-        "grok1_names": scheme.name,
-    }
+    """config.json for the engines that read it (the architecture's `hf_config` table: each
+    engine reads its own keys), plus the exact config under `grok1` and the name scheme."""
+    data = architecture.hf_config.write(config, {
+        "auto_map": dict(AUTO_MAP), "tie_word_embeddings": scheme.tied_lm_head is None,
+        "torch_dtype": torch_dtype})
+    data.update({"grok1_modules": dataclasses.asdict(scheme.layer_modules),
+                 "grok1": config.to_dict(), "grok1_names": scheme.name})
     if scheme.presharded_moe is not None:
         data["load_presharded_moe"] = scheme.presharded_moe
     if quantization:
@@ -181,33 +142,26 @@ def hf_config(config: Grok1Config, scheme: NameScheme, torch_dtype: str,
     return data
 
 
-def config_from_hf(data: dict[str, Any], source: str) -> Grok1Config:
-    """The Grok-1 config of an HF config.json (exact when written by this tool)."""
+def config_from_hf(architecture: Architecture, data: dict[str, Any], source: str) -> Any:
+    """The config of an HF config.json: exact when written by this tool (`grok1`), else from
+    the keys engines read."""
     if isinstance(data.get("grok1"), dict):
-        return Grok1Config.from_dict(data["grok1"], source=source)
+        return architecture.config_type.from_dict(data["grok1"], source=source)
     try:
-        emb, heads = data["hidden_size"], data["num_attention_heads"]
-        key_size = data.get("head_dim") or (
-            emb // heads if isinstance(emb, int) and isinstance(heads, int) and heads else 0)
-        return Grok1Config(
-            layers=data["num_hidden_layers"], emb=emb, q_heads=heads,
-            kv_heads=data["num_key_value_heads"], key_size=key_size,
-            vocab=data["vocab_size"], experts=data.get("num_local_experts", data.get(
-                "num_experts", 8)), topk=data.get("num_experts_per_tok", 2),
-            ffn_size=data["intermediate_size"],
-            emb_mult=data.get("embedding_multiplier_scale", Grok1Config.emb_mult),
-            out_mult=data.get("output_multiplier_scale", Grok1Config.out_mult),
-            attn_mult=data.get("attention_multiplier",  # ours; hpcai's port calls it:
-                               data.get("attn_output_multiplier", Grok1Config.attn_mult)),
-            attn_softcap=data.get("max_attn_value", 30.0),
-            rope_base=data.get("rope_theta", 10000.0), rms_norm_eps=data.get("rms_norm_eps", 1e-5),
-            pad_token=data.get("pad_token_id", 0), bos_token=data.get("bos_token_id", 1),
-            eos_token=data.get("eos_token_id", 2),
-            max_seq_len=data.get("max_position_embeddings", 8192))
+        return architecture.config_type(**architecture.hf_config.read(data))
     except KeyError as exc:
         raise MalformedFileError(f"{source}: missing key {exc.args[0]!r}") from None
     except UsageError as exc:
         raise MalformedFileError(f"{source}: {exc}") from None
+
+
+def _architecture(data: dict[str, Any], source: Path) -> Architecture:
+    """The architecture of a config.json's `model_type` (Grok-1's when it names none)."""
+    model_type = data.get("model_type", GROK1.name)
+    if model_type not in ARCHITECTURES:
+        raise LayoutError(f"{source}: model_type {model_type!r} is not a supported "
+                          f"architecture ({', '.join(ARCHITECTURES)})")
+    return ARCHITECTURES[model_type]
 
 
 class HfCheckpoint:
@@ -226,8 +180,9 @@ class HfCheckpoint:
             raise MalformedFileError(f"{config_path}: expected a JSON object, found "
                                      f"{type(data).__name__}")
         self.hf = data
-        self.config = config_from_hf(data, str(config_path))
-        self.specs = build_spec(self.config)
+        self.architecture = _architecture(data, config_path)
+        self.config = config_from_hf(self.architecture, data, str(config_path))
+        self.specs = self.architecture.build_spec(self.config)
         self._shards: dict[str, Any] = {}
         self.weight_map = self._weight_map()
         self.scheme = self._detect_scheme()
@@ -236,10 +191,10 @@ class HfCheckpoint:
         self.formats = formats_from_quantization(data.get("quantization_config"), self.scheme,
                                                  dense, str(config_path))
         for spec in self.specs:
-            if spec.role in LINEAR_ROLES:
+            if spec.param.linear:
                 self.formats[spec.role].check(spec, str(config_path))
-        parts = {r: (self.formats[r].parts() if r in LINEAR_ROLES else
-                     (self.scheme.plain_part(r),)) for r in (s.role for s in self.specs)}
+        parts = {s.role: (self.formats[s.role].parts() if s.param.linear else
+                          (self.scheme.plain_part(s.role),)) for s in self.specs}
         self.names = self.scheme.expected(self.specs, parts)
         self._check_total()
 
@@ -260,14 +215,15 @@ class HfCheckpoint:
     def _detect_scheme(self) -> NameScheme:
         """The naming scheme: as recorded by this tool, else the one whose layer-0 query
         projection is present."""
+        schemes = self.architecture.name_schemes
         named = self.hf.get("grok1_names")
-        if named in SCHEMES:
-            return SCHEMES[named]
-        for candidate in SCHEMES.values():
-            prefix = candidate.module("attn_q", layer=0) + "."
+        if named in schemes:
+            return schemes[named]
+        for candidate in schemes.values():
+            prefix = candidate.module(self.architecture.linear_roles[0], layer=0) + "."
             if any(name.startswith(prefix) for name in self.weight_map):
                 return candidate
-        return SCHEMES["hpcai"]
+        return self.architecture.scheme()
 
     def _check_total(self) -> None:
         unmapped = sorted(set(self.weight_map) - set(self.names))
@@ -303,10 +259,10 @@ class HfCheckpoint:
         """The dtypes a stored tensor may have and the shape it must have."""
         origin = self.names[name]
         spec = self._spec_of[(origin.role, origin.layer)]
-        if origin.role in LINEAR_ROLES:
+        if spec.param.linear:
             fmt = self.formats[origin.role]
             return fmt.accepted(origin.part), fmt.part(origin.part, spec)[1]
-        shape = spec.shape[::-1] if ROLE[origin.role].matrix else spec.shape
+        shape = spec.shape[::-1] if spec.param.matrix else spec.shape
         return FLOATS, shape
 
     def _entry_problem(self, name: str) -> str | None:
@@ -396,7 +352,7 @@ class HfCheckpoint:
     def stored_dtype(self, spec: TensorSpec) -> str | None:
         """The safetensors dtype a plain (non-Linear) tensor is stored in; None for Linears
         and torch shards."""
-        if ROLE[spec.role].linear:
+        if spec.param.linear:
             return None
         name = self.by_origin[(spec.role, spec.layer, None, self.scheme.plain_part(spec.role))]
         shard = self.shard(self.weight_map[name])
@@ -408,16 +364,16 @@ class HfCheckpoint:
 
     def read(self, spec: TensorSpec) -> Any:
         """The canonical value of one spec (stacked experts, [in, out] matrices)."""
-        if spec.role in EXPERT_ROLES:
+        if spec.param.linear and spec.param.expert:
             experts = [self._linear(spec, e) for e in range(spec.shape[0])]
             if all(isinstance(e, QuantizedWeight8bit) for e in experts):
                 return QuantizedWeight8bit(np.stack([e.weight for e in experts]),
                                            np.stack([e.scales for e in experts]))
             return StackedExperts(experts)
-        if spec.role in LINEAR_ROLES:
+        if spec.param.linear:
             return self._linear(spec, None)
         name = self.by_origin[(spec.role, spec.layer, None, self.scheme.plain_part(spec.role))]
-        if ROLE[spec.role].matrix:
+        if spec.param.matrix:
             return np.ascontiguousarray(self.stored_floats(name).T)
         return self.stored_floats(name)
 
@@ -534,8 +490,8 @@ class ShardedTarget:
         quant = model_quantization(self.names, formats)
         dense = by_safetensors("BF16" if quantized else
                                next(iter(formats.values())).compute_dtype)
-        _write_json(dst / "config.json", hf_config(reader.config, self.names, dense.torch,
-                                                   quant))
+        _write_json(dst / "config.json", hf_config(reader.architecture, reader.config,
+                                                   self.names, dense.torch, quant))
         c = reader.config
         _write_json(dst / "generation_config.json", {
             "bos_token_id": c.bos_token, "eos_token_id": c.eos_token,
@@ -557,7 +513,7 @@ def _made_together(items: tuple[OutTensor, ...]) -> list[list[OutTensor]]:
     """The unit's tensors in order, the consecutive parts of one Linear (one expert's) in one
     list: what one thread makes at once."""
     def linear(out: OutTensor) -> tuple[str, int | None] | None:
-        role = ROLE[out.origin.role]
+        role = out.spec.param
         return (out.spec.name, out.origin.expert if role.expert else None) if role.linear else None
 
     groups: list[list[OutTensor]] = []
@@ -603,7 +559,7 @@ def _describe(path: Path, container: Container) -> dict[str, Any]:
 def _target(container: Container) -> Any:
     def make(reader: CheckpointReader, options: TargetOptions) -> Target:
         linears = options.linears or convert_linears(options.dtype, reader.specs)
-        return ShardedTarget(container, scheme(options.names or "hpcai"), linears,
+        return ShardedTarget(container, reader.architecture.scheme(options.names), linears,
                              options.shard_size,
                              resolve_tokenizer(options.tokenizer, reader.config.vocab))
     return make
@@ -616,7 +572,7 @@ def _layout(container: Container, summary: str) -> Layout:
     return Layout(name=container.name, summary=summary, detect=detect,
                   open=lambda path: HfCheckpoint(require_folder(path), container),
                   describe=lambda path: _describe(path, container), target=_target(container),
-                  name_schemes=tuple(SCHEMES), dtypes=CONVERT_DTYPES)
+                  takes_names=True, dtypes=CONVERT_DTYPES)
 
 
 SAFETENSORS = _layout(CONTAINERS["hf"], "sharded safetensors + config.json (vLLM, SGLang)")

@@ -14,8 +14,6 @@ from typing import Any
 
 import numpy as np
 
-from converter.atomic import atomic_open
-from converter.config import Grok1Config, load_sidecar, save_sidecar
 from converter.errors import (
     CheckpointNotFoundError,
     ConfigMismatchError,
@@ -24,6 +22,9 @@ from converter.errors import (
     ShapeMismatchError,
     UsageError,
 )
+from converter.files.atomic import atomic_open
+from converter.files.pickle_reader import load_leaf
+from converter.files.pickle_writer import ArrayMeta, PayloadSlot, encode_leaf
 from converter.layouts.base import (
     CheckpointReader,
     Layout,
@@ -32,9 +33,9 @@ from converter.layouts.base import (
     Unit,
     require_folder,
 )
-from converter.pickle_reader import load_leaf
-from converter.pickle_writer import ArrayMeta, PayloadSlot, encode_leaf
-from converter.spec import TensorSpec, build_spec, file_name
+from converter.model import GROK1
+from converter.model.config import Grok1Config, load_sidecar, save_sidecar
+from converter.model.spec import TensorSpec, file_name
 from converter.tensors import QuantizedWeight8bit, dense
 
 __all__ = ["LAYOUT", "TENSOR_DIRS", "XaiCheckpoint", "XaiTarget", "find_tensor_dir",
@@ -59,6 +60,7 @@ class XaiCheckpoint:
     """A checkpoint in the release layout, opened lazily."""
 
     layout = "xai"
+    architecture = GROK1  # the layout of xAI's Grok-1 release
     root: Path
     tensor_dir: Path
     config: Grok1Config
@@ -82,7 +84,7 @@ class XaiCheckpoint:
                 source = str(folder / "config.json")
                 break
         config = config or Grok1Config()
-        specs = build_spec(config)
+        specs = GROK1.build_spec(config)
         found = len(list(tensor_dir.glob("tensor*_000")))
         if found > len(specs):
             raise ConfigMismatchError(

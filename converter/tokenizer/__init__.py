@@ -22,9 +22,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from converter.atomic import atomic_open
 from converter.errors import MalformedFileError, UsageError
-from converter.safe_read import read_capped
+from converter.files.atomic import atomic_open
+from converter.files.safe_read import read_capped
 
 __all__ = ["GROK1_MODEL", "GROK1_VOCAB", "TOKENIZER_FILES", "Piece", "encoder", "read_pieces",
            "resolve_tokenizer", "tokenizer_json", "write_tokenizer"]

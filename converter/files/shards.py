@@ -21,10 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from converter.atomic import atomic_open
 from converter.dtypes import DTYPES, DType, by_safetensors, by_torch
 from converter.errors import MalformedFileError, ShapeMismatchError, UsageError
-from converter.safe_read import parse_json
+from converter.files.atomic import atomic_open
+from converter.files.safe_read import parse_json
 
 __all__ = ["Entry", "SafetensorsReader", "SafetensorsWriter", "TorchShardReader",
            "TorchShardWriter", "as_numpy", "tensor_digest"]

@@ -1,4 +1,4 @@
-"""The Grok-1 parameter tree, derived from a `Grok1Config`: the single source of truth.
+"""A parameter tree as data: the roles of an architecture and the leaves they make for a config.
 
 Each parameter has a role (what it is in the forward pass), a canonical name (the original JAX
 path, e.g. `transformer/decoder_layer_7/moe/linear_1/w`), a logical shape, whether the release
@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from typing import Any
 
-from converter.config import Grok1Config
-
-__all__ = ["EXPERT_ROLES", "LINEAR_ROLES", "ROLE", "ROLES", "ParamRole",
-           "TensorSpec", "build_spec", "file_name"]
+__all__ = ["ParamRole", "TensorSpec", "build_spec", "file_name", "linear_roles"]
 
 Shape = tuple[int, ...]
 
@@ -31,10 +29,14 @@ class ParamRole:
     role: str
     module: str
     param: str
-    shape: Callable[[Grok1Config], Shape]
+    shape: tuple[str, ...]  # the config fields that give its dimensions
     kind: str
     expert: bool = False
     grouped: bool = False
+
+    def dims(self, config: Any) -> Shape:
+        """Its shape for a config."""
+        return tuple(getattr(config, name) for name in self.shape)
 
     @property
     def per_layer(self) -> bool:
@@ -52,38 +54,6 @@ class ParamRole:
         return self.kind in ("linear", "router")
 
 
-_LAYER = "transformer/decoder_layer_{layer}"
-
-ROLES: tuple[ParamRole, ...] = (
-    ParamRole("embed", "language_model/in_out_embed", "embeddings", lambda c: (c.vocab, c.emb),
-              "embed"),
-    ParamRole("final_norm", "language_model/rms_norm", "scale", lambda c: (c.emb,), "norm"),
-    ParamRole("moe_gate", f"{_LAYER}/moe/linear", "w",
-              lambda c: (c.experts, c.emb, c.ffn_size), "linear", expert=True),
-    ParamRole("moe_down", f"{_LAYER}/moe/linear_1", "w",
-              lambda c: (c.experts, c.ffn_size, c.emb), "linear", expert=True, grouped=True),
-    ParamRole("moe_up", f"{_LAYER}/moe/linear_v", "w",
-              lambda c: (c.experts, c.emb, c.ffn_size), "linear", expert=True),
-    ParamRole("attn_k", f"{_LAYER}/multi_head_attention/key", "w",
-              lambda c: (c.emb, c.kv_dim), "linear"),
-    ParamRole("attn_o", f"{_LAYER}/multi_head_attention/linear", "w",
-              lambda c: (c.q_dim, c.emb), "linear", grouped=True),
-    ParamRole("attn_q", f"{_LAYER}/multi_head_attention/query", "w",
-              lambda c: (c.emb, c.q_dim), "linear"),
-    ParamRole("attn_v", f"{_LAYER}/multi_head_attention/value", "w",
-              lambda c: (c.emb, c.kv_dim), "linear"),
-    ParamRole("pre_attn_norm", f"{_LAYER}/rms_norm", "scale", lambda c: (c.emb,), "norm"),
-    ParamRole("post_attn_norm", f"{_LAYER}/rms_norm_1", "scale", lambda c: (c.emb,), "norm"),
-    ParamRole("pre_moe_norm", f"{_LAYER}/rms_norm_2", "scale", lambda c: (c.emb,), "norm"),
-    ParamRole("post_moe_norm", f"{_LAYER}/rms_norm_3", "scale", lambda c: (c.emb,), "norm"),
-    ParamRole("router", f"{_LAYER}/router", "w", lambda c: (c.emb, c.experts), "router"),
-)
-ROLE: dict[str, ParamRole] = {r.role: r for r in ROLES}
-# In a fixed, readable order (attention, then the experts), used wherever roles are listed.
-LINEAR_ROLES = ("attn_q", "attn_k", "attn_v", "attn_o", "moe_gate", "moe_up", "moe_down")
-EXPERT_ROLES = tuple(r for r in LINEAR_ROLES if ROLE[r].expert)
-
-
 @dataclasses.dataclass(frozen=True)
 class TensorSpec:
     """One leaf of the parameter tree as the release stores it.
@@ -99,6 +69,7 @@ class TensorSpec:
     quantized: bool
     scale_groups: int
     file_index: int
+    param: ParamRole = dataclasses.field(compare=False, repr=False)  # what it is
 
     @property
     def file_name(self) -> str:
@@ -142,26 +113,34 @@ def file_name(index: int) -> str:
     return f"tensor{index:05d}_000"
 
 
-def _leaves(config: Grok1Config) -> Iterator[tuple[str, str, ParamRole, int | None]]:
-    for role in ROLES:
+def _leaves(roles: tuple[ParamRole, ...], config: Any
+            ) -> Iterator[tuple[str, str, ParamRole, int | None]]:
+    for role in roles:
         layers = range(config.layers) if role.per_layer else [None]
         for layer in layers:
             module = role.module.format(layer=layer)
             yield module, role.param, role, layer
 
 
-def build_spec(config: Grok1Config) -> list[TensorSpec]:
-    """Every leaf in file order (JAX tree-flatten: module paths sorted as strings)."""
-    ordered = sorted(_leaves(config), key=lambda leaf: (leaf[0], leaf[1]))
+def build_spec(roles: tuple[ParamRole, ...], config: Any) -> list[TensorSpec]:
+    """Every leaf of these roles for a config, in file order (JAX tree-flatten: module paths
+    sorted as strings)."""
+    ordered = sorted(_leaves(roles, config), key=lambda leaf: (leaf[0], leaf[1]))
     return [
         TensorSpec(
             name=f"{module}/{param}",
             role=role.role,
             layer=layer,
-            shape=role.shape(config),
+            shape=role.dims(config),
             quantized=role.linear,
             scale_groups=config.scale_groups if role.grouped else 1,
             file_index=index,
+            param=role,
         )
         for index, (module, param, role, layer) in enumerate(ordered)
     ]
+
+
+def linear_roles(specs: list[TensorSpec]) -> tuple[str, ...]:
+    """The Linear roles of a parameter tree, each once."""
+    return tuple(dict.fromkeys(s.role for s in specs if s.param.linear))

@@ -22,18 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from converter import __version__
-from converter.atomic import INCOMPLETE_SUFFIX, atomic_open, check_free_space
-from converter.errors import (
-    Grok1Error,
-    HubError,
-    MalformedFileError,
-    UsageError,
-)
-from converter.formats import formats_from_quantization
-from converter.hashes import git_sha1
-from converter.inspect import inspect_checkpoint
-from converter.names import SCHEMES
-from converter.output import (
+from converter.engine.hashes import git_sha1
+from converter.engine.output import (
     DOWNLOAD_RECORD,
     MANIFEST_NAME,
     MODEL_CARD,
@@ -43,8 +33,18 @@ from converter.output import (
     file_sha256,
     origin_of,
 )
-from converter.safe_read import read_record
-from converter.serving import how_to_serve, kind_of, library_name
+from converter.errors import (
+    Grok1Error,
+    HubError,
+    MalformedFileError,
+    UsageError,
+)
+from converter.files.atomic import INCOMPLETE_SUFFIX, atomic_open, check_free_space
+from converter.files.safe_read import read_record
+from converter.formats import formats_from_quantization
+from converter.model import GROK1
+from converter.report.inspect import inspect_checkpoint
+from converter.report.serving import how_to_serve, kind_of, library_name
 
 __all__ = ["DOWNLOAD_RECORD", "check_repo_id", "download", "invocation", "model_card",
            "upload", "upload_files"]
@@ -249,7 +249,7 @@ def _scheme(config: dict[str, Any], source: Path) -> tuple[str, list[str], bool]
     quant = config.get("quantization_config")
     if not quant:
         return f"dense {config.get('torch_dtype', 'unknown')} weights", ["grok-1"], False
-    names = SCHEMES.get(str(config.get("grok1_names")), SCHEMES["hpcai"])
+    names = GROK1.name_schemes.get(str(config.get("grok1_names")), GROK1.scheme())
     experts = formats_from_quantization(quant, names, "BF16", str(source))["moe_gate"]
     description, tags = experts.card()
     return description, ["grok-1", *tags], True

@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from converter.atomic import atomic_open
 from converter.errors import HubHttpError
+from converter.files.atomic import atomic_open
 
 __all__ = ["HubStore", "make_server"]
 

@@ -19,8 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from converter import __version__
-from converter.errors import DiskSpaceError, UsageError
-from converter.executors import (
+from converter.engine.executors import (
     EXECUTORS,
     MAX_RETRIES,
     die_with_parent,
@@ -28,10 +27,17 @@ from converter.executors import (
     ray_connect,
     ray_get,
 )
+from converter.engine.output import (
+    MANIFEST_NAME,
+    OutputFolder,
+    fingerprint,
+    origin_of,
+    refuse_overlap,
+)
+from converter.engine.progress import byte_bar, file_growth
+from converter.errors import DiskSpaceError, UsageError
 from converter.layouts import LAYOUTS, CheckpointReader, layout, open_checkpoint
 from converter.layouts.base import Target, TargetOptions, Unit
-from converter.output import MANIFEST_NAME, OutputFolder, fingerprint, origin_of, refuse_overlap
-from converter.progress import byte_bar, file_growth
 
 __all__ = ["MANIFEST_NAME", "Target", "Unit", "convert", "default_workers", "run_units"]
 
@@ -173,8 +179,8 @@ def convert(source: Path, dst: Path, *, to: str, options: TargetOptions,
     """Convert `source` (any layout) into layout `to` in `dst`; returns a summary. `run` takes
     run_units' options (resume, overwrite, dry_run, quiet, executor, ray_address)."""
     chosen = layout(to)
-    if options.names is not None and options.names not in chosen.name_schemes:
-        takers = ", ".join(name for name, entry in LAYOUTS.items() if entry.name_schemes)
+    if options.names is not None and not chosen.takes_names:
+        takers = ", ".join(name for name, entry in LAYOUTS.items() if entry.takes_names)
         raise UsageError(f"--names {options.names}: --to {to} writes its own tensor names "
                          f"(--names is for --to {takers})")
     reader = reader or open_checkpoint(source)

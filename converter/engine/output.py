@@ -26,9 +26,9 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from converter.atomic import INCOMPLETE_SUFFIX, atomic_open, check_free_space
 from converter.errors import MalformedFileError, UsageError
-from converter.safe_read import read_json, read_record
+from converter.files.atomic import INCOMPLETE_SUFFIX, atomic_open, check_free_space
+from converter.files.safe_read import read_json, read_record
 
 __all__ = ["DOWNLOAD_RECORD", "MANIFEST_NAME", "MODEL_CARD", "OWN_FILES", "PROVENANCE_NAME",
            "QUANT_PLOT", "VERIFY_PLOT", "VERIFY_REPORT_JSON", "VERIFY_REPORT_MD", "OutputFolder",

@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from converter.atomic import atomic_open
 from converter.errors import MalformedFileError, UsageError
+from converter.files.atomic import atomic_open
 from converter.tensors import bf16_bits_to_f32, f32_to_bf16_bits
 
 __all__ = ["GGML_TYPES", "MXFP4_VALUES", "GGUFReader", "GGUFWriter", "GgmlType", "TensorInfo",

@@ -26,7 +26,7 @@ from converter.formats import (
     lossless_group_size,
     pack_codes,
 )
-from converter.spec import LINEAR_ROLES, TensorSpec
+from converter.model.spec import TensorSpec, linear_roles
 from converter.tensors import (
     QuantizedWeight8bit,
     bf16_bits_to_f32,
@@ -128,14 +128,15 @@ class _NoReports:
 
 @dataclasses.dataclass(frozen=True)
 class DenseLinears(_NoReports):
-    """Dense Linears in f32 (exact) or bf16 (rounded once)."""
+    """Dense Linears in f32 (exact) or bf16 (rounded once), for the Linear `roles`."""
 
     label: str
+    roles: tuple[str, ...]
 
     @property
     def formats(self) -> dict[str, LinearFormat]:
         """The same dense format for every role."""
-        return dict.fromkeys(LINEAR_ROLES, Dense(DTYPES[self.label].safetensors))
+        return dict.fromkeys(self.roles, Dense(DTYPES[self.label].safetensors))
 
     def settings(self) -> dict[str, Any]:
         """What identifies this output for --resume."""
@@ -160,7 +161,7 @@ class ReleaseInt8Linears(_NoReports):
         """Per role, the group size gcd(128, rows per scale block) that holds every scale."""
         sizes: dict[str, set[int]] = {}
         for spec in specs:
-            if spec.role in LINEAR_ROLES:
+            if spec.param.linear:
                 sizes.setdefault(spec.role, set()).add(lossless_group_size(spec))
         return cls({role: PackQuantized(8, min(found))
                     for role, found in sizes.items()})
@@ -206,4 +207,4 @@ def convert_linears(dtype: str | None, specs: list[TensorSpec]) -> Linears:
     if dtype not in CONVERT_DTYPES:
         raise UsageError(f"--to hf and --to torch take --dtype {', '.join(CONVERT_DTYPES)}, "
                          f"not {dtype} (q8_0, f16 and q4_0 are for --to gguf)")
-    return DenseLinears(dtype)
+    return DenseLinears(dtype, linear_roles(specs))

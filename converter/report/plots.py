@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from converter.names import SCHEMES
+from converter.model import ARCHITECTURES
 
 __all__ = ["expert_heatmap", "layer_error_plot", "png"]
 
@@ -199,8 +199,8 @@ def layer_error_plot(rows: list[dict], limit: float | None, title: str) -> bytes
 
 def _expert_linear(module: str) -> tuple[int, int, str] | None:
     """(layer, expert, gate|up|down) of an expert Linear's module name, in any name table."""
-    for scheme in SCHEMES.values():
-        found = scheme.locate(module, ("moe_gate", "moe_up", "moe_down"))
+    for scheme in (s for a in ARCHITECTURES.values() for s in a.name_schemes.values()):
+        found = scheme.locate(module, scheme.expert_roles)
         if found:
             role, layer, expert = found
             return layer, expert, role.removeprefix("moe_")

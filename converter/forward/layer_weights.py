@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from converter.layouts import CheckpointReader
-from converter.spec import EXPERT_ROLES, ROLE, TensorSpec
+from converter.model.spec import TensorSpec
+from converter.model.stream import CheckpointReader
 from converter.tensors import dense
 
 __all__ = ["LayerWeights", "LazyExperts", "dense", "drop_pages", "global_weights",
@@ -52,7 +52,8 @@ def layer_specs(reader: CheckpointReader, layer: int) -> dict[str, TensorSpec]:
 def load_layer(reader: CheckpointReader, layer: int) -> LayerWeights:
     """The values of one layer by role (quantized values stay quantized until used; experts
     are read when indexed)."""
-    return {role: (LazyExperts(reader, spec) if role in EXPERT_ROLES else reader.read(spec))
+    return {role: (LazyExperts(reader, spec) if spec.param.linear and spec.param.expert
+                   else reader.read(spec))
             for role, spec in layer_specs(reader, layer).items()}
 
 
@@ -103,7 +104,7 @@ def mapped_embedding(reader: CheckpointReader, spec: TensorSpec) -> np.ndarray:
     says is stored F32 in that orientation (safetensors, GGUF); else decoded into memory."""
     stored = reader.stored_dtype(spec) if hasattr(reader, "stored_dtype") else None
     ranges = reader.byte_ranges(spec) if stored == "F32" else []
-    if len(ranges) == 1 and ranges[0][2] == spec.numel * 4 and not ROLE[spec.role].matrix:
+    if len(ranges) == 1 and ranges[0][2] == spec.numel * 4 and not spec.param.matrix:
         path, offset, _ = ranges[0]
         return np.memmap(path, np.dtype("<f4"), "r", offset, tuple(spec.shape))
     return dense(reader.read(spec))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from converter.hashes import recorded_hash_problems
+from converter.engine.hashes import recorded_hash_problems
 from converter.layouts import LAYOUTS, detect_layout
 
 __all__ = ["format_report", "inspect_checkpoint"]

@@ -15,9 +15,9 @@ from pathlib import Path
 
 from converter.dtypes import by_torch
 from converter.errors import MalformedFileError
+from converter.files.safe_read import read_record
 from converter.formats import formats_from_quantization
-from converter.names import SCHEMES
-from converter.safe_read import read_record
+from converter.model import GROK1
 
 __all__ = ["ENGINES", "NOT_SERVED", "SERVES", "Engine", "OutputKind", "how_to_serve",
            "kind_of", "library_name", "refusals", "serving_engines", "serving_table",
@@ -129,7 +129,7 @@ NOT_SERVED: dict[tuple[str, str, str], str] = {
     ("vllm", "sglang", "w8a8-int8"): "it has no w8a8_int8 quantization method (an SGLang "
     "format)",
     **{("transformers", n, w): "5.23 refuses packed zero points, expecting them unpacked "
-       "(quantize with --symmetric)" for n in SCHEMES
+       "(quantize with --symmetric)" for n in GROK1.name_schemes
        for w in ("int8-asym", "int4-asym")},
 }
 
@@ -173,13 +173,14 @@ def kind_of(folder: Path) -> OutputKind | None:
         return OutputKind("xai", None, "release-int8")
     config = read_record(folder / "config.json")
     names = config.get("grok1_names")
-    if names not in SCHEMES:
+    if names not in GROK1.name_schemes:
         return None
     layout = "torch" if any(folder.glob("pytorch_model*.bin*")) else "hf"
     stored = by_torch(str(config.get("torch_dtype")))
     dense = stored.safetensors if stored is not None and stored.floating else "BF16"
     try:
-        formats = formats_from_quantization(config.get("quantization_config"), SCHEMES[names],
+        formats = formats_from_quantization(config.get("quantization_config"),
+                                            GROK1.name_schemes[names],
                                             dense, str(folder / "config.json"))
     except MalformedFileError:
         return None

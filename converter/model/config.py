@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from converter.errors import ConfigMismatchError, MalformedFileError, UsageError
-from converter.safe_read import read_json
+from converter.files.safe_read import read_json
 
 __all__ = ["PRESETS", "Grok1Config", "default_ffn_size", "load_sidecar", "save_sidecar"]
 
@@ -211,7 +211,7 @@ def load_sidecar(folder: Path) -> Grok1Config | None:
 
 def save_sidecar(folder: Path, config: Grok1Config) -> Path:
     """Write `folder/config.json` describing `config`."""
-    from converter.atomic import atomic_open
+    from converter.files.atomic import atomic_open
 
     path = Path(folder) / SIDECAR_NAME
     with atomic_open(path) as f:

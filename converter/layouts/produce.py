@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from converter.layouts.base import CheckpointReader
-from converter.linears import Linears, dense_transposed
-from converter.names import NameScheme, OutputName
-from converter.spec import ROLE, TensorSpec
+from converter.layouts.linears import Linears, dense_transposed
+from converter.model.names import NameScheme, OutputName
+from converter.model.spec import TensorSpec
+from converter.model.stream import CheckpointReader
 from converter.tensors import dense
 
 __all__ = ["Producer"]
@@ -44,7 +44,7 @@ class Producer:
 
     def __call__(self, spec: TensorSpec, origin: OutputName) -> np.ndarray:
         """The array of the output tensor `origin`, made from the canonical tensor `spec`."""
-        role = ROLE[origin.role]
+        role = spec.param
         if role.linear:
             return self._linear_part(spec, origin)
         value = self.source(spec, None)
@@ -54,7 +54,7 @@ class Producer:
 
     def _linear_part(self, spec: TensorSpec, origin: OutputName) -> np.ndarray:
         """One part of a Linear; the first thread to ask makes all its parts, the others wait."""
-        expert = origin.expert if ROLE[origin.role].expert else None
+        expert = origin.expert if spec.param.expert else None
         key = (spec.name, expert)
         with self._lock:
             entry = self._pending.get(key)

@@ -1,4 +1,5 @@
-"""Tensor names of every Hugging Face-style layout, as tables keyed by parameter role.
+"""How Hugging Face-style layouts name tensors: a `NameScheme` is a table of module templates
+keyed by parameter role (each architecture declares its schemes, `converter.model.grok1`).
 
 Templates take `{layer}` and `{expert}`. A Linear's name is its module name (no suffix): the
 layout appends `.weight`, or the compressed-tensors parts `.weight_packed`, `.weight_scale`,
@@ -11,10 +12,9 @@ import dataclasses
 import re
 from collections.abc import Iterator
 
-from converter.errors import UsageError
-from converter.spec import ROLE, TensorSpec
+from converter.model.spec import ParamRole, TensorSpec
 
-__all__ = ["SCHEMES", "LayerModules", "NameScheme", "OutputName", "scheme"]
+__all__ = ["LayerModules", "NameScheme", "OutputName"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,10 +30,13 @@ class OutputName:
 
 @dataclasses.dataclass(frozen=True)
 class NameScheme:
-    """One naming convention: a module template per role and the suffix of plain tensors."""
+    """One naming convention of an architecture: a module template per role and the suffix
+    of plain tensors; `roles` and `linear_roles` are the architecture's."""
 
     name: str
     modules: dict[str, str]
+    roles: dict[str, ParamRole]
+    linear_roles: tuple[str, ...]
     norm_suffix: str
     tied_lm_head: str | None = None  # an explicit copy of the embeddings under this name
     presharded_moe: bool | None = None  # config.json `load_presharded_moe`, when the loader
@@ -54,15 +57,20 @@ class NameScheme:
 
     def plain_part(self, role: str) -> str:
         """The suffix of an unquantized tensor of this role."""
-        return self.norm_suffix if ROLE[role].kind == "norm" else "weight"
+        return self.norm_suffix if self.roles[role].kind == "norm" else "weight"
 
     def names_for(self, spec: TensorSpec, parts: tuple[str, ...]) -> Iterator[OutputName]:
         """Output names of one canonical tensor, split per expert, for the given parts."""
-        experts = range(spec.shape[0]) if ROLE[spec.role].expert else [None]
+        experts = range(spec.shape[0]) if spec.param.expert else [None]
         for expert in experts:
             for part in parts:
                 yield OutputName(self.tensor(spec.role, spec.layer, expert, part), spec.role,
                                  spec.layer, expert, part)
+
+    @property
+    def expert_roles(self) -> tuple[str, ...]:
+        """The Linears stacked per expert, in `linear_roles` order."""
+        return tuple(r for r in self.linear_roles if self.roles[r].expert)
 
     def _regex(self, role: str, layer: str, expert: str) -> str:
         """The module template of a role as a regex, `{layer}` and `{expert}` replaced."""
@@ -109,43 +117,3 @@ class LayerModules:
     up: str
     down: str
     norm: str
-
-    def templates(self) -> dict[str, str]:
-        """Module name templates by role, with `{layer}` and `{expert}`."""
-        layer = "model.layers.{layer}"
-        attn, experts = f"{layer}.{self.attention}", f"{layer}.{self.moe}.experts.{{expert}}"
-        return {
-            "embed": "model.embed_tokens", "final_norm": "model.norm",
-            "attn_q": f"{attn}.q_proj", "attn_k": f"{attn}.k_proj",
-            "attn_v": f"{attn}.v_proj", "attn_o": f"{attn}.o_proj",
-            "router": f"{layer}.{self.moe}.gate",
-            "moe_gate": f"{experts}.{self.gate}", "moe_up": f"{experts}.{self.up}",
-            "moe_down": f"{experts}.{self.down}",
-            **{norm: f"{layer}.{norm}" for norm in (
-                "pre_attn_norm", "post_attn_norm", "pre_moe_norm", "post_moe_norm")},
-        }
-
-
-def _scheme(name: str, modules: LayerModules, tied_lm_head: str | None = None,
-            presharded_moe: bool | None = None) -> NameScheme:
-    return NameScheme(name=name, modules=modules.templates(), norm_suffix=modules.norm,
-                      tied_lm_head=tied_lm_head, presharded_moe=presharded_moe,
-                      layer_modules=modules)
-
-
-SCHEMES: dict[str, NameScheme] = {
-    # vLLM <= 0.24 and hpcai-tech's Grok-1 port
-    "hpcai": _scheme("hpcai", LayerModules(attention="attn", moe="moe_block", gate="linear",
-                                           up="linear_v", down="linear_1", norm="scale")),
-    # SGLang's Grok1ForCausalLM (Mixtral's expert names, an explicit lm_head)
-    "sglang": _scheme("sglang", LayerModules(attention="self_attn", moe="block_sparse_moe",
-                                             gate="w1", up="w3", down="w2", norm="weight"),
-                      tied_lm_head="lm_head.weight", presharded_moe=False),
-}
-
-
-def scheme(name: str) -> NameScheme:
-    """A naming scheme by name."""
-    if name not in SCHEMES:
-        raise UsageError(f"unknown name scheme {name!r}; known: {', '.join(SCHEMES)}")
-    return SCHEMES[name]

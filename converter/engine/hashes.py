@@ -7,9 +7,9 @@ import concurrent.futures
 import hashlib
 from pathlib import Path
 
+from converter.engine.output import DOWNLOAD_RECORD, MANIFEST_NAME, file_sha256
 from converter.errors import CheckpointNotFoundError, MalformedFileError
-from converter.output import DOWNLOAD_RECORD, MANIFEST_NAME, file_sha256
-from converter.safe_read import read_json, read_record
+from converter.files.safe_read import read_json, read_record
 
 __all__ = ["git_sha1", "recorded_hash_problems"]
 

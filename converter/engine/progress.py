@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from converter.atomic import INCOMPLETE_SUFFIX
+from converter.files.atomic import INCOMPLETE_SUFFIX
 
 __all__ = ["byte_bar", "file_growth", "step_bar"]
 

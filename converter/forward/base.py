@@ -1,0 +1,43 @@
+"""What every streamed forward shares: the run's dtypes, the hooks that observe it, and a
+layer's result."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import torch
+
+__all__ = ["DTYPES", "HEAD_ENTRIES", "NO_HOOKS", "ForwardHooks", "LayerOutput"]
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+# Logits (positions x vocabulary) made at a time: with Grok-1's vocabulary, 64 positions (each
+# pass of the head reads the whole 3.2 GB embedding, so fewer, larger passes are cheaper).
+HEAD_ENTRIES = 1 << 23
+
+
+@dataclasses.dataclass(frozen=True)
+class ForwardHooks:
+    """Observers of the streamed forward (each optional; they must not modify what they see).
+
+    linear_input(layer, role, expert, x): before each Linear's product, its input x [tokens, in]
+    in the run's dtype; `expert` is the expert index for the MoE's Linears (x holds only the
+    tokens routed to it), None for attention's.
+    layer_end(layer, hidden): after every sequence has been through a layer, its output hidden
+    states [B, T, emb].
+    """
+
+    linear_input: Callable[[int, str, int | None, torch.Tensor], None] | None = None
+    layer_end: Callable[[int, torch.Tensor], None] | None = None
+
+
+NO_HOOKS = ForwardHooks()
+
+
+@dataclasses.dataclass
+class LayerOutput:
+    """A decoder layer's result and its two sub-block outputs (after their post-norms)."""
+
+    hidden: torch.Tensor
+    attention: torch.Tensor
+    moe: torch.Tensor

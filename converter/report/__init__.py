@@ -1,0 +1,1 @@
+"""What the toolchain tells people: `inspect`, the serving table, and pictures of errors."""
