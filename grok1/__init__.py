@@ -24,8 +24,6 @@ _VERBS = {
     "download": ("converter.hub.client", "download"),
     "upload": ("converter.hub.client", "upload"),
     "inspect": ("converter.report.inspect", "inspect_checkpoint"),
-    "quantize": ("quant.registry", "quantize_checkpoint"),
-    "logits": ("verify.api", "write_logits"),
     "run_pipeline": ("grok1.pipeline", "run_pipeline"),  # (grok1.pipeline is its module)
     "serve_mirror": ("converter.hub.server", "make_server"),
 }
@@ -49,13 +47,51 @@ def convert(source: Any, dst: Any, *, to: str = "hf", dtype: str | None = None,
 def verify(reference: Any, candidate: Any | None = None, **options: Any) -> Any:
     """Check `candidate` against `reference` (or, with `reference_logits=`, the one checkpoint
     given against a stored reference run), as `grok1 verify` does; returns the result
-    (`.passed`, `.metrics`, `.reasons`). `options` are `verify.api.verify_checkpoints`'."""
+    (`.passed`, `.metrics`, `.reasons`). `options` are `verify.options.VerifyOptions`' fields and
+    `verify.tokens.TokenSource`'s (seq_len, texts, ...)."""
     from pathlib import Path
 
     from verify.api import verify_checkpoints
+    from verify.options import VerifyOptions
 
     paths = tuple(Path(p) for p in (reference, candidate) if p is not None)
-    return verify_checkpoints(paths, **options)
+    return verify_checkpoints(paths, VerifyOptions.from_keywords(**options))
+
+
+def quantize(source: Any, dst: Any, scheme: str, **options: Any) -> dict[str, Any]:
+    """Re-quantize `source` with a registered scheme into `dst`, as `grok1 quantize` does;
+    `options` are `quant.schemes.SchemeOptions`' fields (group_size, symmetric, method,
+    arithmetic, grid) and `quant.registry.quantize_checkpoint`'s keywords. Returns the run's
+    summary."""
+    from pathlib import Path
+
+    from quant.registry import quantize_checkpoint
+    from quant.schemes import SchemeOptions
+
+    chosen, rest = _split(SchemeOptions, options)
+    return quantize_checkpoint(Path(source), Path(dst), scheme, chosen, **rest)
+
+
+def logits(checkpoint: Any, out: Any, **options: Any) -> tuple[tuple[int, ...], str]:
+    """Write the logits of token ids or text to `out`, as `grok1 logits` does; `options` are
+    `verify.tokens.TokenSource`'s fields (tokens_path, texts, text_files, seq_len, ...) and
+    dtype, device, quiet. Returns the logits' shape and where the tokens came from."""
+    from pathlib import Path
+
+    from verify.api import write_logits
+    from verify.tokens import TokenSource
+
+    tokens, rest = _split(TokenSource, {"seq_len": 8192, **options})
+    return write_logits(Path(checkpoint), Path(out), tokens, **rest)
+
+
+def _split(cls: type, options: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """A dataclass `cls` made of the keywords named like its fields, and the other keywords."""
+    import dataclasses
+
+    fields = {f.name for f in dataclasses.fields(cls)}
+    return (cls(**{k: v for k, v in options.items() if k in fields}),
+            {k: v for k, v in options.items() if k not in fields})
 
 
 def __getattr__(name: str) -> Any:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
+import functools
 import json
 import math
 import os
@@ -30,12 +32,13 @@ from grok1.exit_codes import (
     EXIT_INTERRUPTED,
     EXIT_OK,
 )
-from grok1.pipeline import targets_help
+from grok1.pipeline import PipelineOptions, parse_targets, targets_help
 from quant.registry import SCHEMES as QUANT_SCHEMES
-from quant.schemes import ARITHMETICS, GRIDS, METHODS
+from quant.schemes import ARITHMETICS, GRIDS, METHODS, SchemeOptions
 from verify.kquant import KQUANTS
+from verify.options import VerifyOptions
 from verify.profiles import DTYPE_PROFILES, PROFILES
-from verify.tokens import MAX_TEXT_TOKENS
+from verify.tokens import MAX_TEXT_TOKENS, TokenSource
 
 # every architecture's Hugging Face name schemes (--names)
 NAME_SCHEMES = list(dict.fromkeys(n for a in ARCHITECTURES.values() for n in a.name_schemes))
@@ -163,6 +166,21 @@ text_options = _stack(
                  show_default=True,
                  help="Stop reading text once this many tokens are kept (memory and time "
                       "grow with it; a file is read only as far as needed)."))
+def gathered(cls: type, name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A decorator for a command: its options named like fields of the dataclass `cls`
+    arrive as one `cls` object, the parameter `name` (put it right above the `def`; of two,
+    the upper one gathers first, so the lower one may take its object as a field)."""
+    fields = {f.name for f in dataclasses.fields(cls)}
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(command)
+        def wrapper(**options: Any) -> Any:
+            made = cls(**{k: options.pop(k) for k in list(options) if k in fields})
+            return command(**options, **{name: made})
+        return wrapper
+    return decorate
+
+
 writer_options = _stack(
     click.option("--workers", type=click.IntRange(min=1),
                  help="Parallel writers (default: cores)."),
@@ -282,9 +300,9 @@ def output_file(path: Path | None, flag: str) -> None:
               show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def logits(checkpoint: Path, tokens_path: Path | None, text_files: tuple[Path, ...],
-           texts: tuple[str, ...], max_tokens: int, seq_len: int, out: Path, dtype: str,
-           device: str, quiet: bool) -> None:
+@gathered(TokenSource, "tokens")
+def logits(checkpoint: Path, tokens: TokenSource, out: Path, dtype: str, device: str,
+           quiet: bool) -> None:
     """Run the streamed forward pass and write the full logits.
 
     \b
@@ -295,9 +313,8 @@ def logits(checkpoint: Path, tokens_path: Path | None, text_files: tuple[Path, .
     from verify.api import write_logits
 
     output_file(out, "--out")
-    shape, source = write_logits(checkpoint, out, tokens_path=tokens_path,
-                                 text_files=text_files, texts=texts, max_tokens=max_tokens,
-                                 seq_len=seq_len, dtype=dtype, device=device, quiet=quiet)
+    shape, source = write_logits(checkpoint, out, tokens, dtype=dtype, device=device,
+                                 quiet=quiet)
     click.echo(f"wrote logits {list(shape)} to {out} ({source})", err=True)
 
 
@@ -344,14 +361,12 @@ def logits(checkpoint: Path, tokens_path: Path | None, text_files: tuple[Path, .
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path),
               help="With --per-layer: draw the per-layer errors (PNG) here.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def verify(paths: tuple[Path, ...], tokens_path: Path | None, text_files: tuple[Path, ...],
-           texts: tuple[str, ...], max_tokens: int, seq_len: int, batch: int,
-           seed: int, profile_name: str | None, max_kl: float | None, min_top1: float | None,
-           max_ppl_ratio: float | None, max_abs_diff: float | None, per_layer: bool,
-           check_tensors: bool | None, save_reference: Path | None,
-           reference_logits: Path | None, top_k: int, dtype: str, device: str, executor: str,
-           ray_address: str | None, workers: int, json_path: Path | None,
-           markdown_path: Path | None, plot_path: Path | None, quiet: bool) -> None:
+@gathered(TokenSource, "tokens")
+@gathered(VerifyOptions, "options")
+def verify(paths: tuple[Path, ...], options: VerifyOptions, max_kl: float | None,
+           min_top1: float | None, max_ppl_ratio: float | None, max_abs_diff: float | None,
+           save_reference: Path | None, top_k: int, json_path: Path | None,
+           markdown_path: Path | None, plot_path: Path | None) -> None:
     """Check CANDIDATE against REFERENCE: usage `grok1 verify [REFERENCE] CANDIDATE`.
 
     Runs both forwards layer-major and compares logits at non-pad positions. Without --tokens
@@ -370,20 +385,15 @@ def verify(paths: tuple[Path, ...], tokens_path: Path | None, text_files: tuple[
     from verify.api import report_dict, verify_checkpoints, write_reports
     from verify.report import format_table
 
-    if plot_path is not None and not per_layer:
+    if plot_path is not None and not options.per_layer:
         raise UsageError("--plot draws the per-layer errors: add --per-layer")
     for path, flag in ((json_path, "--json"), (markdown_path, "--markdown"),
                        (plot_path, "--plot"), (save_reference, "--save-reference")):
         output_file(path, flag)
-    result = verify_checkpoints(
-        paths, profile_name=profile_name, overrides={
-            "max_kl": max_kl, "min_top1": min_top1, "max_ppl_ratio": max_ppl_ratio,
-            "max_abs_diff": max_abs_diff}, tokens_path=tokens_path, text_files=text_files,
-        texts=texts, max_tokens=max_tokens, batch=batch,
-        seq_len=seq_len, seed=seed, reference_logits=reference_logits, per_layer=per_layer,
-        check_tensors=check_tensors, dtype=dtype, device=device, executor=executor,
-        ray_address=ray_address, workers=workers, keep_top_k=top_k if save_reference else None,
-        quiet=quiet)
+    result = verify_checkpoints(paths, dataclasses.replace(
+        options, overrides={"max_kl": max_kl, "min_top1": min_top1,
+                            "max_ppl_ratio": max_ppl_ratio, "max_abs_diff": max_abs_diff},
+        keep_top_k=top_k if save_reference else None))
     if save_reference and result.reference is not None:
         result.reference.save(save_reference)
     to_stdout = str(json_path) == "-"
@@ -493,11 +503,9 @@ def convert(src: Path, dst: Path, to: str, names: str | None, dtype: str | None,
 @executor_options
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary at the end.")
-def quantize(src: Path, dst: Path, scheme_name: str, group_size: int | None, symmetric: bool,
-             method: str, arithmetic: str, grid: str, device: str, names: str | None,
-             shard_size: str,
-             tokenizer: str | None,
-             workers: int | None,
+@gathered(SchemeOptions, "options")
+def quantize(src: Path, dst: Path, scheme_name: str, options: SchemeOptions, device: str,
+             names: str | None, shard_size: str, tokenizer: str | None, workers: int | None,
              resume: bool, overwrite: bool, executor: str, ray_address: str | None,
              quiet: bool, as_json: bool) -> None:
     """Re-quantize SRC (any layout) into compressed-tensors pack-quantized in DST.
@@ -514,18 +522,14 @@ def quantize(src: Path, dst: Path, scheme_name: str, group_size: int | None, sym
     from quant.registry import quantize_checkpoint, scheme_names
 
     names = scheme_names(scheme_name, names)
-    asymmetric = not symmetric and QUANT_SCHEMES[scheme_name].integer
+    asymmetric = not options.symmetric and QUANT_SCHEMES[scheme_name].integer
     warning = unserved_warning(OutputKind("hf", names, scheme_name + (
         "-asym" if asymmetric else "")))
-    summary = quantize_checkpoint(src, dst, scheme_name, group_size=group_size,
-                                  symmetric=symmetric, method=method, arithmetic=arithmetic,
-                                  grid=grid,
-                                  names=names,
+    summary = quantize_checkpoint(src, dst, scheme_name, options, names=names,
                                   shard_size=parse_size(shard_size), tokenizer=tokenizer,
-                                  device=device,
-                                  workers=workers, resume=resume, overwrite=overwrite,
-                                  quiet=quiet, executor=executor, ray_address=ray_address,
-                                  command=invocation(list(main.argv)))
+                                  device=device, workers=workers, resume=resume,
+                                  overwrite=overwrite, quiet=quiet, executor=executor,
+                                  ray_address=ray_address, command=invocation(list(main.argv)))
     rows = summary.pop("rows")
     lossy = _lossy_on_lossy(src, f"--scheme {scheme_name}")
     if as_json:
@@ -730,6 +734,7 @@ def upload(folder: Path, repo: str, revision: str | None, private: bool, create_
 
 @main.command(epilog="\b\nTargets (comma-separated, case-insensitive):\n" + targets_help())
 @click.option("--to", "to", required=True, metavar="TARGET[,TARGET...]",
+              callback=lambda _ctx, _param, value: tuple(parse_targets(value)),
               help="What to make (listed below); several share one download, e.g. "
                    "--to int8,int4,gguf-Q8_0.")
 @click.option("--repo", default="xai-org/grok-1", show_default=True, help="Source repo.")
@@ -739,7 +744,7 @@ def upload(folder: Path, repo: str, revision: str | None, private: bool, create_
                    "against its recorded hashes) instead of downloading.")
 @click.option("--work-dir", type=click.Path(path_type=Path, file_okay=False),
               default=Path("grok1-work"), show_default=True)
-@click.option("--upload", "upload_repo", metavar="REPO",
+@click.option("--upload", "upload", metavar="REPO",
               help="Repo to publish each verified result to; with several targets, {to} "
                    "stands for the target (me/grok-1-{to}).")
 @click.option("--names", type=click.Choice(NAME_SCHEMES),
@@ -753,11 +758,8 @@ def upload(folder: Path, repo: str, revision: str | None, private: bool, create_
 @executor_options
 @click.option("--quiet", is_flag=True)
 @click.option("--json", "as_json", is_flag=True)
-def pipeline(to: str, repo: str, revision: str | None, source_dir: Path | None,
-             work_dir: Path, upload_repo: str | None, names: str | None,
-             tokenizer: str | None, endpoint: str | None, workers: int | None, seq_len: int,
-             batch: int, seed: int, executor: str, ray_address: str | None, quiet: bool,
-             as_json: bool) -> None:
+@gathered(PipelineOptions, "options")
+def pipeline(options: PipelineOptions, as_json: bool) -> None:
     """Download once -> for each target: convert or quantize -> verify -> upload.
 
     A rerun resumes at each target's first unfinished step, and may add targets to the same
@@ -770,23 +772,17 @@ def pipeline(to: str, repo: str, revision: str | None, source_dir: Path | None,
       grok1 pipeline --to int8,int4,gguf-Q8_0 --upload me/grok-1-{to}
       grok1 pipeline --to hf-bf16 --source ./grok-1 --names sglang
     """
-    from converter.convert import default_workers
-    from grok1.pipeline import DEFAULT_NAMES, parse_targets, run_pipeline
+    from grok1.pipeline import DEFAULT_NAMES, run_pipeline
 
-    targets = parse_targets(to)
-    warnings = [w for t in targets if (w := unserved_warning(t.kind(names or DEFAULT_NAMES)))]
-    state = run_pipeline(to=targets, repo=repo, revision=revision, work_dir=work_dir,
-                         upload=upload_repo, endpoint=endpoint, source_dir=source_dir,
-                         names=names, tokenizer=tokenizer,
-                         workers=workers or default_workers(), seq_len=seq_len, batch=batch,
-                         seed=seed, quiet=quiet, executor=executor, ray_address=ray_address,
-                         echo=(lambda _: None) if as_json else click.echo)
+    names = options.names or DEFAULT_NAMES
+    warnings = [w for t in options.to if (w := unserved_warning(t.kind(names)))]
+    state = run_pipeline(options, echo=(lambda _: None) if as_json else click.echo)
     if as_json:
         echo_json({**state, "serving_warnings": warnings})
         return
     for warning in warnings:
         click.echo(warning, err=True)
-    for target in targets:
+    for target in options.to:
         steps = state["targets"][target.name]
         fetched = "check" if state["steps"]["download"].get("local") else "download"
         done = [fetched, *(target.verb if step == "convert" else step for step in steps)]

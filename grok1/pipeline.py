@@ -30,7 +30,7 @@ from quant.registry import SCHEMES as QUANT_SCHEMES
 from quant.registry import quantize_checkpoint
 from verify.profiles import DTYPE_PROFILES
 
-__all__ = ["TARGETS", "Target", "parse_targets", "run_pipeline"]
+__all__ = ["TARGETS", "PipelineOptions", "Target", "parse_targets", "run_pipeline"]
 
 STATE_NAME = "pipeline.json"
 DEFAULT_NAMES = "hpcai"
@@ -154,14 +154,41 @@ def check_local_source(source: Path, workers: int) -> dict[str, Any]:
             "bytes": record.get("bytes"), "local": str(source)}
 
 
-def run_pipeline(*, to: list[Target], repo: str, revision: str | None, work_dir: Path,
-                 upload: str | None, endpoint: str | None, source_dir: Path | None = None,
-                 names: str | None = None, tokenizer: str | None = None, workers: int = 1,
-                 seq_len: int = 64, batch: int = 4, seed: int = 0, quiet: bool = False,
-                 executor: str = "local", ray_address: str | None = None,
+@dataclasses.dataclass(frozen=True)
+class PipelineOptions:
+    """One pipeline run: the targets (`to`), the source (a Hub repo at a revision, or a local
+    copy), the work folder, where to upload (`{to}` in it names each target's repo), the
+    Hub endpoint, tensor names and tokenizer, the verification's tokens (`seq_len`, `batch`,
+    `seed`) and where the work runs."""
+
+    to: tuple[Target, ...]
+    work_dir: Path
+    repo: str = "xai-org/grok-1"
+    revision: str | None = None
+    source_dir: Path | None = None
+    upload: str | None = None
+    endpoint: str | None = None
+    names: str | None = None
+    tokenizer: str | None = None
+    workers: int | None = None  # None: the usable cores
+    seq_len: int = 64
+    batch: int = 4
+    seed: int = 0
+    executor: str = "local"
+    ray_address: str | None = None
+    quiet: bool = False
+
+
+def run_pipeline(options: PipelineOptions, *,
                  echo: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run (or resume) the pipeline for each target in `to`; returns the run manifest."""
-    if names is not None and all(t.layout == "gguf" for t in to):
+    """Run (or resume) the pipeline for each target; returns the run manifest."""
+    if options.workers is None:
+        from converter.convert import default_workers
+
+        options = dataclasses.replace(options, workers=default_workers())
+    o = options
+    to, upload, repo, revision, source_dir = o.to, o.upload, o.repo, o.revision, o.source_dir
+    if o.names is not None and all(t.layout == "gguf" for t in to):
         raise UsageError("--names is for hf and quantized targets (a GGUF's names are "
                          "llama.cpp's)")
     repos = {t.name: upload_repo_of(upload, t, len(to)) for t in to}
@@ -170,14 +197,14 @@ def run_pipeline(*, to: list[Target], repo: str, revision: str | None, work_dir:
 
         for repo_id in repos.values():  # before hours of download, not after
             check_repo_id(repo_id, "--upload")
-    work = Path(work_dir)
+    work = Path(o.work_dir)
     if work.exists() and not work.is_dir():
         raise UsageError(f"{work}: --work-dir exists and is not a folder")
     work.mkdir(parents=True, exist_ok=True)
-    names = names or DEFAULT_NAMES
+    options = dataclasses.replace(options, names=o.names or DEFAULT_NAMES)
     settings = {"repo": repo, "revision": revision,
                 "source": str(source_dir.resolve()) if source_dir else None,
-                "tokenizer": tokenizer, "seq_len": seq_len, "batch": batch, "seed": seed}
+                "tokenizer": o.tokenizer, "seq_len": o.seq_len, "batch": o.batch, "seed": o.seed}
     state = _load_state(work / STATE_NAME) or {
         "settings": settings, "steps": {}, "targets": {},
         "tool": f"grok1-toolchain {__version__}"}
@@ -189,23 +216,21 @@ def run_pipeline(*, to: list[Target], repo: str, revision: str | None, work_dir:
                          "another --work-dir")
     steps = state["steps"]
     if not steps.get("download", {}).get("done"):
-        steps["download"] = _fetch(repo, revision, work, source_dir, endpoint, workers, quiet,
-                                   echo)
+        steps["download"] = _fetch(options, work, echo)
         _save(work, state)
     origin = steps["download"]
     source = Path(origin.get("local") or work / "source")
     failed = [failure for target in to if (failure := _one_target(
-        target, state, work, source, origin, repos[target.name], endpoint, names, tokenizer,
-        workers, quiet, executor, ray_address, echo))]
+        target, state, work, source, origin, repos[target.name], options, echo))]
     if failed:
         raise VerificationFailed("; ".join(failed))
     return state
 
 
-def _fetch(repo: str, revision: str | None, work: Path, source_dir: Path | None,
-           endpoint: str | None, workers: int, quiet: bool, echo: Callable[[str], None]
-           ) -> dict[str, Any]:
+def _fetch(options: PipelineOptions, work: Path, echo: Callable[[str], None]) -> dict[str, Any]:
     """The download step: fetch the release into the work folder, or check a local copy."""
+    repo, revision, source_dir = options.repo, options.revision, options.source_dir
+    workers = options.workers or 1
     if source_dir is not None:
         echo(f"[1/4] check {source_dir} against its recorded hashes")
         return {"done": True, **check_local_source(source_dir.resolve(), workers)}
@@ -213,23 +238,20 @@ def _fetch(repo: str, revision: str | None, work: Path, source_dir: Path | None,
 
     source = work / "source"
     echo(f"[1/4] download {repo}@{revision or 'main'} -> {source}")
-    summary = download(repo, source, revision=revision, workers=workers, quiet=quiet,
-                       endpoint=endpoint)
+    summary = download(repo, source, revision=revision, workers=workers, quiet=options.quiet,
+                       endpoint=options.endpoint)
     return {"done": True, "repo": repo, "revision": revision or "main",
             "commit": summary["commit"], "files": summary["files"], "bytes": summary["bytes"]}
 
 
 def _one_target(target: Target, state: dict[str, Any], work: Path, source: Path,
-                origin: dict[str, Any], upload_repo: str | None, endpoint: str | None,
-                names: str | None, tokenizer: str | None, workers: int, quiet: bool,
-                executor: str, ray_address: str | None, echo: Callable[[str], None]
-                ) -> str | None:
+                origin: dict[str, Any], upload_repo: str | None, options: PipelineOptions,
+                echo: Callable[[str], None]) -> str | None:
     """Convert or quantize, verify and upload one target, skipping its finished steps;
     returns why its verification failed (then nothing of it is uploaded), or None."""
     steps = state["targets"].setdefault(target.name, {})
     output = work / f"output-{target.name}"
-    settings = state["settings"]
-    names = None if target.layout == "gguf" else names
+    names = None if target.layout == "gguf" else options.names
     if target.layout == "quantize" and QUANT_SCHEMES[target.weights].names:
         names = QUANT_SCHEMES[target.weights].names  # the only names its engine reads
     made = steps.get("convert", {})
@@ -243,8 +265,7 @@ def _one_target(target: Target, state: dict[str, Any], work: Path, source: Path,
 
     if not made.get("done"):
         echo(f"[2/4] {target.verb} {target.name} -> {output}")
-        summary = _convert(target, names, tokenizer, source, output, workers, quiet, executor,
-                           ray_address)
+        summary = _convert(target, names, source, output, options)
         with atomic_open(output / PROVENANCE_NAME) as f:
             f.write(json.dumps({"repo": origin.get("repo"), "revision": origin.get("revision"),
                                 "commit": origin["commit"], "to": target.name,
@@ -254,8 +275,7 @@ def _one_target(target: Target, state: dict[str, Any], work: Path, source: Path,
 
     if not steps.get("verify", {}).get("done"):
         echo(f"[3/4] verify {output} against {source}")
-        result = _verify(source, output, settings["seq_len"], settings["batch"],
-                         settings["seed"], echo, executor, ray_address, workers, quiet)
+        result = _verify(source, output, options, echo)
         steps["verify"] = {"done": result.passed, "passed": result.passed,
                            "metrics": result.metrics, "reasons": result.reasons}
         _save(work, state)
@@ -268,17 +288,18 @@ def _one_target(target: Target, state: dict[str, Any], work: Path, source: Path,
         from converter.hub.client import upload
 
         echo(f"[4/4] upload {output} -> {upload_repo}")
-        info = upload(output, upload_repo, endpoint=endpoint)
+        info = upload(output, upload_repo, endpoint=options.endpoint)
         finished("upload", repo=upload_repo, commit=info["commit"], url=info["url"])
     return None
 
 
-def _convert(target: Target, names: str | None, tokenizer: str | None, source: Path, output: Path,
-             workers: int, quiet: bool, executor: str, ray_address: str | None
-             ) -> dict[str, Any]:
+def _convert(target: Target, names: str | None, source: Path, output: Path,
+             options: PipelineOptions) -> dict[str, Any]:
     """Make one target's output (`names`: None for GGUF, which has its own)."""
-    run = {"workers": workers, "resume": (output / MANIFEST_NAME).is_file(), "quiet": quiet,
-           "executor": executor, "ray_address": ray_address}
+    run = {"workers": options.workers, "resume": (output / MANIFEST_NAME).is_file(),
+           "quiet": options.quiet, "executor": options.executor,
+           "ray_address": options.ray_address}
+    tokenizer = options.tokenizer
     if target.layout == "hf":
         return convert(source, output, to="hf", options=TargetOptions(
             names=names, dtype=target.weights, tokenizer=tokenizer), **run)
@@ -289,18 +310,21 @@ def _convert(target: Target, names: str | None, tokenizer: str | None, source: P
                                tokenizer=tokenizer, **run)
 
 
-def _verify(source: Path, output: Path, seq_len: int, batch: int, seed: int,
-            echo: Callable[[str], None], executor: str, ray_address: str | None,
-            workers: int, quiet: bool) -> Any:
+def _verify(source: Path, output: Path, options: PipelineOptions,
+            echo: Callable[[str], None]) -> Any:
+    """Verify one target's output against the source, and write its reports into it."""
     from verify.api import verify_checkpoints, write_output_reports
+    from verify.options import VerifyOptions
     from verify.report import format_table
+    from verify.tokens import TokenSource
 
-    result = verify_checkpoints((source, output), batch=batch,
-                                seq_len=seq_len, seed=seed, per_layer=True,
-                                executor=executor, ray_address=ray_address, workers=workers,
-                                quiet=quiet)
-    echo(format_table(result) if not quiet else "PASS" if result.passed else
+    o = options
+    result = verify_checkpoints((source, output), VerifyOptions(
+        tokens=TokenSource(batch=o.batch, seq_len=o.seq_len, seed=o.seed), per_layer=True,
+        executor=o.executor, ray_address=o.ray_address, workers=o.workers or 2,
+        quiet=o.quiet))
+    echo(format_table(result) if not o.quiet else "PASS" if result.passed else
          "FAIL: " + "; ".join(result.reasons))
     write_output_reports(result, output, title=(
-        f"Verification ({result.profile} profile, {batch}x{seq_len} tokens)"))
+        f"Verification ({result.profile} profile, {o.batch}x{o.seq_len} tokens)"))
     return result

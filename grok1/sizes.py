@@ -8,6 +8,7 @@ from converter.layouts.linears import convert_linears
 from converter.model import GROK1
 from converter.model.config import Grok1Config
 from quant.registry import SCHEMES as QUANT_SCHEMES
+from quant.schemes import SchemeOptions
 
 __all__ = ["real_model_sizes"]
 
@@ -19,7 +20,7 @@ def real_model_sizes() -> dict[str, int]:
     for entry in QUANT_SCHEMES.values():
         linears.append(entry.linears(specs))
         if entry.integer:
-            linears.append(entry.linears(specs, symmetric=False))
+            linears.append(entry.linears(specs, SchemeOptions(symmetric=False)))
     sizes = {}
     for made in linears:
         outputs = plan_outputs(specs, GROK1.scheme(), made.formats)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from converter.errors import UsageError
-from quant.schemes import QuantScheme
+from quant.schemes import QuantScheme, SchemeOptions
 
 __all__ = ["SCHEMES", "SchemeEntry", "quantize_checkpoint", "scheme_for", "scheme_names"]
 
@@ -36,18 +36,16 @@ class SchemeEntry:
         --arithmetic)."""
         return not (self.fp8 or self.channel_int8)
 
-    def scheme(self, *, group_size: int | None, symmetric: bool, method: str,
-               arithmetic: str = "f32", grid: str = "compressed-tensors") -> QuantScheme:
+    def scheme(self, options: SchemeOptions) -> QuantScheme:
         """The integer scheme with the user's options over its defaults."""
-        return QuantScheme(self.bits, group_size or self.default_group_size, symmetric, method,
-                           arithmetic, grid)
+        return QuantScheme(self.bits, options.group_size or self.default_group_size,
+                           options.symmetric, options.method, options.arithmetic, options.grid)
 
-    def linears(self, specs: list[Any], *, group_size: int | None = None,
-                symmetric: bool = True, method: str = "rtn", arithmetic: str = "f32",
-                grid: str = "compressed-tensors", device: str = "cpu") -> Any:
-        """The Linears this scheme composes into the writer."""
-        if not self.integer and (group_size is not None or not symmetric or method != "rtn"
-                                 or arithmetic != "f32" or grid != "compressed-tensors"):
+    def linears(self, specs: list[Any], options: SchemeOptions | None = None,
+                device: str = "cpu") -> Any:
+        """The Linears this scheme composes into the writer (None: the default options)."""
+        options = options or SchemeOptions()
+        if not self.integer and options.chosen:
             raise UsageError(f"--scheme {self.name} takes no --group-size, --asymmetric, "
                              "--method, --arithmetic or --grid (its grid is fixed)")
         from converter.model.spec import linear_roles
@@ -62,9 +60,7 @@ class SchemeEntry:
             return FP8Linears(linear_roles(specs), self.fp8_block, device)
         from quant.requantize import QuantizedLinears
 
-        scheme = self.scheme(group_size=group_size, symmetric=symmetric, method=method,
-                             arithmetic=arithmetic, grid=grid)
-        return QuantizedLinears.for_specs(scheme, specs, device)
+        return QuantizedLinears.for_specs(self.scheme(options), specs, device)
 
 
 SCHEMES: dict[str, SchemeEntry] = {entry.name: entry for entry in (
@@ -83,12 +79,12 @@ SCHEMES: dict[str, SchemeEntry] = {entry.name: entry for entry in (
 )}
 
 
-def scheme_for(name: str, *, group_size: int | None, symmetric: bool, method: str) -> QuantScheme:
+def scheme_for(name: str, options: SchemeOptions | None = None) -> QuantScheme:
     """The integer scheme behind `--scheme NAME` with the user's options."""
     if name not in SCHEMES or not SCHEMES[name].integer:
         raise UsageError(f"unknown integer scheme {name!r}; known: "
                          f"{', '.join(n for n, e in SCHEMES.items() if e.integer)}")
-    return SCHEMES[name].scheme(group_size=group_size, symmetric=symmetric, method=method)
+    return SCHEMES[name].scheme(options or SchemeOptions())
 
 
 def scheme_names(scheme: str, names: str | None) -> str:
@@ -101,9 +97,8 @@ def scheme_names(scheme: str, names: str | None) -> str:
     return names or required or "hpcai"
 
 
-def quantize_checkpoint(source: Path, dst: Path, scheme: str, *, group_size: int | None = None,
-                        symmetric: bool = True, method: str = "rtn", arithmetic: str = "f32",
-                        grid: str = "compressed-tensors", names: str | None = None,
+def quantize_checkpoint(source: Path, dst: Path, scheme: str,
+                        options: SchemeOptions | None = None, *, names: str | None = None,
                         shard_size: int = 5 * 10**9, tokenizer: str | None = None,
                         device: str = "auto", to: str = "hf", **run: Any) -> dict[str, Any]:
     """Re-quantize `source` (any layout) with a registered scheme into compressed-tensors in
@@ -118,9 +113,7 @@ def quantize_checkpoint(source: Path, dst: Path, scheme: str, *, group_size: int
         raise UsageError(f"unknown scheme {scheme!r}; known: {', '.join(SCHEMES)}")
     names = scheme_names(scheme, names)
     reader = open_checkpoint(source)
-    linears = SCHEMES[scheme].linears(reader.specs, group_size=group_size, symmetric=symmetric,
-                                      method=method, arithmetic=arithmetic, grid=grid,
-                                      device=resolve_device(device))
+    linears = SCHEMES[scheme].linears(reader.specs, options, resolve_device(device))
     summary = convert(source, dst, to=to, reader=reader, options=TargetOptions(
         names=names, linears=linears, shard_size=shard_size, tokenizer=tokenizer),
         label="quantize", **run)

@@ -9,7 +9,7 @@ import dataclasses
 from converter.errors import UsageError
 from converter.formats import PackQuantized
 
-__all__ = ["ARITHMETICS", "GRIDS", "METHODS", "QuantScheme"]
+__all__ = ["ARITHMETICS", "GRIDS", "METHODS", "QuantScheme", "SchemeOptions"]
 
 METHODS = ("rtn", "mse")
 GRIDS = ("compressed-tensors", "release")
@@ -95,3 +95,20 @@ class QuantScheme:
     def linear_format(self) -> PackQuantized:
         """The pack-quantized layout of this scheme."""
         return PackQuantized(self.bits, self.group_size, self.symmetric)
+
+
+@dataclasses.dataclass(frozen=True)
+class SchemeOptions:
+    """What a user chooses of an integer scheme (`grok1 quantize --group-size --asymmetric
+    --method --arithmetic --grid`): a group size of None is the scheme's default."""
+
+    group_size: int | None = None
+    symmetric: bool = True
+    method: str = "rtn"
+    arithmetic: str = "f32"
+    grid: str = "compressed-tensors"
+
+    @property
+    def chosen(self) -> bool:
+        """Whether any option differs from the defaults (schemes with a fixed grid take none)."""
+        return self != SchemeOptions()

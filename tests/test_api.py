@@ -36,3 +36,16 @@ def test_convert_quantize_inspect_verify_and_logits_from_a_program(tiny_ckpt, tm
     np.save(tokens, np.array([[1, 2, 3]], np.int32))
     shape, _ = grok1.logits(tmp_path / "hf", tmp_path / "l.npy", tokens_path=tokens, quiet=True)
     assert shape[:2] == (1, 3)
+
+
+def test_option_objects_take_flat_keywords_and_refuse_unknown_ones(tiny_ckpt, tmp_path):
+    from converter.errors import UsageError
+    from verify.options import VerifyOptions
+
+    options = VerifyOptions.from_keywords(seq_len=8, texts=("a b",), per_layer=True)
+    assert (options.tokens.seq_len, options.tokens.texts, options.per_layer) == (8, ("a b",), True)
+    with pytest.raises(UsageError, match="unknown verify option"):
+        VerifyOptions.from_keywords(seq_lenn=8)
+    summary = grok1.quantize(tiny_ckpt, tmp_path / "w4", "int4", group_size=32, symmetric=False,
+                             tokenizer="none", quiet=True)
+    assert summary["scheme"] == "int4-g32-asym-rtn"

@@ -96,6 +96,7 @@ class InterleavedScales:
     def __init__(self, reader, layer):
         self.reader, self.layer = reader, layer
         self.layout, self.config, self.specs = reader.layout, reader.config, reader.specs
+        self.architecture = reader.architecture
 
     def read(self, spec):
         value = self.reader.read(spec)

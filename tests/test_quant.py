@@ -20,7 +20,7 @@ from grok1.cli import main
 from quant.primitives import quantize_linear
 from quant.registry import scheme_for
 from quant.requantize import resolve_device
-from quant.schemes import QuantScheme
+from quant.schemes import QuantScheme, SchemeOptions
 
 SCHEMES = [QuantScheme(8, None), QuantScheme(4, 128), QuantScheme(4, 128, False),
            QuantScheme(8, 64, False), QuantScheme(4, 32), QuantScheme(8, None, arithmetic="bf16"),
@@ -134,8 +134,9 @@ def test_mse_reduces_error_against_rtn():
 
 
 def test_scheme_validation():
-    assert scheme_for("int4", group_size=None, symmetric=True, method="rtn").group_size == 128
-    assert scheme_for("int8", group_size=None, symmetric=True, method="rtn").group_size is None
+    assert scheme_for("int4").group_size == 128
+    assert scheme_for("int8").group_size is None
+    assert scheme_for("int4", SchemeOptions(group_size=32, symmetric=False)).group_size == 32
     with pytest.raises(UsageError, match="multiple of 8"):
         QuantScheme(4, 12)
     with pytest.raises(UsageError):

@@ -17,6 +17,7 @@ from converter.layouts.base import TargetOptions
 from converter.layouts.hf import CONTAINERS
 from converter.model.config import Grok1Config
 from quant.registry import quantize_checkpoint
+from quant.schemes import SchemeOptions
 from tests.test_forward import TOLERANCE
 
 torch = pytest.importorskip("torch")
@@ -68,7 +69,7 @@ def outputs(serve_ckpt, tmp_path_factory):
         made[scheme] = root / scheme
         quantize_checkpoint(serve_ckpt, made[scheme], scheme, tokenizer="none", quiet=True)
     made["int4-asym"] = root / "int4-asym"
-    quantize_checkpoint(serve_ckpt, made["int4-asym"], "int4", symmetric=False,
+    quantize_checkpoint(serve_ckpt, made["int4-asym"], "int4", SchemeOptions(symmetric=False),
                         tokenizer="none", quiet=True)
     return made
 

@@ -3,6 +3,7 @@ checkpoints, choose the tokens, set the thresholds, run locally or on Ray, write
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -15,27 +16,22 @@ from converter.files.atomic import atomic_open
 from converter.layouts import open_checkpoint
 from converter.report.plots import layer_error_plot
 from verify.metrics import ReferenceLogits
+from verify.options import VerifyOptions
 from verify.profiles import infer_profile, lossy_hint, profile
 from verify.report import format_markdown
 from verify.run import VerifyResult, run_verification
-from verify.tokens import MAX_TEXT_TOKENS, choose_tokens
+from verify.tokens import TokenSource, choose_tokens
 
-__all__ = ["verify_checkpoints", "write_reports"]
+__all__ = ["VerifyOptions", "verify_checkpoints", "write_logits", "write_reports"]
 
 
-def verify_checkpoints(paths: tuple[Path, ...], *, profile_name: str | None = None,
-                       overrides: dict[str, float | None] | None = None,
-                       tokens_path: Path | None = None, text_files: tuple[Path, ...] = (),
-                       texts: tuple[str, ...] = (), max_tokens: int = MAX_TEXT_TOKENS,
-                       batch: int = 4, seq_len: int = 64,
-                       seed: int = 0, reference_logits: Path | None = None,
-                       per_layer: bool = False, check_tensors: bool | None = None,
-                       dtype: str = "float32", device: str = "cpu", executor: str = "local",
-                       ray_address: str | None = None, workers: int = 2,
-                       keep_top_k: int | None = None, quiet: bool = False) -> VerifyResult:
+def verify_checkpoints(paths: tuple[Path, ...],
+                       options: VerifyOptions | None = None) -> VerifyResult:
     """Check a candidate against a reference (`paths` = (REFERENCE, CANDIDATE)), or against a
-    stored reference run (`paths` = (CANDIDATE,) with `reference_logits`). Without
-    `profile_name`, the profile is inferred from how the candidate was made."""
+    stored reference run (`paths` = (CANDIDATE,) with `options.reference_logits`). Without a
+    profile name, the profile is inferred from how the candidate was made."""
+    o = options or VerifyOptions()
+    reference_logits, per_layer, check_tensors = o.reference_logits, o.per_layer, o.check_tensors
     stored = ReferenceLogits.load(reference_logits) if reference_logits else None
     if len(paths) == 2:
         reference, candidate = open_checkpoint(paths[0]), open_checkpoint(paths[1])
@@ -47,31 +43,30 @@ def verify_checkpoints(paths: tuple[Path, ...], *, profile_name: str | None = No
     tokens: np.ndarray | None = None
     source = f"the stored reference's tokens ({Path(reference_logits or '').name})"
     if stored is None:
-        tokens, source = choose_tokens(candidate.config, tokens_path=tokens_path,
-                                       text_files=text_files, texts=texts, batch=batch,
-                                       max_tokens=max_tokens,
-                                       seq_len=seq_len, seed=seed)
+        tokens, source = choose_tokens(candidate.config, o.tokens)
+    profile_name = o.profile_name
     if profile_name is None:
         profile_name, chosen = infer_profile(paths[-1])
         chosen = f"inferred: {chosen}"
     else:
         chosen = "given"
-    limits = profile(profile_name).override(**(overrides or {}))
+    limits = profile(profile_name).override(**o.overrides)
     if check_tensors is None:
         check_tensors = profile_name == "lossless" and reference is not None
-    if executor == "ray":
+    if o.executor == "ray":
         from verify.distributed import run_verification_ray
 
         result = run_verification_ray(
             paths[0] if reference is not None else None, paths[-1], tokens, thresholds=limits,
-            workers=workers, address=ray_address, reference_logits=stored,
-            per_layer=per_layer, check_tensors=check_tensors, dtype=dtype, device=device,
-            batch=batch, keep_top_k=keep_top_k)
+            workers=o.workers, address=o.ray_address, reference_logits=stored,
+            per_layer=per_layer, check_tensors=check_tensors, dtype=o.dtype, device=o.device,
+            batch=o.tokens.batch, keep_top_k=o.keep_top_k)
     else:
         result = run_verification(reference, candidate, tokens, thresholds=limits,
                                   reference_logits=stored, per_layer=per_layer,
-                                  check_tensors=check_tensors, dtype=dtype, device=device,
-                                  batch=batch, keep_top_k=keep_top_k, quiet=quiet)
+                                  check_tensors=check_tensors, dtype=o.dtype, device=o.device,
+                                  batch=o.tokens.batch, keep_top_k=o.keep_top_k,
+                                  quiet=o.quiet)
     result.tokens = source
     result.profile, result.profile_source = profile_name, chosen
     if not result.passed and profile_name == "lossless":
@@ -108,11 +103,8 @@ def write_output_reports(result: VerifyResult, folder: Path, title: str) -> None
                   markdown_path=Path(folder) / VERIFY_REPORT_MD, title=title)
 
 
-def write_logits(checkpoint: Path, out: Path, *, tokens_path: Path | None = None,
-                 text_files: tuple[Path, ...] = (), texts: tuple[str, ...] = (),
-                 max_tokens: int = MAX_TEXT_TOKENS, seq_len: int = 8192,
-                 dtype: str = "float32", device: str = "cpu", batch: int = 4,
-                 quiet: bool = False) -> tuple[tuple[int, ...], str]:
+def write_logits(checkpoint: Path, out: Path, tokens: TokenSource, *, dtype: str = "float32",
+                 device: str = "cpu", quiet: bool = False) -> tuple[tuple[int, ...], str]:
     """Run the streamed forward on token ids (.npy) or text; write float32 logits [batch, seq,
     vocab] to `out` (atomically, a few positions at a time: memory does not grow with the
     text), and the token ids beside it (`<out>.tokens.npy`) when they came from text. Returns
@@ -120,19 +112,18 @@ def write_logits(checkpoint: Path, out: Path, *, tokens_path: Path | None = None
     from converter.forward.drive import stream_logits
 
     reader = open_checkpoint(checkpoint)
-    if tokens_path is None and not text_files and not texts:
+    if not tokens.given:
         raise UsageError("give --tokens, --text-file or --text")
-    tokens, source = choose_tokens(reader.config, tokens_path=tokens_path,
-                                   text_files=text_files, texts=texts, max_tokens=max_tokens,
-                                   seq_len=min(seq_len, reader.config.max_seq_len))
-    shape = (*tokens.shape, reader.config.vocab)
+    wanted = dataclasses.replace(tokens, seq_len=min(tokens.seq_len, reader.config.max_seq_len))
+    ids, source = choose_tokens(reader.config, wanted)
+    shape = (*ids.shape, reader.config.vocab)
     with atomic_open(out) as f:
         np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False,
                                                  "shape": shape})
-        for chunk in stream_logits(reader, tokens, dtype=dtype, device=device, batch=batch,
-                                   quiet=quiet):
+        for chunk in stream_logits(reader, ids, dtype=dtype, device=device,
+                                   batch=tokens.batch, quiet=quiet):
             f.write(np.ascontiguousarray(chunk, "<f4").data)
-    if tokens_path is None:
+    if tokens.tokens_path is None:
         with atomic_open(Path(f"{out}.tokens.npy")) as f:
-            np.save(f, tokens)
+            np.save(f, ids)
     return shape, source

@@ -23,7 +23,7 @@ from converter.layouts.gguf import GgufCheckpoint
 from verify.llama_runner import INSTALL, available, llama_logits, llama_quantize
 from verify.metrics import ReferenceLogits, compare_logits
 from verify.profiles import judge, profile
-from verify.tokens import choose_tokens
+from verify.tokens import TokenSource, choose_tokens
 
 __all__ = ["KQUANTS", "quantize_gguf"]
 
@@ -60,7 +60,8 @@ def quantize_gguf(source: Path, dst: Path, kind: str, *, batch: int = 2, seq_len
         temporary.replace(unverified)
     finally:
         temporary.unlink(missing_ok=True)
-    tokens, described = choose_tokens(model.config, batch=batch, seq_len=seq_len, seed=seed)
+    tokens, described = choose_tokens(model.config,
+                                      TokenSource(batch=batch, seq_len=seq_len, seed=seed))
     ours = torch_logits(open_checkpoint(Path(source)), tokens)
     profile_name = KQUANTS[kind][1]
     rows = [row[row != model.config.pad_token] for row in tokens]

@@ -6,6 +6,7 @@ with Grok-1's vocabulary and deterministic random ids for toy vocabularies."""
 from __future__ import annotations
 
 import codecs
+import dataclasses
 import itertools
 import re
 from collections.abc import Iterable, Iterator
@@ -18,8 +19,8 @@ from converter.files.safe_read import open_regular
 from converter.model.config import Grok1Config
 from converter.tokenizer import GROK1_VOCAB, encoder
 
-__all__ = ["DEFAULT_TEXT", "MAX_TEXT_TOKENS", "choose_tokens", "iter_documents", "load_tokens",
-           "random_tokens", "read_documents", "text_tokens", "usable_tokens"]
+__all__ = ["DEFAULT_TEXT", "MAX_TEXT_TOKENS", "TokenSource", "choose_tokens", "iter_documents",
+           "load_tokens", "random_tokens", "read_documents", "text_tokens", "usable_tokens"]
 
 # Written for this project (a few paragraphs in six languages) and public-domain excerpts (the
 # Gettysburg Address, the Declaration of Independence, Austen, Melville, Carroll).
@@ -115,13 +116,34 @@ def text_tokens(documents: Iterable[str], config: Grok1Config, *, max_len: int,
     return tokens
 
 
-def choose_tokens(config: Grok1Config, *, tokens_path: Path | None = None,
-                  text_files: tuple[Path, ...] = (), texts: tuple[str, ...] = (),
-                  batch: int = 4, seq_len: int = 64, seed: int = 0,
-                  max_tokens: int = MAX_TEXT_TOKENS) -> tuple[np.ndarray, str]:
+@dataclasses.dataclass(frozen=True)
+class TokenSource:
+    """Where a run's token ids come from: ids in a .npy file (`tokens_path`), or text (files
+    and inline documents, `max_tokens` kept at most), each sequence cut to `seq_len`; without
+    either, the shipped text's first `batch` documents (Grok-1's vocabulary) or `batch` random
+    sequences drawn with `seed` (a toy vocabulary). `batch` is also how many sequences run
+    together."""
+
+    tokens_path: Path | None = None
+    text_files: tuple[Path, ...] = ()
+    texts: tuple[str, ...] = ()
+    max_tokens: int = MAX_TEXT_TOKENS
+    seq_len: int = 64
+    batch: int = 4
+    seed: int = 0
+
+    @property
+    def given(self) -> bool:
+        """Whether ids or text were given (else the defaults above are chosen)."""
+        return self.tokens_path is not None or bool(self.text_files or self.texts)
+
+
+def choose_tokens(config: Grok1Config, source: TokenSource) -> tuple[np.ndarray, str]:
     """The tokens of a run and a description of where they come from (for reports). Given
     text is read in order, each document cut to `seq_len` tokens, until `max_tokens` tokens
     are kept; the shipped default text gives its first `batch` documents."""
+    tokens_path, text_files, texts = source.tokens_path, source.text_files, source.texts
+    batch, seq_len, seed, max_tokens = source.batch, source.seq_len, source.seed, source.max_tokens
     if tokens_path is not None and (text_files or texts):
         raise UsageError("give --tokens or text (--text-file, --text), not both")
     if tokens_path is not None:

@@ -1,0 +1,125 @@
+"""The model as a description: Grok-1's `Architecture` is complete and self-consistent, its
+config tables read back what they write, it travels to worker processes by name, and a second
+architecture runs through a layout with nothing but its own description."""
+
+import dataclasses
+import pickle
+
+import numpy as np
+import pytest
+
+from converter.convert import convert
+from converter.forward.drive import torch_logits
+from converter.layouts import open_checkpoint
+from converter.layouts.base import TargetOptions
+from converter.layouts.hf import config_from_hf
+from converter.model import ARCHITECTURES, GROK1, architecture
+from converter.model.architecture import Architecture
+from converter.model.config import PRESETS, Grok1Config
+from tests.conftest import bad_input
+
+# a sibling declared by its description alone: Grok-1's tree under another name, with its own
+# llama.cpp architecture name and tensor names (as a new model family would have)
+SIBLING = Architecture(
+    name="grok-sibling", title="Grok sibling", config_type=Grok1Config, roles=GROK1.roles,
+    linear_roles=GROK1.linear_roles, name_schemes=GROK1.name_schemes,
+    default_scheme=GROK1.default_scheme, hf_config=GROK1.hf_config,
+    gguf=dataclasses.replace(GROK1.gguf, arch="groksib", names={
+        role: f"sib_{name}" for role, name in GROK1.gguf.names.items()},
+        config=dataclasses.replace(GROK1.gguf.config, prefix="groksib.")),
+    forward="grok-1")
+
+
+def test_the_registry_and_grok1s_tables_are_complete():
+    assert ARCHITECTURES["grok-1"] is GROK1 is architecture("grok-1")
+    roles = {r.role for r in GROK1.roles}
+    for table in (*(s.modules for s in GROK1.name_schemes.values()), GROK1.gguf.names):
+        assert set(table) == roles
+    assert set(GROK1.linear_roles) == {r.role for r in GROK1.roles if r.linear}
+    assert GROK1.expert_roles == ("moe_gate", "moe_up", "moe_down")
+    with pytest.raises(Exception, match="unknown architecture"):
+        architecture("grok-9")
+
+
+def test_a_description_missing_a_name_or_declared_twice_is_refused():
+    names = dict(GROK1.gguf.names)
+    del names["router"]
+    with pytest.raises(ValueError, match="name table covers"):
+        dataclasses.replace(GROK1, name="grok-broken",
+                            gguf=dataclasses.replace(GROK1.gguf, names=names))
+    with pytest.raises(ValueError, match="declared twice"):
+        dataclasses.replace(GROK1)
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_config_tables_read_back_what_they_write(preset):
+    config = Grok1Config.preset(preset)
+    for table in (GROK1.hf_config, GROK1.gguf.config):
+        written = table.write(config, {"auto_map": {}, "tie_word_embeddings": True,
+                                       "torch_dtype": "bfloat16"})
+        carried = {k.field for k in table.keys if k.field}
+        read = table.read(written)
+        assert {f: read[f] for f in carried} == {f: getattr(config, f) for f in carried}
+
+
+def test_a_foreign_config_json_takes_each_field_from_its_preferred_key():
+    real = Grok1Config()
+    data = GROK1.hf_config.write(real, {"auto_map": {}, "tie_word_embeddings": True,
+                                        "torch_dtype": "bfloat16"})
+    assert config_from_hf(GROK1, data, "config.json") == real
+    hpcai = {k: v for k, v in data.items() if k not in ("attention_multiplier", "head_dim",
+                                                        "num_local_experts")}
+    hpcai["attn_output_multiplier"] = 0.25  # hpcai's port keeps the multiplier here
+    hpcai["num_experts"] = 4
+    read = config_from_hf(GROK1, hpcai, "config.json")
+    assert (read.attn_mult, read.experts, read.key_size) == (0.25, 4, 6144 // 48)
+    del hpcai["num_key_value_heads"]
+    with pytest.raises(Exception, match="missing key 'num_key_value_heads'"):
+        config_from_hf(GROK1, hpcai, "config.json")
+
+
+def test_architectures_and_specs_travel_to_workers_by_name(tiny_ckpt):
+    reader = open_checkpoint(tiny_ckpt)
+    assert pickle.loads(pickle.dumps(GROK1)) is GROK1
+    spec = pickle.loads(pickle.dumps(reader.specs[3]))
+    assert spec == reader.specs[3] and spec.param == reader.specs[3].param
+
+
+def test_every_layout_reader_carries_its_architecture(small_ckpt, tmp_path):
+    convert(small_ckpt, tmp_path / "hf", to="hf", options=TargetOptions(dtype="f32"), quiet=True)
+    convert(small_ckpt, tmp_path / "gguf", to="gguf", options=TargetOptions(dtype="f32"),
+            quiet=True)
+    for path in (small_ckpt, tmp_path / "hf", tmp_path / "gguf"):
+        assert open_checkpoint(path).architecture is GROK1
+
+
+def test_a_second_architecture_runs_through_gguf_by_its_description(small_ckpt, tmp_path):
+    """Its GGUF carries its own architecture and tensor names, reads back as it, and gives
+    the source's logits through the forward it names."""
+    from gguf import GGUFReader
+
+    reader = open_checkpoint(small_ckpt)
+    reader.architecture = SIBLING
+    convert(small_ckpt, tmp_path / "g", to="gguf", options=TargetOptions(dtype="f32"),
+            reader=reader, workers=1, quiet=True)
+    (path,) = (tmp_path / "g").glob("*.gguf")
+    assert path.name.startswith("grok-sibling-")
+    theirs = GGUFReader(path)
+    arch = theirs.fields["general.architecture"]
+    assert bytes(arch.parts[arch.data[0]]).decode() == "groksib"
+    assert "blk.0.sib_attn_q.weight" in {t.name for t in theirs.tensors}
+    assert any(name.startswith("groksib.") for name in theirs.fields)
+    back = open_checkpoint(tmp_path / "g")
+    assert back.architecture is SIBLING
+    tokens = np.array([[1, 5, 9, 3]], np.int32)
+    assert np.array_equal(torch_logits(back, tokens),
+                          torch_logits(open_checkpoint(small_ckpt), tokens))
+
+
+def test_a_gguf_of_an_unknown_architecture_is_refused(small_ckpt, tmp_path, monkeypatch):
+    from converter.layouts import gguf
+
+    convert(small_ckpt, tmp_path / "g", to="gguf", options=TargetOptions(dtype="f32"),
+            quiet=True)
+    monkeypatch.setattr(gguf, "ARCHITECTURES", {})
+    assert "architecture 'grok', not" in bad_input("inspect", tmp_path / "g")
