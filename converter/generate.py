@@ -67,7 +67,7 @@ def _quantized_scales(spec: TensorSpec, seed: int) -> np.ndarray:
     """Pass 1: bf16 bits of absmax/127 per (expert, group, column)."""
     *lead, rows, cols = spec.shape
     experts = lead[0] if lead else 1
-    group_rows = rows // spec.scale_groups
+    group_rows = spec.rows_per_scale_group
     absmax = np.zeros((experts, spec.scale_groups, cols), np.float32)
     for e in range(experts):
         for start, stop in _row_chunks(rows, cols, group_rows):
@@ -82,7 +82,7 @@ def _quantized_codes(spec: TensorSpec, seed: int, scales_bits: np.ndarray) -> It
     """Pass 2: regenerate each chunk and round it to int8 codes with its group's scale."""
     *lead, rows, cols = spec.shape
     experts = lead[0] if lead else 1
-    group_rows = rows // spec.scale_groups
+    group_rows = spec.rows_per_scale_group
     scales = (scales_bits.astype(np.uint32) << 16).view(np.float32).reshape(
         experts, spec.scale_groups, cols)
     for e in range(experts):

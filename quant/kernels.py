@@ -20,6 +20,7 @@ import triton
 import triton.language as tl
 
 from converter.formats import E4M3_MAX, FP8Linear, PackedLinear, e4m3_to_f32, pack_zero_points
+from converter.formats.pack_quantized import codes_per_word
 from quant.primitives import error_stats
 from quant.schemes import QuantScheme
 
@@ -169,7 +170,7 @@ def requantize_triton(source: torch.Tensor, source_scales: torch.Tensor | None,
         source_scales = source_scales.contiguous()
     else:
         rows_per_scale, source_scales = 1, source
-    block_k = min(block_k, max(32 // scheme.bits, triton.next_power_of_2(group)))
+    block_k = min(block_k, max(codes_per_word(scheme.bits), triton.next_power_of_2(group)))
     grid = (triton.cdiv(n_cols, block_n), groups)
     _requant_kernel[grid](source.contiguous(), source_scales, packed, scales, zeros, stats, clips,
                           k_rows, n_cols, rows_per_scale, group, words, groups,

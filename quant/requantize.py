@@ -22,6 +22,7 @@ import numpy as np
 from converter.engine.output import QUANT_PLOT
 from converter.errors import MalformedFileError, UsageError
 from converter.formats import LinearFormat, PackedLinear
+from converter.formats.pack_quantized import codes_per_word
 from converter.model.spec import TensorSpec
 from converter.report.plots import expert_heatmap
 from converter.tensors import QuantizedWeight8bit, dense
@@ -78,7 +79,7 @@ def role_schemes(specs: list[TensorSpec], scheme: QuantScheme) -> dict[str, Quan
         width, group = spec.shape[-2], scheme.group_size
         if group is not None and width % group:
             group = math.gcd(width, group)
-            if group % (32 // scheme.bits):
+            if group % codes_per_word(scheme.bits):
                 raise UsageError(f"{spec.name}: input width {width} has no group size "
                                  f"dividing both it and --group-size {scheme.group_size} that "
                                  f"{scheme.bits}-bit packing allows")

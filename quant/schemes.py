@@ -8,6 +8,7 @@ import dataclasses
 
 from converter.errors import UsageError
 from converter.formats import PackQuantized
+from converter.formats.pack_quantized import codes_per_word
 
 __all__ = ["ARITHMETICS", "GRIDS", "METHODS", "QuantScheme", "SchemeOptions"]
 
@@ -53,7 +54,7 @@ class QuantScheme:
         if self.arithmetic not in ARITHMETICS:
             raise UsageError(f"unknown arithmetic {self.arithmetic!r}; known: "
                              f"{', '.join(ARITHMETICS)}")
-        per_word = 32 // self.bits
+        per_word = codes_per_word(self.bits)
         if self.group_size is not None and (self.group_size <= 0 or
                                             self.group_size % per_word):
             raise UsageError(f"--group-size {self.group_size} must be a positive multiple of "

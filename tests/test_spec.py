@@ -92,3 +92,11 @@ def test_upstream_sidecar_loads(upstream):
     from converter.model.config import load_sidecar
     c = load_sidecar(upstream)
     assert c == Grok1Config.preset("tiny")
+
+
+def test_stored_orientation_and_scale_blocks_have_one_definition():
+    specs = {(s.role, s.layer): s for s in GROK1.build_spec(Grok1Config())}
+    attn_o, embed, router = specs[("attn_o", 0)], specs[("embed", None)], specs[("router", 0)]
+    assert attn_o.shape == (6144, 6144) and attn_o.rows_per_scale_group == 6144 // 8
+    assert specs[("moe_down", 0)].out_in_shape == (8, 6144, 32768)
+    assert router.out_in_shape == (8, 6144) and embed.out_in_shape == embed.shape

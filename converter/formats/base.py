@@ -122,7 +122,7 @@ def linear_shape(spec: TensorSpec) -> tuple[int, int]:
 
 def lossless_group_size(spec: TensorSpec) -> int:
     """Group size that holds the release's scales exactly: gcd(128, rows per scale block)."""
-    return math.gcd(128, spec.shape[-2] // spec.scale_groups)
+    return math.gcd(128, spec.rows_per_scale_group)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

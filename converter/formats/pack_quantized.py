@@ -21,13 +21,18 @@ from converter.formats.base import LinearFormat, Part, StoredParts, linear_shape
 from converter.model.spec import TensorSpec
 from converter.tensors import QuantizedWeight8bit, bf16_bits_to_f32, transposed
 
-__all__ = ["PackQuantized", "PackedLinear", "pack_codes", "pack_zero_points", "packed_width",
-           "unpack_codes"]
+__all__ = ["PackQuantized", "PackedLinear", "codes_per_word", "pack_codes", "pack_zero_points",
+           "packed_width", "unpack_codes"]
+
+
+def codes_per_word(bits: int) -> int:
+    """Codes of `bits` bits one int32 word holds: the packing rule."""
+    return 32 // bits
 
 
 def packed_width(columns: int, bits: int) -> int:
     """int32 words that hold `columns` codes of `bits` bits."""
-    return -(-columns * bits // 32)
+    return -(-columns // codes_per_word(bits))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,7 +142,7 @@ def pack_codes(codes: np.ndarray, bits: int) -> np.ndarray:
     """
     _check_bits(bits)
     rows, cols = codes.shape
-    per_word = 32 // bits
+    per_word = codes_per_word(bits)
     words = -(-cols // per_word)
     offset = np.zeros((rows, words * per_word), np.uint8)
     np.add(np.ascontiguousarray(codes).view(np.uint8), np.uint8(1 << (bits - 1)),

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from converter.formats import PackedLinear
+from converter.formats.pack_quantized import codes_per_word
 from converter.tensors import QuantizedWeight8bit, bf16_bits_to_f32
 
 __all__ = ["BAND_ELEMENTS", "bands", "canonical_shape", "fill_band", "packed_bands",
@@ -55,7 +56,7 @@ def fill_band(buffer: np.ndarray, value: Any, first: int, end: int, group: int) 
 def packed_unit(value: PackedLinear) -> int:
     """Input columns a band of a pack-quantized Linear is made of: a scale group, or (one scale
     per output channel) a packed word."""
-    return value.group_size if value.scale.shape[1] > 1 else 32 // value.bits
+    return value.group_size if value.scale.shape[1] > 1 else codes_per_word(value.bits)
 
 
 def packed_bands(value: PackedLinear) -> Iterator[tuple[int, int]]:
@@ -73,7 +74,7 @@ def packed_rows(value: PackedLinear, first: int, end: int) -> torch.Tensor:
     float32; `first` on a `packed_unit` boundary): the values of `PackedLinear.dequantize`
     bit for bit, decoded in torch, whose elementwise kernels run on every core and allocate no
     page-faulting numpy temporaries."""
-    per_word = 32 // value.bits
+    per_word = codes_per_word(value.bits)
     raw = torch.from_numpy(np.ascontiguousarray(
         value.packed[:, first // per_word:-(-end // per_word)]).view(np.uint8))
     if value.bits == 8:

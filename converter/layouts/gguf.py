@@ -86,9 +86,7 @@ _TOKEN_TYPES = {1: 1, 2: 2, 3: 3, 5: 5, 6: 6}  # SentencePiece piece type -> lla
 
 def gguf_shape(spec: TensorSpec) -> tuple[int, ...]:
     """The tensor's shape in numpy order as stored: matrices [.., out, in]."""
-    if spec.param.matrix:
-        return (*spec.shape[:-2], spec.shape[-1], spec.shape[-2])
-    return spec.shape
+    return spec.out_in_shape
 
 
 def check_representable(config: Grok1Config) -> None:
@@ -124,9 +122,9 @@ def _plan_kind(spec: TensorSpec, linear_kind: str) -> tuple[str, str]:
     rows = spec.shape[-1] if role.kind == "embed" else spec.shape[-2]
     if GGML_TYPES[kind].block > 1 and rows % QK:
         return "F32", f"F32 fallback: rows of {rows} are not a multiple of {QK}"
-    if kind == "Q8_0" and role.linear and (rows // spec.scale_groups) % QK:
+    if kind == "Q8_0" and role.linear and spec.rows_per_scale_group % QK:
         return "F32", (f"F32 fallback: 32-blocks would straddle the release's scale groups of "
-                       f"{rows // spec.scale_groups} rows")
+                       f"{spec.rows_per_scale_group} rows")
     return kind, "release int8 codes and scales" if kind == "Q8_0" and role.linear else kind
 
 

@@ -60,6 +60,7 @@ from converter.layouts.produce import Producer
 from converter.model import ARCHITECTURES, GROK1, Architecture
 from converter.model.names import NameScheme, OutputName
 from converter.model.spec import TensorSpec
+from converter.model.stream import StreamValue
 from converter.tensors import QuantizedWeight8bit, bf16_bits_to_f32
 from converter.tokenizer import TOKENIZER_FILES, resolve_tokenizer, write_tokenizer
 
@@ -117,7 +118,7 @@ def plan_outputs(specs: list[TensorSpec], scheme: NameScheme,
                 outputs.append(OutTensor(origin, dtype, shape, spec))
             continue
         part = scheme.plain_part(spec.role)
-        shape = spec.shape[::-1] if spec.param.matrix else spec.shape
+        shape = spec.out_in_shape
         for origin in scheme.names_for(spec, (part,)):
             outputs.append(OutTensor(origin, "F32", shape, spec))
         if spec.role == "embed" and scheme.tied_lm_head:
@@ -262,8 +263,7 @@ class HfCheckpoint:
         if spec.param.linear:
             fmt = self.formats[origin.role]
             return fmt.accepted(origin.part), fmt.part(origin.part, spec)[1]
-        shape = spec.shape[::-1] if spec.param.matrix else spec.shape
-        return FLOATS, shape
+        return FLOATS, spec.out_in_shape
 
     def _entry_problem(self, name: str) -> str | None:
         """What is wrong with one stored tensor's dtype or shape (None when nothing is)."""
@@ -358,11 +358,11 @@ class HfCheckpoint:
         shard = self.shard(self.weight_map[name])
         return shard.dtype(name) if isinstance(shard, SafetensorsReader) else None
 
-    def read_expert(self, spec: TensorSpec, expert: int) -> Any:
+    def read_expert(self, spec: TensorSpec, expert: int) -> StreamValue:
         """One expert's canonical value ([in, out])."""
         return self._linear(spec, expert)
 
-    def read(self, spec: TensorSpec) -> Any:
+    def read(self, spec: TensorSpec) -> StreamValue:
         """The canonical value of one spec (stacked experts, [in, out] matrices)."""
         if spec.param.linear and spec.param.expert:
             experts = [self._linear(spec, e) for e in range(spec.shape[0])]

@@ -89,6 +89,19 @@ class TensorSpec:
         return (*self.shape[:-2], self.scale_groups, self.shape[-1])
 
     @property
+    def out_in_shape(self) -> Shape:
+        """The shape as PyTorch-style layouts store it (Hugging Face tensors, GGUF in numpy
+        order): a matrix applied as `x @ W` is [.., out, in]; anything else as it is."""
+        if self.param.matrix:
+            return (*self.shape[:-2], self.shape[-1], self.shape[-2])
+        return self.shape
+
+    @property
+    def rows_per_scale_group(self) -> int:
+        """Input rows each of the release's bf16 scales covers (K / G)."""
+        return self.shape[-2] // self.scale_groups
+
+    @property
     def numel(self) -> int:
         """Number of logical parameters."""
         return math.prod(self.shape)
