@@ -70,6 +70,11 @@ class QuantizedWeight8bit:
         return QuantizedWeight8bit(weight=self.weight[index], scales=self.scales[index])
 
     @property
+    def shape(self) -> tuple[int, ...]:
+        """The logical shape [..., K, N] (the codes' shape), as a dense value's."""
+        return tuple(self.weight.shape)
+
+    @property
     def scale_groups(self) -> int:
         """G: the number of scale groups along the input axis."""
         return int(self.scales.shape[-2])

@@ -31,8 +31,9 @@ class Recorder:
         self.ends = []
         self.hooks = ForwardHooks(linear_input=self.linear_input, layer_end=self.layer_end)
 
-    def linear_input(self, layer, role, expert, x):
-        self.inputs.append((layer, role, expert, tuple(x.shape), x.clone()))
+    def linear_input(self, layer, role, expert, x, real):
+        assert real.dtype == torch.bool and real.shape == x.shape[:1]
+        self.inputs.append((layer, role, expert, tuple(x.shape), x.clone(), int(real.sum())))
 
     def layer_end(self, layer, hidden):
         self.ends.append((layer, hidden.clone()))
@@ -46,20 +47,24 @@ def test_hooks_see_every_linear_input_and_layer_end(upstream, tokens):
 
     assert [layer for layer, _ in seen.ends] == list(range(c.layers))
     assert all(h.shape == (*tokens.shape, c.emb) for _, h in seen.ends)
-    positions = tokens.size
+    positions, real = tokens.size, int((tokens != c.pad_token).sum())
+    assert real < positions  # the oracle's batch is padded
     for layer in range(c.layers):
         mine = [r for r in seen.inputs if r[0] == layer]
-        attention = {(role, shape) for _, role, expert, shape, _ in mine if expert is None}
+        attention = {(role, shape) for _, role, expert, shape, _, _ in mine if expert is None}
+        assert {r[5] for r in mine if r[2] is None} == {real}
         assert attention == {("attn_q", (positions, c.emb)), ("attn_k", (positions, c.emb)),
                              ("attn_v", (positions, c.emb)), ("attn_o", (positions, c.q_dim))}
-        routed = collections.Counter()
-        for _, role, expert, shape, _ in mine:
+        routed, routed_real = collections.Counter(), collections.Counter()
+        for _, role, expert, shape, _, n in mine:
             if role in EXPERTS:
                 assert 0 <= expert < c.experts
                 assert shape[1] == (c.ffn_size if role == "moe_down" else c.emb)
                 routed[role] += shape[0]
+                routed_real[role] += n
         # every position goes to top-k experts, and each routed token passes all three
         assert routed == {role: positions * c.topk for role in EXPERTS}
+        assert routed_real == {role: real * c.topk for role in EXPERTS}
 
     # the last layer's end is what the head turns into the logits
     model = StreamedGrok1(reader)
@@ -92,7 +97,7 @@ def test_observing_changes_nothing_and_observe_matches_stream(upstream, tokens):
     observe(reader, tokens, calibration.hooks)
     for (la, a), (lb, b) in zip(seen.ends, calibration.ends, strict=True):
         assert la == lb and torch.equal(a, b)
-    assert [r[:4] for r in seen.inputs] == [r[:4] for r in calibration.inputs]
+    assert [(*r[:4], r[5]) for r in seen.inputs] == [(*r[:4], r[5]) for r in calibration.inputs]
     # one sequence at a time: the same layer ends up to float32 summation order
     one_by_one = Recorder()
     observe(reader, tokens, one_by_one.hooks, batch=1)

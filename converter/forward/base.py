@@ -20,14 +20,15 @@ HEAD_ENTRIES = 1 << 23
 class ForwardHooks:
     """Observers of the streamed forward (each optional; they must not modify what they see).
 
-    linear_input(layer, role, expert, x): before each Linear's product, its input x [tokens, in]
-    in the run's dtype; `expert` is the expert index for the MoE's Linears (x holds only the
-    tokens routed to it), None for attention's.
+    linear_input(layer, role, expert, x, real): before each Linear's product, its input
+    x [rows, in] in the run's dtype and which rows are real tokens (bool [rows]; the others
+    are padding, which the forward computes too); `expert` is the expert index for the MoE's
+    Linears (x holds only the positions routed to it), None for attention's.
     layer_end(layer, hidden): after every sequence has been through a layer, its output hidden
     states [B, T, emb].
     """
 
-    linear_input: Callable[[int, str, int | None, torch.Tensor], None] | None = None
+    linear_input: Callable[[int, str, int | None, torch.Tensor, torch.Tensor], None] | None = None
     layer_end: Callable[[int, torch.Tensor], None] | None = None
 
 

@@ -32,7 +32,6 @@ from converter.forward.layer_weights import (
 from converter.forward.matmul import (
     BAND_ELEMENTS,
     bands,
-    canonical_shape,
     fill_band,
     packed_bands,
     packed_rows,
@@ -87,11 +86,12 @@ class StreamedGrok1:
             array = array.copy()
         return torch.from_numpy(array).to(device=self.device, dtype=dtype or self.dtype)
 
-    def _linear(self, x: torch.Tensor, value: Any, role: str, layer: int,
+    def _linear(self, x: torch.Tensor, value: Any, role: str, layer: int, real: torch.Tensor,
                 expert: int | None = None) -> torch.Tensor:
-        """One Linear of a layer: its input shown to the hook, then x @ W."""
+        """One Linear of a layer: its input shown to the hook (with which rows are real
+        tokens, not padding), then x @ W."""
         if self.hooks.linear_input is not None:
-            self.hooks.linear_input(layer, role, expert, x.reshape(-1, x.shape[-1]))
+            self.hooks.linear_input(layer, role, expert, x.reshape(-1, x.shape[-1]), real)
         return self._matmul(x, value, role)
 
     def _matmul(self, x: torch.Tensor, value: Any, role: str) -> torch.Tensor:
@@ -108,7 +108,7 @@ class StreamedGrok1:
             return out.view(*x.shape[:-1], value.shape[0])
         if not isinstance(value, QuantizedWeight8bit):
             value = dense(value)
-        rows, cols = canonical_shape(value)
+        rows, cols = value.shape
         flat = x.reshape(-1, rows)
         out = torch.zeros(flat.shape[0], cols, dtype=torch.float32)
         need = min(rows, max(1, BAND_ELEMENTS // max(cols, 1))) * cols
@@ -162,7 +162,8 @@ class StreamedGrok1:
                                weights, valid, index)
         attn = rms_norm(attn, norm["post_attn_norm"], c.rms_norm_eps)
         hidden = hidden + attn
-        moe = self._moe(rms_norm(hidden, norm["pre_moe_norm"], c.rms_norm_eps), weights, index)
+        moe = self._moe(rms_norm(hidden, norm["pre_moe_norm"], c.rms_norm_eps), weights,
+                        valid.reshape(-1), index)
         moe = rms_norm(moe, norm["post_moe_norm"], c.rms_norm_eps)
         return LayerOutput(hidden=hidden + moe, attention=attn, moe=moe)
 
@@ -170,9 +171,10 @@ class StreamedGrok1:
                    layer: int) -> torch.Tensor:
         c = self.config
         b, t, _ = x.shape
-        q = self._linear(x, w["attn_q"], "attn_q", layer).view(b, t, c.q_heads, c.key_size)
-        k = self._linear(x, w["attn_k"], "attn_k", layer).view(b, t, c.kv_heads, c.key_size)
-        v = self._linear(x, w["attn_v"], "attn_v", layer).view(b, t, c.kv_heads, c.key_size)
+        real = valid.reshape(-1)
+        q = self._linear(x, w["attn_q"], "attn_q", layer, real).view(b, t, c.q_heads, c.key_size)
+        k = self._linear(x, w["attn_k"], "attn_k", layer, real).view(b, t, c.kv_heads, c.key_size)
+        v = self._linear(x, w["attn_v"], "attn_v", layer, real).view(b, t, c.kv_heads, c.key_size)
         positions = torch.arange(t, device=x.device)
         q, k = rope(q, positions, c.rope_base), rope(k, positions, c.rope_base)
         q = q.view(b, t, c.kv_heads, c.q_heads // c.kv_heads, c.key_size)
@@ -183,9 +185,10 @@ class StreamedGrok1:
             mask = causal[None, rows] & valid[:, None, :]
             blocks.append(attend(q[:, rows], k, v, mask, c.attn_mult, c.attn_softcap))
         out = torch.cat(blocks, dim=1) if len(blocks) > 1 else blocks[0]
-        return self._linear(out.reshape(b, t, c.q_dim), w["attn_o"], "attn_o", layer)
+        return self._linear(out.reshape(b, t, c.q_dim), w["attn_o"], "attn_o", layer, real)
 
-    def _moe(self, x: torch.Tensor, w: dict[str, Any], layer: int) -> torch.Tensor:
+    def _moe(self, x: torch.Tensor, w: dict[str, Any], real: torch.Tensor,
+             layer: int) -> torch.Tensor:
         c = self.config
         flat = x.reshape(-1, x.shape[-1])
         router = self._tensor(w["router"], torch.float32)
@@ -196,10 +199,10 @@ class StreamedGrok1:
             if token.numel() == 0:
                 continue
             xe = flat[token]
-            gate = self._linear(xe, w["moe_gate"][e], "moe_gate", layer, e)
-            up = self._linear(xe, w["moe_up"][e], "moe_up", layer, e)
+            gate = self._linear(xe, w["moe_gate"][e], "moe_gate", layer, real[token], e)
+            up = self._linear(xe, w["moe_up"][e], "moe_up", layer, real[token], e)
             he = gated_gelu(gate, up)
-            ye = self._linear(he, w["moe_down"][e], "moe_down", layer, e).float()
+            ye = self._linear(he, w["moe_down"][e], "moe_down", layer, real[token], e).float()
             ye = ye * gates[token, slot, None]
             out.index_add_(0, token, ye)
         return out.to(x.dtype).view_as(x)

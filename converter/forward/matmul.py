@@ -15,8 +15,7 @@ from converter.formats import PackedLinear
 from converter.formats.pack_quantized import codes_per_word
 from converter.tensors import QuantizedWeight8bit, bf16_bits_to_f32
 
-__all__ = ["BAND_ELEMENTS", "bands", "canonical_shape", "fill_band", "packed_bands",
-           "packed_rows", "packed_unit"]
+__all__ = ["BAND_ELEMENTS", "bands", "fill_band", "packed_bands", "packed_rows", "packed_unit"]
 
 # float32 elements of a weight matrix dequantized at a time (64 MB), into one reused buffer: a
 # whole real expert matrix would be an 805 MB fresh allocation, 24 of them per layer.
@@ -36,15 +35,10 @@ def bands(rows: int, cols: int, groups: int) -> Iterator[tuple[int, int, int]]:
             yield first, min(first + step, end), group
 
 
-def canonical_shape(value: Any) -> tuple[int, int]:
-    """[in, out] of a weight in the canonical orientation."""
-    return value.weight.shape if isinstance(value, QuantizedWeight8bit) else value.shape
-
-
 def fill_band(buffer: np.ndarray, value: Any, first: int, end: int, group: int) -> np.ndarray:
     """Rows first:end of a weight matrix as exact float32 ([in, out]), written into `buffer`:
     the release's int8 codes times their group's bf16 scale, or a dense matrix's rows."""
-    cols = canonical_shape(value)[1]
+    cols = value.shape[1]
     band = buffer[:(end - first) * cols].reshape(end - first, cols)
     if isinstance(value, QuantizedWeight8bit):
         np.multiply(value.weight[first:end], bf16_bits_to_f32(value.scales[group]), out=band)

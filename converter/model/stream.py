@@ -2,9 +2,11 @@
 type of value it yields for a tensor.
 
 A value is either a float32 numpy array in the canonical orientation (`[..., in, out]` for a
-matrix) or a stored Linear: an object with a `shape` or `weight.shape` and `dequantize()`, which
-gives that canonical float32 array exactly (the release's `QuantizedWeight8bit`, a
-compressed-tensors or GGUF Linear, a stack of per-expert values).
+matrix) or a stored Linear: an object whose `dequantize()` gives that canonical float32 array
+exactly (the release's `QuantizedWeight8bit`, a compressed-tensors Linear, a stack of
+per-expert values). Code that has an exact fast path for one stored form (the release's int8
+codes kept as Q8_0 or per-channel int8, a packed Linear multiplied band by band) checks for
+that form and otherwise calls `dequantize()`.
 """
 
 from __future__ import annotations
