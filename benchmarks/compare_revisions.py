@@ -20,11 +20,16 @@ from pathlib import Path
 from benchmarks.common import checkpoint, median_of
 
 ROOT = Path(__file__).resolve().parent.parent
-COMMANDS = [["convert", "--to", "hf", "--dtype", "bf16"],
-            ["convert", "--to", "hf", "--dtype", "int8"],
-            ["quantize", "--scheme", "int4"],
-            ["quantize", "--scheme", "fp8"],
-            ["quantize", "--scheme", "int4", "--method", "mse"]]
+# {src}: the bench input; {out}: where the command writes
+COMMANDS = [["convert", "{src}", "{out}", "--to", "hf", "--dtype", "bf16"],
+            ["convert", "{src}", "{out}", "--to", "hf", "--dtype", "int8"],
+            ["quantize", "{src}", "{out}", "--scheme", "int4"],
+            ["quantize", "{src}", "{out}", "--scheme", "fp8"],
+            ["quantize", "{src}", "{out}", "--scheme", "int4", "--method", "mse"],
+            # the streamed forward twice, layer-major (4 x 128 random ids; the int8 profile's
+            # limits, since two runs of one forward need not agree to the last bit in BLAS)
+            ["verify", "{src}", "{src}", "--seq-len", "128", "--no-check-tensors",
+             "--profile", "int8", "--json", "{out}"]]
 
 
 def grok1_in(tree: Path, *args: str) -> list[str]:
@@ -51,16 +56,22 @@ def main() -> None:
         subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "-q", "--detach", str(old),
                         args.revision], check=True)
         out = Path(tmp) / "out"
+
+        def clean() -> None:
+            if out.is_dir():
+                shutil.rmtree(out)
+            out.unlink(missing_ok=True)
+
         try:
             for command in COMMANDS:
                 cells = []
                 for tree in (old, ROOT):
-                    run = median_of(args.runs, grok1_in(tree, command[0], str(source), str(out),
-                                                        *command[1:], "--quiet"),
-                                    lambda: shutil.rmtree(out, ignore_errors=True))
+                    words = [w.format(src=source, out=out) for w in command]
+                    run = median_of(args.runs, grok1_in(tree, *words, "--quiet"), clean)
                     cells.append(f"{run.seconds:.1f} | {run.cpu:.1f} | {run.sys:.1f} | "
                                  f"{run.rss / 1e6:.0f}")
-                print(f"| {' '.join(command)} | {' | '.join(cells)} |", flush=True)
+                shown = " ".join(w for w in command if w not in ("{src}", "{out}"))
+                print(f"| {shown} | {' | '.join(cells)} |", flush=True)
         finally:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(old)],
                            check=True)
