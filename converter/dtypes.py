@@ -12,7 +12,7 @@ import dataclasses
 
 import numpy as np
 
-__all__ = ["DTYPES", "FLOATS", "DType", "by_safetensors", "by_torch"]
+__all__ = ["DTYPES", "FLOATS", "FORWARD_DTYPES", "DType", "by_safetensors", "by_torch"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +42,8 @@ DTYPES: dict[str, DType] = {d.name: d for d in (
     DType("f8_e4m3", "F8_E4M3", "float8_e4m3fn", np.dtype("u1"), False),  # carried as bits
 )}
 FLOATS = tuple(d.safetensors for d in DTYPES.values() if d.floating)
+# what the streamed forward runs in (`logits` and `verify --dtype`), in torch's spelling
+FORWARD_DTYPES = (DTYPES["f32"].torch, DTYPES["bf16"].torch)
 _BY_SAFETENSORS = {d.safetensors: d for d in DTYPES.values()}
 _BY_TORCH = {d.torch: d for d in DTYPES.values()}
 

@@ -17,6 +17,7 @@ from typing import Any
 import click
 
 from converter import __version__
+from converter.dtypes import FORWARD_DTYPES
 from converter.engine.executors import EXECUTORS
 from converter.errors import DiskSpaceError, Grok1Error, UsageError
 from converter.hub.client import invocation
@@ -296,7 +297,7 @@ def output_file(path: Path | None, flag: str) -> None:
 @click.option("--out", type=click.Path(path_type=Path), required=True,
               help="Where to write float32 logits [batch, seq, vocab] as .npy (with text, the "
                    "token ids go to OUT.tokens.npy).")
-@click.option("--dtype", type=click.Choice(["float32", "bfloat16"]), default="float32",
+@click.option("--dtype", type=click.Choice(FORWARD_DTYPES), default="float32",
               show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
@@ -348,7 +349,7 @@ def logits(checkpoint: Path, tokens: TokenSource, out: Path, dtype: str, device:
               help="Reuse a stored reference run instead of running REFERENCE.")
 @click.option("--top-k", type=click.IntRange(min=1), default=256, show_default=True,
               help="Reference log-probs kept per position by --save-reference.")
-@click.option("--dtype", type=click.Choice(["float32", "bfloat16"]), default="float32",
+@click.option("--dtype", type=click.Choice(FORWARD_DTYPES), default="float32",
               show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @executor_options

@@ -3,6 +3,7 @@ config tables read back what they write, it travels to worker processes by name,
 architecture runs through a layout with nothing but its own description."""
 
 import dataclasses
+import json
 import pickle
 
 import numpy as np
@@ -123,3 +124,19 @@ def test_a_gguf_of_an_unknown_architecture_is_refused(small_ckpt, tmp_path, monk
             quiet=True)
     monkeypatch.setattr(gguf, "ARCHITECTURES", {})
     assert "architecture 'grok', not" in bad_input("inspect", tmp_path / "g")
+
+
+@pytest.mark.parametrize(("model_type", "message"), [
+    (["grok-1"], "model_type list is not a supported architecture (grok-1"),
+    ("mixtral", "model_type 'mixtral' is not a supported architecture (grok-1"),
+    ("x" * 10_000, "is not a supported architecture"),
+])
+def test_a_config_json_of_another_model_type_is_refused_by_name(tiny_ckpt, tmp_path,
+                                                                  model_type, message):
+    convert(tiny_ckpt, tmp_path / "hf", to="hf", options=TargetOptions(dtype="f32"), quiet=True)
+    config = tmp_path / "hf" / "config.json"
+    data = json.loads(config.read_text())
+    data["model_type"] = model_type
+    config.write_text(json.dumps(data))
+    error = bad_input("inspect", tmp_path / "hf")
+    assert message in error and str(config) in error and len(error) < 400

@@ -8,9 +8,11 @@ from collections.abc import Callable
 
 import torch
 
+from converter.dtypes import FORWARD_DTYPES
+
 __all__ = ["DTYPES", "HEAD_ENTRIES", "NO_HOOKS", "ForwardHooks", "LayerOutput"]
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+DTYPES = {name: getattr(torch, name) for name in FORWARD_DTYPES}
 # Logits (positions x vocabulary) made at a time: with Grok-1's vocabulary, 64 positions (each
 # pass of the head reads the whole 3.2 GB embedding, so fewer, larger passes are cheaper).
 HEAD_ENTRIES = 1 << 23

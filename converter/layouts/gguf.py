@@ -424,10 +424,11 @@ def _architecture(meta: dict[str, Any], source: Path) -> Architecture:
     """The registered architecture of a GGUF's `general.architecture`."""
     arch = meta.get("general.architecture")
     for candidate in ARCHITECTURES.values():
-        if candidate.gguf.arch == arch:
+        if isinstance(arch, str) and candidate.gguf.arch == arch:
             return candidate
     known = ", ".join(a.gguf.arch for a in ARCHITECTURES.values())
-    raise LayoutError(f"{source}: architecture {arch!r}, not {known}")
+    shown = repr(arch)[:80] if isinstance(arch, str) else f"of type {type(arch).__name__}"
+    raise LayoutError(f"{source}: architecture {shown}, not {known}")
 
 
 def _config(architecture: Architecture, meta: dict[str, Any], source: str) -> Any:

@@ -159,8 +159,9 @@ def config_from_hf(architecture: Architecture, data: dict[str, Any], source: str
 def _architecture(data: dict[str, Any], source: Path) -> Architecture:
     """The architecture of a config.json's `model_type` (Grok-1's when it names none)."""
     model_type = data.get("model_type", GROK1.name)
-    if model_type not in ARCHITECTURES:
-        raise LayoutError(f"{source}: model_type {model_type!r} is not a supported "
+    if not isinstance(model_type, str) or model_type not in ARCHITECTURES:
+        shown = repr(model_type) if isinstance(model_type, str) else type(model_type).__name__
+        raise LayoutError(f"{source}: model_type {shown[:80]} is not a supported "
                           f"architecture ({', '.join(ARCHITECTURES)})")
     return ARCHITECTURES[model_type]
 
