@@ -140,3 +140,54 @@ def test_a_config_json_of_another_model_type_is_refused_by_name(tiny_ckpt, tmp_p
     config.write_text(json.dumps(data))
     error = bad_input("inspect", tmp_path / "hf")
     assert message in error and str(config) in error and len(error) < 400
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    (float("inf"), "cannot convert float infinity to integer"),
+    ("six thousand", "invalid literal"),
+])
+def test_llama_cpps_config_keys_of_the_wrong_kind_are_refused(small_ckpt, tmp_path, monkeypatch,
+                                                              value, message):
+    """A GGUF without our exact config is read from llama.cpp's keys: a bad one is one line."""
+    from converter.layouts import gguf as layout
+
+    original = layout.metadata
+
+    def foreign(*args):
+        keys = original(*args)
+        del keys["grok1.config"]
+        keys["grok.embedding_length"] = value
+        return keys
+
+    monkeypatch.setattr(layout, "metadata", foreign)
+    convert(small_ckpt, tmp_path / "g", to="gguf", options=TargetOptions(dtype="f32"),
+            quiet=True)
+    monkeypatch.undo()
+    error = bad_input("inspect", tmp_path / "g")
+    assert message in error and ".gguf" in error
+
+
+def test_a_gguf_without_our_config_is_read_from_llama_cpps_keys(small_ckpt, tmp_path,
+                                                               monkeypatch):
+    from converter.layouts import gguf as layout
+
+    original = layout.metadata
+
+    def foreign(*args):
+        keys = original(*args)
+        del keys["grok1.config"]
+        return keys
+
+    monkeypatch.setattr(layout, "metadata", foreign)
+    convert(small_ckpt, tmp_path / "g", to="gguf", options=TargetOptions(dtype="f32"),
+            quiet=True)
+    monkeypatch.undo()
+    source, back = open_checkpoint(small_ckpt), open_checkpoint(tmp_path / "g")
+    ours, theirs = source.config.to_dict(), back.config.to_dict()
+    # only the release's scale-group count is ours alone (llama.cpp has no key for it), and
+    # GGUF holds the float constants as float32
+    del ours["scale_groups"], theirs["scale_groups"]
+    assert {k: np.float32(v) if isinstance(v, float) else v for k, v in theirs.items()} == {
+        k: np.float32(v) if isinstance(v, float) else v for k, v in ours.items()}
+    tokens = np.array([[1, 5, 9, 3]], np.int32)
+    assert np.allclose(torch_logits(back, tokens), torch_logits(source, tokens), atol=1e-5)

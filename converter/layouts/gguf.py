@@ -447,7 +447,7 @@ def _config(architecture: Architecture, meta: dict[str, Any], source: str) -> An
                            **{name: types[name](value) for name, value in values.items()})
     except KeyError as exc:
         raise MalformedFileError(f"{source}: missing GGUF key {exc.args[0]!r}") from None
-    except (TypeError, ValueError, ZeroDivisionError, UsageError) as exc:
+    except (TypeError, ValueError, OverflowError, ZeroDivisionError, UsageError) as exc:
         raise ConfigMismatchError(f"{source}: {exc}") from None
 
 
