@@ -191,3 +191,65 @@ def test_a_gguf_without_our_config_is_read_from_llama_cpps_keys(small_ckpt, tmp_
         k: np.float32(v) if isinstance(v, float) else v for k, v in ours.items()}
     tokens = np.array([[1, 5, 9, 3]], np.int32)
     assert np.allclose(torch_logits(back, tokens), torch_logits(source, tokens), atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def foreign_hf(tiny_ckpt, tmp_path_factory):
+    """An hf output whose config.json carries only the keys engines read (no exact `grok1`)."""
+    folder = tmp_path_factory.mktemp("foreign") / "hf"
+    convert(tiny_ckpt, folder, to="hf", options=TargetOptions(dtype="f32"), quiet=True)
+    config = folder / "config.json"
+    data = json.loads(config.read_text())
+    del data["grok1"]
+    config.write_text(json.dumps(data))
+    return folder
+
+
+def test_config_json_without_our_exact_config_reads_through_the_table(foreign_hf, tiny_ckpt):
+    """Every field but the release's scale-group count (which no engine key carries)."""
+    source = open_checkpoint(tiny_ckpt).config
+    assert open_checkpoint(foreign_hf).config == dataclasses.replace(
+        source, scale_groups=Grok1Config().scale_groups)
+
+
+HOSTILE_VALUES = [[1], {"a": 1}, "x", 10**40, True, -5, 0.5, None]
+
+
+@pytest.mark.parametrize("key", [k.key for k in GROK1.hf_config.keys if k.reads])
+def test_every_config_key_engines_read_refuses_a_hostile_value_in_one_line(foreign_hf, tmp_path,
+                                                                           key):
+    """Each value is either taken (the key is a fallback another key overrides, or the value
+    fits) or refused by name; never a traceback."""
+    from click.testing import CliRunner
+
+    from grok1.cli import main
+
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    for item in foreign_hf.iterdir():
+        (folder / item.name).symlink_to(item)
+    data = json.loads((foreign_hf / "config.json").read_text())
+    for value in HOSTILE_VALUES:
+        (folder / "config.json").unlink()
+        (folder / "config.json").write_text(json.dumps({**data, key: value}))
+        result = CliRunner().invoke(main, ["inspect", str(folder), "--json"])
+        assert result.exit_code in (0, 2), (key, value, result.output[-400:])
+        assert "Traceback" not in result.output and "internal error" not in result.output
+        if result.exit_code == 2:
+            assert "config.json" in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+@pytest.mark.parametrize("key", [k.key for k in GROK1.gguf.config.keys if k.reads])
+def test_every_llama_cpp_key_refuses_a_hostile_value_by_name(key):
+    """The GGUF container types each value (string, number, array); whatever a key holds,
+    the config is made or refused with the file's name, never a Python error."""
+    from converter.errors import Grok1Error
+    from converter.layouts.gguf import _config
+
+    meta = {**GROK1.gguf.config.write(Grok1Config.preset("small")),
+            "tokenizer.ggml.tokens": ["a"] * 256}
+    for value in ("x", -5, 0, 1e300, float("inf"), float("nan"), [1, 2], np.float32(1.5)):
+        try:
+            _config(GROK1, {**meta, f"grok.{key}": value}, "m.gguf")
+        except Grok1Error as exc:
+            assert str(exc).startswith("m.gguf: ")
