@@ -17,7 +17,7 @@ import torch
 from converter.engine.progress import step_bar
 from converter.errors import ConfigMismatchError, UsageError
 from converter.forward import forward_class
-from converter.forward.base import HEAD_ENTRIES
+from converter.forward.base import HEAD_ENTRIES, StreamedForward
 from converter.forward.layer_weights import dense
 from converter.model.stream import CheckpointReader
 from converter.tensors import QuantizedWeight8bit
@@ -216,7 +216,7 @@ def run_forwards(reference: CheckpointReader | None, candidate: CheckpointReader
     return outcome
 
 
-def _reduce_head(cand_model: Any, ref_model: Any,
+def _reduce_head(cand_model: StreamedForward, ref_model: StreamedForward | None,
                  h_cand: torch.Tensor, h_ref: torch.Tensor | None, tokens: np.ndarray,
                  stored: ReferenceLogits | None, rows: list[dict[str, Any]] | None,
                  keep_top_k: int | None) -> ForwardOutcome:

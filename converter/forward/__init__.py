@@ -4,16 +4,20 @@ verification (logits) and calibration (hooks, no head) drive the same one."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from converter.errors import UsageError
+from converter.forward.base import StreamedForward
 from converter.forward.grok1 import StreamedGrok1
 from converter.model.stream import CheckpointReader
 
 __all__ = ["FORWARDS", "forward_class"]
 
-FORWARDS: dict[str, type[StreamedGrok1]] = {"grok-1": StreamedGrok1}
+# an architecture's `forward` names its row
+FORWARDS: dict[str, Callable[..., StreamedForward]] = {"grok-1": StreamedGrok1}
 
 
-def forward_class(reader: CheckpointReader) -> type[StreamedGrok1]:
+def forward_class(reader: CheckpointReader) -> Callable[..., StreamedForward]:
     """The streamed forward of the reader's architecture."""
     name = reader.architecture.forward
     if name not in FORWARDS:

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import Any, Protocol
 
+import numpy as np
 import torch
 
 from converter.dtypes import FORWARD_DTYPES
 
-__all__ = ["DTYPES", "HEAD_ENTRIES", "NO_HOOKS", "ForwardHooks", "LayerOutput"]
+__all__ = ["DTYPES", "HEAD_ENTRIES", "NO_HOOKS", "ForwardHooks", "LayerOutput", "StreamedForward"]
 
 DTYPES = {name: getattr(torch, name) for name in FORWARD_DTYPES}
 # Logits (positions x vocabulary) made at a time: with Grok-1's vocabulary, 64 positions (each
@@ -44,3 +46,22 @@ class LayerOutput:
     hidden: torch.Tensor
     attention: torch.Tensor
     moe: torch.Tensor
+
+
+class StreamedForward(Protocol):
+    """What an architecture's streamed forward offers the drivers (`drive.py`, verification):
+    made from a reader, it embeds tokens, loads one layer's weights, runs one layer on some
+    sequences, and turns final hidden states into logits."""
+
+    config: Any
+    device: torch.device
+    hooks: ForwardHooks
+
+    def embed(self, tokens: np.ndarray) -> torch.Tensor: ...
+
+    def load_layer(self, layer: int) -> dict[str, Any]: ...
+
+    def layer(self, weights: dict[str, Any], hidden: torch.Tensor, valid: torch.Tensor, *,
+              index: int) -> LayerOutput: ...
+
+    def head(self, hidden: torch.Tensor) -> np.ndarray: ...

@@ -11,13 +11,13 @@ import torch
 
 from converter.engine.progress import step_bar
 from converter.forward import forward_class
-from converter.forward.base import HEAD_ENTRIES, NO_HOOKS, ForwardHooks
+from converter.forward.base import HEAD_ENTRIES, NO_HOOKS, ForwardHooks, StreamedForward
 from converter.model.stream import CheckpointReader
 
 __all__ = ["observe", "stream_logits", "torch_logits"]
 
 
-def _run_layers(model: Any, tokens: np.ndarray, batch: int,
+def _run_layers(model: StreamedForward, tokens: np.ndarray, batch: int,
                 bar: Any) -> torch.Tensor:
     """Every decoder layer over all of `tokens` [B, T], `batch` sequences at a time, one layer
     in memory; the final hidden states [B, T, emb]."""
