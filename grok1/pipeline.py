@@ -170,7 +170,7 @@ class PipelineOptions:
     endpoint: str | None = None
     names: str | None = None
     tokenizer: str | None = None
-    workers: int | None = None  # None: the usable cores
+    workers: int | None = None  # None: the usable cores (run_pipeline resolves it)
     seq_len: int = 64
     batch: int = 4
     seed: int = 0
@@ -182,15 +182,14 @@ class PipelineOptions:
 def run_pipeline(options: PipelineOptions, *,
                  echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Run (or resume) the pipeline for each target; returns the run manifest."""
-    if options.workers is None:
-        from converter.convert import default_workers
+    from converter.convert import default_workers
 
-        options = dataclasses.replace(options, workers=default_workers())
-    o = options
-    to, upload, repo, revision, source_dir = o.to, o.upload, o.repo, o.revision, o.source_dir
-    if o.names is not None and all(t.layout == "gguf" for t in to):
+    if options.names is not None and all(t.layout == "gguf" for t in options.to):
         raise UsageError("--names is for hf and quantized targets (a GGUF's names are "
                          "llama.cpp's)")
+    o = dataclasses.replace(options, workers=options.workers or default_workers(),
+                            names=options.names or DEFAULT_NAMES)
+    to, upload, repo, revision, source_dir = o.to, o.upload, o.repo, o.revision, o.source_dir
     repos = {t.name: upload_repo_of(upload, t, len(to)) for t in to}
     if upload is not None:
         from converter.hub.client import check_repo_id
@@ -201,7 +200,6 @@ def run_pipeline(options: PipelineOptions, *,
     if work.exists() and not work.is_dir():
         raise UsageError(f"{work}: --work-dir exists and is not a folder")
     work.mkdir(parents=True, exist_ok=True)
-    options = dataclasses.replace(options, names=o.names or DEFAULT_NAMES)
     settings = {"repo": repo, "revision": revision,
                 "source": str(source_dir.resolve()) if source_dir else None,
                 "tokenizer": o.tokenizer, "seq_len": o.seq_len, "batch": o.batch, "seed": o.seed}
@@ -216,12 +214,12 @@ def run_pipeline(options: PipelineOptions, *,
                          "another --work-dir")
     steps = state["steps"]
     if not steps.get("download", {}).get("done"):
-        steps["download"] = _fetch(options, work, echo)
+        steps["download"] = _fetch(o, work, echo)
         _save(work, state)
     origin = steps["download"]
     source = Path(origin.get("local") or work / "source")
     failed = [failure for target in to if (failure := _one_target(
-        target, state, work, source, origin, repos[target.name], options, echo))]
+        target, state, work, source, origin, repos[target.name], o, echo))]
     if failed:
         raise VerificationFailed("; ".join(failed))
     return state
@@ -230,16 +228,15 @@ def run_pipeline(options: PipelineOptions, *,
 def _fetch(options: PipelineOptions, work: Path, echo: Callable[[str], None]) -> dict[str, Any]:
     """The download step: fetch the release into the work folder, or check a local copy."""
     repo, revision, source_dir = options.repo, options.revision, options.source_dir
-    workers = options.workers or 1
     if source_dir is not None:
         echo(f"[1/4] check {source_dir} against its recorded hashes")
-        return {"done": True, **check_local_source(source_dir.resolve(), workers)}
+        return {"done": True, **check_local_source(source_dir.resolve(), options.workers)}
     from converter.hub.client import download
 
     source = work / "source"
     echo(f"[1/4] download {repo}@{revision or 'main'} -> {source}")
-    summary = download(repo, source, revision=revision, workers=workers, quiet=options.quiet,
-                       endpoint=options.endpoint)
+    summary = download(repo, source, revision=revision, workers=options.workers,
+                       quiet=options.quiet, endpoint=options.endpoint)
     return {"done": True, "repo": repo, "revision": revision or "main",
             "commit": summary["commit"], "files": summary["files"], "bytes": summary["bytes"]}
 
@@ -321,7 +318,7 @@ def _verify(source: Path, output: Path, options: PipelineOptions,
     o = options
     result = verify_checkpoints((source, output), VerifyOptions(
         tokens=TokenSource(batch=o.batch, seq_len=o.seq_len, seed=o.seed), per_layer=True,
-        executor=o.executor, ray_address=o.ray_address, workers=o.workers or 2,
+        executor=o.executor, ray_address=o.ray_address, workers=o.workers,
         quiet=o.quiet))
     echo(format_table(result) if not o.quiet else "PASS" if result.passed else
          "FAIL: " + "; ".join(result.reasons))
