@@ -16,6 +16,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from grok1.fields import split_fields
+
 __all__ = ["convert", "download", "inspect", "logits", "quantize", "run_pipeline", "serve_mirror",
            "upload", "verify"]
 
@@ -68,7 +70,7 @@ def quantize(source: Any, dst: Any, scheme: str, **options: Any) -> dict[str, An
     from quant.registry import quantize_checkpoint
     from quant.schemes import SchemeOptions
 
-    chosen, rest = _split(SchemeOptions, options)
+    chosen, rest = split_fields(SchemeOptions, options)
     return quantize_checkpoint(Path(source), Path(dst), scheme, chosen, **rest)
 
 
@@ -81,17 +83,8 @@ def logits(checkpoint: Any, out: Any, **options: Any) -> tuple[tuple[int, ...], 
     from verify.api import write_logits
     from verify.tokens import TokenSource
 
-    tokens, rest = _split(TokenSource, {"seq_len": 8192, **options})
+    tokens, rest = split_fields(TokenSource, {"seq_len": 8192, **options})
     return write_logits(Path(checkpoint), Path(out), tokens, **rest)
-
-
-def _split(cls: type, options: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
-    """A dataclass `cls` made of the keywords named like its fields, and the other keywords."""
-    import dataclasses
-
-    fields = {f.name for f in dataclasses.fields(cls)}
-    return (cls(**{k: v for k, v in options.items() if k in fields}),
-            {k: v for k, v in options.items() if k not in fields})
 
 
 def __getattr__(name: str) -> Any:

@@ -33,6 +33,7 @@ from grok1.exit_codes import (
     EXIT_INTERRUPTED,
     EXIT_OK,
 )
+from grok1.fields import split_fields
 from grok1.pipeline import PipelineOptions, parse_targets, targets_help
 from quant.registry import SCHEMES as QUANT_SCHEMES
 from quant.schemes import ARITHMETICS, GRIDS, METHODS, SchemeOptions
@@ -171,13 +172,11 @@ def gathered(cls: type, name: str) -> Callable[[Callable[..., Any]], Callable[..
     """A decorator for a command: its options named like fields of the dataclass `cls`
     arrive as one `cls` object, the parameter `name` (put it right above the `def`; of two,
     the upper one gathers first, so the lower one may take its object as a field)."""
-    fields = {f.name for f in dataclasses.fields(cls)}
-
     def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(command)
         def wrapper(**options: Any) -> Any:
-            made = cls(**{k: options.pop(k) for k in list(options) if k in fields})
-            return command(**options, **{name: made})
+            made, rest = split_fields(cls, options)
+            return command(**rest, **{name: made})
         return wrapper
     return decorate
 
