@@ -48,6 +48,7 @@ def test_a_description_missing_a_name_or_declared_twice_is_refused():
     with pytest.raises(ValueError, match="name table covers"):
         dataclasses.replace(GROK1, name="grok-broken",
                             gguf=dataclasses.replace(GROK1.gguf, names=names))
+    assert "grok-broken" not in ARCHITECTURES
     with pytest.raises(ValueError, match="declared twice"):
         dataclasses.replace(GROK1)
 
@@ -56,7 +57,8 @@ def test_a_description_missing_a_name_or_declared_twice_is_refused():
 def test_config_tables_read_back_what_they_write(preset):
     config = Grok1Config.preset(preset)
     for table in (GROK1.hf_config, GROK1.gguf.config):
-        written = table.write(config, {"auto_map": {}, "tie_word_embeddings": True,
+        written = table.write(config, {"model_type": "grok-1", "auto_map": {},
+                                       "tie_word_embeddings": True,
                                        "torch_dtype": "bfloat16"})
         carried = {k.field for k in table.keys if k.field}
         read = table.read(written)
@@ -65,7 +67,8 @@ def test_config_tables_read_back_what_they_write(preset):
 
 def test_a_foreign_config_json_takes_each_field_from_its_preferred_key():
     real = Grok1Config()
-    data = GROK1.hf_config.write(real, {"auto_map": {}, "tie_word_embeddings": True,
+    data = GROK1.hf_config.write(real, {"model_type": "grok-1", "auto_map": {},
+                                        "tie_word_embeddings": True,
                                         "torch_dtype": "bfloat16"})
     assert config_from_hf(GROK1, data, "config.json") == real
     hpcai = {k: v for k, v in data.items() if k not in ("attention_multiplier", "head_dim",
@@ -74,6 +77,8 @@ def test_a_foreign_config_json_takes_each_field_from_its_preferred_key():
     hpcai["num_experts"] = 4
     read = config_from_hf(GROK1, hpcai, "config.json")
     assert (read.attn_mult, read.experts, read.key_size) == (0.25, 4, 6144 // 48)
+    for unset in (None, 0):  # a null or zero head_dim is derived, as transformers does
+        assert config_from_hf(GROK1, {**data, "head_dim": unset}, "c.json").key_size == 128
     del hpcai["num_key_value_heads"]
     with pytest.raises(Exception, match="missing key 'num_key_value_heads'"):
         config_from_hf(GROK1, hpcai, "config.json")
@@ -219,7 +224,7 @@ HOSTILE_VALUES = [[1], {"a": 1}, "x", 10**40, True, -5, 0.5, None]
 def test_every_config_key_engines_read_refuses_a_hostile_value_in_one_line(foreign_hf, tmp_path,
                                                                            key):
     """Each value is either taken (the key is a fallback another key overrides, or the value
-    fits) or refused by name; never a traceback."""
+    fits, or it reads as unset) or refused by name; never a traceback."""
     from click.testing import CliRunner
 
     from grok1.cli import main
@@ -235,8 +240,10 @@ def test_every_config_key_engines_read_refuses_a_hostile_value_in_one_line(forei
         result = CliRunner().invoke(main, ["inspect", str(folder), "--json"])
         assert result.exit_code in (0, 2), (key, value, result.output[-400:])
         assert "Traceback" not in result.output and "internal error" not in result.output
-        if result.exit_code == 2:
+        if result.exit_code == 2 and result.stderr:  # refused: one line naming the file
             assert "config.json" in result.stderr and len(result.stderr.splitlines()) == 1
+        elif result.exit_code == 2:  # read (a null head_dim is derived), its problems listed
+            assert json.loads(result.stdout)["problems"]
 
 
 @pytest.mark.parametrize("key", [k.key for k in GROK1.gguf.config.keys if k.reads])

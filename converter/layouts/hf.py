@@ -132,8 +132,8 @@ def hf_config(architecture: Architecture, config: Any, scheme: NameScheme, torch
     """config.json for the engines that read it (the architecture's `hf_config` table: each
     engine reads its own keys), plus the exact config under `grok1` and the name scheme."""
     data = architecture.hf_config.write(config, {
-        "auto_map": dict(AUTO_MAP), "tie_word_embeddings": scheme.tied_lm_head is None,
-        "torch_dtype": torch_dtype})
+        "model_type": architecture.name, "auto_map": dict(AUTO_MAP),
+        "tie_word_embeddings": scheme.tied_lm_head is None, "torch_dtype": torch_dtype})
     data.update({"grok1_modules": dataclasses.asdict(scheme.layer_modules),
                  "grok1": config.to_dict(), "grok1_names": scheme.name})
     if scheme.presharded_moe is not None:

@@ -29,7 +29,8 @@ class ConfigKey:
     """One key of an engine's config, in write order: it carries config `field`, or a constant
     `value` (GIVEN: the writer supplies it). Read back it fills `field` (or `read_as`, for a
     constant that older writers used for a field) unless `read` is False; a `fallback` key
-    counts only when no other key of its field is present."""
+    counts only when no other key of its field is present, and an `empty_unset` key holding a
+    false value (null, 0) counts as absent."""
 
     key: str
     field: str | None = None
@@ -37,6 +38,7 @@ class ConfigKey:
     read_as: str | None = None
     fallback: bool = False
     read: bool = True
+    empty_unset: bool = False
 
     @property
     def reads(self) -> str | None:
@@ -71,7 +73,8 @@ class ConfigTable:
         for fallback in (False, True):
             for k in self.keys:
                 name = self.prefix + k.key
-                if k.reads and k.fallback == fallback and k.reads not in values and name in data:
+                if (k.reads and k.fallback == fallback and k.reads not in values
+                        and name in data and not (k.empty_unset and not data[name])):
                     values[k.reads] = data[name]
         for field in self.required:
             if field not in values:
@@ -120,7 +123,6 @@ class Architecture:
     def __post_init__(self) -> None:
         if self.name in ARCHITECTURES:
             raise ValueError(f"architecture {self.name!r} is declared twice")
-        ARCHITECTURES[self.name] = self
         known = {r.role for r in self.roles}
         linear = {r.role for r in self.roles if r.linear}
         if set(self.linear_roles) != linear:
@@ -129,6 +131,7 @@ class Architecture:
             if set(table) != known:
                 raise ValueError(f"{self.name}: a name table covers {sorted(table)}, "
                                  f"not the roles {sorted(known)}")
+        ARCHITECTURES[self.name] = self  # registered once it is known to be whole
 
     def __reduce__(self) -> tuple[Any, tuple[str]]:
         """Pickled by name (readers travel to worker processes): the same object on arrival."""

@@ -116,7 +116,7 @@ GGUF = GgufNames(arch="grok", names={
 # Grok-1's multiplier there, which a reader still takes when `attention_multiplier` is absent).
 HF_CONFIG = ConfigTable(keys=(
     ConfigKey("architectures", value=["Grok1ModelForCausalLM"]),
-    ConfigKey("model_type", value="grok-1"),
+    ConfigKey("model_type", value=GIVEN),  # the architecture's name, by which it is read
     ConfigKey("auto_map", value=GIVEN),
     ConfigKey("vocab_size", "vocab"),
     ConfigKey("hidden_size", "emb"),
@@ -124,7 +124,7 @@ HF_CONFIG = ConfigTable(keys=(
     ConfigKey("num_hidden_layers", "layers"),
     ConfigKey("num_attention_heads", "q_heads"),
     ConfigKey("num_key_value_heads", "kv_heads"),
-    ConfigKey("head_dim", "key_size"),
+    ConfigKey("head_dim", "key_size", empty_unset=True),
     ConfigKey("num_experts", "experts", fallback=True),
     ConfigKey("num_local_experts", "experts"),
     ConfigKey("num_experts_per_tok", "topk"),
