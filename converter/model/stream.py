@@ -12,7 +12,7 @@ that form and otherwise calls `dequantize()`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Protocol
 
 import numpy as np
 
@@ -23,7 +23,6 @@ from converter.model.spec import TensorSpec
 __all__ = ["CheckpointReader", "StoredLinear", "StreamValue"]
 
 
-@runtime_checkable
 class StoredLinear(Protocol):
     """A weight kept in its stored form, made canonical float32 on demand."""
 
