@@ -142,6 +142,7 @@ def run_units(source: Path, dst: Path, target: Target, *, workers: int, resume: 
                     "command": (previous or {}).get("command", command),  # what began it
                     "origin": origin_of(Path(source)), "complete": False}
         out.save_manifest(manifest)
+        target.prepare_run(reader, dst, quiet)
         if ray is not None:
             results = _on_ray(ray, source, target, todo, dst)
         elif workers <= 1 or len(todo) < 2 * workers:

@@ -63,14 +63,19 @@ def verify(reference: Any, candidate: Any | None = None, **options: Any) -> Any:
 def quantize(source: Any, dst: Any, scheme: str, **options: Any) -> dict[str, Any]:
     """Re-quantize `source` with a registered scheme into `dst`, as `grok1 quantize` does;
     `options` are `quant.schemes.SchemeOptions`' fields (group_size, symmetric, method,
-    arithmetic, grid) and `quant.registry.quantize_checkpoint`'s keywords. Returns the run's
-    summary."""
+    arithmetic, grid) and `quant.registry.quantize_checkpoint`'s keywords; a calibrating
+    scheme (nvfp4) also takes `text_files` (default: the shipped natural text). Returns the
+    run's summary."""
     from pathlib import Path
 
-    from quant.registry import quantize_checkpoint
+    from grok1.calibration import calibration_tokens
+    from quant.registry import SCHEMES, quantize_checkpoint
     from quant.schemes import SchemeOptions
 
     chosen, rest = split_fields(SchemeOptions, options)
+    text_files = tuple(rest.pop("text_files", ()))
+    if scheme in SCHEMES and SCHEMES[scheme].calibrated and "calibration" not in rest:
+        rest["calibration"] = calibration_tokens(Path(source), text_files)[0]
     return quantize_checkpoint(Path(source), Path(dst), scheme, chosen, **rest)
 
 

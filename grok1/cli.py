@@ -484,7 +484,9 @@ def convert(src: Path, dst: Path, to: str, names: str | None, dtype: str | None,
 @click.option("--arithmetic", type=click.Choice(ARITHMETICS), default="f32", show_default=True,
               help="Integer schemes: w / scale in float32 (compressed-tensors' GPU kernel), or "
                    "rounded to bf16 as compressed-tensors' torch path does (llm-compressor on a "
-                   "CPU: the same bytes; less precise for int8).")
+                   "CPU: the same bytes; less precise for int8). NVFP4: the scale divisions "
+                   "compressed-tensors computes in the model's dtype, in float32 or rounded to "
+                   "bf16 (llm-compressor on a bf16 model: the same bytes).")
 @click.option("--grid", type=click.Choice(GRIDS), default="compressed-tensors",
               show_default=True,
               help="Integer schemes: compressed-tensors' (scale max|w| / 7.5 or / 127.5), or "
@@ -492,6 +494,10 @@ def convert(src: Path, dst: Path, to: str, names: str | None, dtype: str | None,
                    "its per-channel codes exactly).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
               show_default=True, help="auto picks the Triton kernel when a GPU is present.")
+@click.option("--text-file", "text_files", multiple=True, type=click.Path(path_type=Path),
+              help="nvfp4 (W4A4) only: calibrate the activation scales on this text (blank "
+                   "lines separate documents; each cut to 512 tokens; repeatable). Default: "
+                   "the shipped natural text.")
 @click.option("--names", type=click.Choice(NAME_SCHEMES),
               help=NAMES_HELP + " Default: hpcai (w8a8-int8: sglang, its only names).")
 @click.option("--shard-size", default="5GB", show_default=True,
@@ -505,10 +511,10 @@ def convert(src: Path, dst: Path, to: str, names: str | None, dtype: str | None,
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary at the end.")
 @gathered(SchemeOptions, "options")
 def quantize(src: Path, dst: Path, scheme_name: str, options: SchemeOptions, device: str,
-             names: str | None, shard_size: str, tokenizer: str | None, workers: int | None,
-             resume: bool, overwrite: bool, executor: str, ray_address: str | None,
-             quiet: bool, as_json: bool) -> None:
-    """Re-quantize SRC (any layout) into compressed-tensors pack-quantized in DST.
+             text_files: tuple[Path, ...], names: str | None, shard_size: str,
+             tokenizer: str | None, workers: int | None, resume: bool, overwrite: bool,
+             executor: str, ray_address: str | None, quiet: bool, as_json: bool) -> None:
+    """Re-quantize SRC (any layout) into compressed-tensors (SGLang's w8a8_int8) in DST.
 
     Writes quantization_report.json and prints the ten tensors with the largest error.
 
@@ -517,11 +523,20 @@ def quantize(src: Path, dst: Path, scheme_name: str, options: SchemeOptions, dev
       grok1 quantize ./grok-1 ./grok-1-w4a16 --scheme int4 --group-size 128
       grok1 quantize ./grok-1 ./grok-1-w8a16 --scheme int8 --method mse --device cpu
       grok1 quantize ./grok-1 ./grok-1-fp8 --scheme fp8       # Hopper: W8A8-FP8
+      grok1 quantize ./grok-1 ./grok-1-nvfp4 --scheme nvfp4 --names sglang  # Blackwell
     """
     from converter.sizes import parse_size
     from quant.registry import quantize_checkpoint, scheme_names
 
     names = scheme_names(scheme_name, names)
+    calibration = None
+    if QUANT_SCHEMES[scheme_name].calibrated:
+        from grok1.calibration import calibration_tokens
+
+        calibration = calibration_tokens(src, text_files)[0]
+    elif text_files:
+        raise UsageError(f"--text-file calibrates activation scales; --scheme {scheme_name} "
+                         "has none (--scheme nvfp4 does)")
     asymmetric = not options.symmetric and QUANT_SCHEMES[scheme_name].integer
     warning = unserved_warning(OutputKind("hf", names, scheme_name + (
         "-asym" if asymmetric else "")))
@@ -529,7 +544,8 @@ def quantize(src: Path, dst: Path, scheme_name: str, options: SchemeOptions, dev
                                   shard_size=parse_size(shard_size), tokenizer=tokenizer,
                                   device=device, workers=workers, resume=resume,
                                   overwrite=overwrite, quiet=quiet, executor=executor,
-                                  ray_address=ray_address, command=invocation(list(main.argv)))
+                                  ray_address=ray_address, command=invocation(list(main.argv)),
+                                  calibration=calibration)
     rows = summary.pop("rows")
     lossy = _lossy_on_lossy(src, f"--scheme {scheme_name}")
     if as_json:

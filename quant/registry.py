@@ -28,28 +28,50 @@ class SchemeEntry:
     fp8_block: tuple[int, int] | None = None
     fp8: bool = False
     channel_int8: bool = False  # SGLang's w8a8_int8
+    fp4: str | None = None  # "nvfp4-a16", "nvfp4" (W4A4, calibrated) or "mxfp4"
     names: str | None = None  # the only tensor names its engine reads, where that is one
 
     @property
     def integer(self) -> bool:
         """A pack-quantized integer scheme (takes --group-size, --asymmetric, --method and
         --arithmetic)."""
-        return not (self.fp8 or self.channel_int8)
+        return not (self.fp8 or self.channel_int8 or self.fp4)
 
     def scheme(self, options: SchemeOptions) -> QuantScheme:
         """The integer scheme with the user's options over its defaults."""
         return QuantScheme(self.bits, options.group_size or self.default_group_size,
                            options.symmetric, options.method, options.arithmetic, options.grid)
 
+    @property
+    def calibrated(self) -> bool:
+        """Whether it calibrates activation scales on text (W4A4)."""
+        return self.fp4 == "nvfp4"
+
     def linears(self, specs: list[Any], options: SchemeOptions | None = None,
-                device: str = "cpu") -> Any:
-        """The Linears this scheme composes into the writer (None: the default options)."""
+                device: str = "cpu", reader: Any = None, quiet: bool = True,
+                calibration: Any = None) -> Any:
+        """The Linears this scheme composes into the writer (None: the default options).
+        NVFP4 reads the Linears that engines fuse from `reader` first, for their shared global
+        scales (without a reader, only the Linears' formats are of use); W4A4 calibrates on
+        the token ids `calibration` once the output folder is ready."""
         options = options or SchemeOptions()
-        if not self.integer and options.chosen:
+        takes_arithmetic = self.fp4 in ("nvfp4-a16", "nvfp4")
+        if not self.integer and dataclasses.replace(
+                options, arithmetic="f32" if takes_arithmetic else options.arithmetic).chosen:
             raise UsageError(f"--scheme {self.name} takes no --group-size, --asymmetric, "
-                             "--method, --arithmetic or --grid (its grid is fixed)")
+                             "--method, --grid" + ("" if takes_arithmetic else " or --arithmetic")
+                             + " (its grid is fixed)")
         from converter.model.spec import linear_roles
 
+        if self.fp4:
+            from quant.fp4 import FP4Linears, check_widths, fused_amax
+
+            check_widths(specs, self.fp4)
+            fused = None
+            if self.fp4 != "mxfp4" and reader is not None:
+                fused = _with_bar(reader, quiet, fused_amax)
+            return FP4Linears(linear_roles(specs), self.fp4, options.arithmetic, fused,
+                              calibration)
         if self.channel_int8:
             from quant.w8a8 import ChannelInt8Linears
 
@@ -76,7 +98,27 @@ SCHEMES: dict[str, SchemeEntry] = {entry.name: entry for entry in (
                 "output channel (the release's codes kept where it scales per channel), "
                 "dynamic per-token int8 activations; SGLang names only (GPUs, and Xeon CPUs "
                 "with AMX)", channel_int8=True, names="sglang"),
+    SchemeEntry("nvfp4-a16", "NVFP4 weights (e2m1, an e4m3 scale per 16 inputs, a global "
+                "scale shared by q/k/v and by each expert's gate and up), bf16 activations "
+                "(compressed-tensors NVFP4A16)", bits=4, fp4="nvfp4-a16"),
+    SchemeEntry("nvfp4", "NVFP4 weights as nvfp4-a16 and NVFP4 activations (W4A4), their "
+                "global scales calibrated on text (--text-file; default: the shipped natural "
+                "text) layer by layer; what SGLang serves for Grok-1 on Blackwell GPUs (with "
+                "--names sglang)", bits=4, fp4="nvfp4"),
+    SchemeEntry("mxfp4", "MXFP4 weights (e2m1, a power-of-two scale per 32 inputs), bf16 "
+                "activations (compressed-tensors MXFP4A16)", bits=4, fp4="mxfp4"),
 )}
+
+
+def _with_bar(reader: Any, quiet: bool, work: Any) -> Any:
+    """`work(reader, bar)` under a progress bar over the Linears engines fuse."""
+    from converter.engine.progress import step_bar
+
+    architecture = reader.architecture
+    total = sum(s.shape[0] if s.param.expert else 1 for s in reader.specs
+                if s.param.linear and len(architecture.fused_with(s.role)) > 1)
+    with step_bar(total, "global scales", "Linears", quiet=quiet) as bar:
+        return work(reader, bar)
 
 
 def scheme_for(name: str, options: SchemeOptions | None = None) -> QuantScheme:
@@ -100,9 +142,11 @@ def scheme_names(scheme: str, names: str | None) -> str:
 def quantize_checkpoint(source: Path, dst: Path, scheme: str,
                         options: SchemeOptions | None = None, *, names: str | None = None,
                         shard_size: int = 5 * 10**9, tokenizer: str | None = None,
-                        device: str = "auto", to: str = "hf", **run: Any) -> dict[str, Any]:
+                        device: str = "auto", to: str = "hf", calibration: Any = None,
+                        **run: Any) -> dict[str, Any]:
     """Re-quantize `source` (any layout) with a registered scheme into compressed-tensors in
-    `dst`; returns the run's summary with the scheme, the device and the report."""
+    `dst`; returns the run's summary with the scheme, the device and the report.
+    `calibration`: token ids [sequences, positions] for a scheme that calibrates (nvfp4)."""
     from converter.convert import convert
     from converter.files.safe_read import read_json
     from converter.layouts import open_checkpoint
@@ -112,8 +156,13 @@ def quantize_checkpoint(source: Path, dst: Path, scheme: str,
     if scheme not in SCHEMES:
         raise UsageError(f"unknown scheme {scheme!r}; known: {', '.join(SCHEMES)}")
     names = scheme_names(scheme, names)
+    if SCHEMES[scheme].calibrated and calibration is None:
+        raise UsageError(f"--scheme {scheme} calibrates its activation scales: give token ids "
+                         "to calibrate on")
     reader = open_checkpoint(source)
-    linears = SCHEMES[scheme].linears(reader.specs, options, resolve_device(device))
+    linears = SCHEMES[scheme].linears(reader.specs, options, resolve_device(device),
+                                      None if run.get("dry_run") else reader,
+                                      run.get("quiet", False), calibration)
     summary = convert(source, dst, to=to, reader=reader, options=TargetOptions(
         names=names, linears=linears, shard_size=shard_size, tokenizer=tokenizer),
         label="quantize", **run)

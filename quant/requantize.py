@@ -102,6 +102,11 @@ class ReportedLinears:
         """quantization_report.json and its picture."""
         return [REPORT_NAME, QUANT_PLOT]
 
+    def prepare_run(self, reader: Any, folder: Path, quiet: bool = True) -> Any:
+        """What must be known before the first Linear is made, once the output folder is
+        ready (calibration): these Linears as they are, unless a subclass says otherwise."""
+        return self
+
     def reports(self, records: dict[str, Any]) -> dict[str, str | bytes]:
         """The per-tensor error report of the whole output, and a layer x expert heat map of
         the expert Linears' errors."""

@@ -67,6 +67,15 @@ def small_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+@pytest.fixture(scope="session")
+def fp4_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`small` with an expert width (1024) that FP4's groups of 16 and 32 cover (small's 1368
+    is not)."""
+    folder = tmp_path_factory.mktemp("fp4-source") / "ckpt"
+    generate_checkpoint(folder, Grok1Config.preset("small", ffn_size=1024), seed=3, quiet=True)
+    return folder
+
+
 def bad_input(*args: object) -> str:
     """Run `grok1 ARGS`; assert it exits 2 with exactly one line, `error: ...`, on stderr and no
     traceback anywhere. Returns that line."""

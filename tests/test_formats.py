@@ -8,6 +8,8 @@ from converter.formats import (
     FORMATS,
     Dense,
     FloatQuantized,
+    MXFP4PackQuantized,
+    NVFP4PackQuantized,
     PackQuantized,
     config_groups,
     formats_from_quantization,
@@ -18,7 +20,8 @@ from converter.model import GROK1
 from converter.model.spec import TensorSpec
 
 QUANTIZED = [PackQuantized(8), PackQuantized(8, 32), PackQuantized(4, 128),
-             PackQuantized(4, 128, symmetric=False), FloatQuantized(), FloatQuantized((128, 128))]
+             PackQuantized(4, 128, symmetric=False), FloatQuantized(), FloatQuantized((128, 128)),
+             NVFP4PackQuantized(), NVFP4PackQuantized(activations=True), MXFP4PackQuantized()]
 
 # one expert's Linear of 256 inputs and 64 outputs
 SPEC = TensorSpec("layer/linear", "moe_gate", 0, (8, 256, 64), True, 1, 0, GROK1.role["moe_gate"])
@@ -34,7 +37,22 @@ def test_a_format_reads_back_its_own_group(fmt):
     group = fmt.group()
     assert group["format"] == fmt.name
     assert [cls for cls in FORMATS.values() if cls.recognises(group)] == [type(fmt)]
-    assert type(fmt).from_group("g", group["weights"], "config.json") == fmt
+    assert type(fmt).from_config_group("g", group, "config.json") == fmt
+
+
+@pytest.mark.parametrize(("weights", "fmt"), [
+    ({"num_bits": 4, "type": "float", "group_size": 16, "strategy": "tensor_group"},
+     NVFP4PackQuantized()),
+    ({"num_bits": 4, "type": "float", "group_size": 32, "strategy": "group"},
+     MXFP4PackQuantized()),
+    ({"num_bits": 8, "type": "float", "strategy": "channel"}, FloatQuantized()),
+    ({"num_bits": 4, "type": "int", "group_size": 128, "strategy": "group"},
+     PackQuantized(4, 128))], ids=repr)
+def test_an_unnamed_group_is_read_by_its_weights(weights, fmt):
+    group = {"targets": ["Linear"], "weights": weights}
+    config = {"quant_method": "compressed-tensors", "config_groups": {"group_0": group}}
+    scheme = GROK1.name_schemes["hpcai"]
+    assert set(formats_from_quantization(config, scheme, "BF16").values()) == {fmt}
 
 
 @pytest.mark.parametrize("names", list(GROK1.name_schemes))
@@ -64,6 +82,14 @@ def test_without_quantization_every_linear_is_dense():
     (FloatQuantized(), {"weight": ("F8_E4M3", (64, 256)), "weight_scale": ("F32", (64, 1))}),
     (FloatQuantized((32, 128)), {"weight": ("F8_E4M3", (64, 256)),
                                  "weight_scale": ("F32", (2, 2))}),
+    (NVFP4PackQuantized(), {"weight_packed": ("U8", (64, 128)),
+                            "weight_scale": ("F8_E4M3", (64, 16)),
+                            "weight_global_scale": ("F32", (1,))}),
+    (NVFP4PackQuantized(activations=True), {
+        "weight_packed": ("U8", (64, 128)), "weight_scale": ("F8_E4M3", (64, 16)),
+        "weight_global_scale": ("F32", (1,)), "input_global_scale": ("F32", (1,))}),
+    (MXFP4PackQuantized(), {"weight_packed": ("U8", (64, 128)),
+                            "weight_scale": ("U8", (64, 8))}),
 ], ids=repr)
 def test_each_format_declares_its_parts(fmt, parts):
     assert {name: fmt.part(name, SPEC) for name in fmt.parts()} == parts

@@ -16,6 +16,7 @@ from converter.layouts import open_checkpoint
 from converter.layouts.base import TargetOptions
 from converter.layouts.hf import CONTAINERS
 from converter.model.config import Grok1Config
+from grok1.calibration import calibration_tokens
 from quant.registry import quantize_checkpoint
 from quant.schemes import SchemeOptions
 from tests.test_forward import TOLERANCE
@@ -65,9 +66,12 @@ def outputs(serve_ckpt, tmp_path_factory):
     made["sglang-f32"] = root / "sglang-f32"
     convert(serve_ckpt, made["sglang-f32"], to="hf", quiet=True,
             options=TargetOptions(dtype="f32", names="sglang", tokenizer="none"))
-    for scheme in ("int8", "int4", "fp8", "fp8-block"):
+    for scheme in ("int8", "int4", "fp8", "fp8-block", "nvfp4-a16", "mxfp4"):
         made[scheme] = root / scheme
         quantize_checkpoint(serve_ckpt, made[scheme], scheme, tokenizer="none", quiet=True)
+    made["nvfp4"] = root / "nvfp4"
+    quantize_checkpoint(serve_ckpt, made["nvfp4"], "nvfp4", tokenizer="none", quiet=True,
+                        calibration=calibration_tokens(serve_ckpt)[0])
     made["int4-asym"] = root / "int4-asym"
     quantize_checkpoint(serve_ckpt, made["int4-asym"], "int4", SchemeOptions(symmetric=False),
                         tokenizer="none", quiet=True)
@@ -107,6 +111,32 @@ def test_fp8_weights_equal_grok1_logits_and_activations_are_quantized(outputs, k
     reference = ours(outputs[kind])
     assert np.abs(weights_only - reference).max() <= 2e-5
     assert 1e-4 < np.abs(w8a8 - reference).max() < 1.0
+
+
+@pytest.mark.parametrize("kind", ["nvfp4-a16", "mxfp4", "nvfp4"])
+def test_fp4_weights_load_in_transformers_as_ours(outputs, kind):
+    """compressed-tensors decompresses FP4 to bf16 (transformers then computes in bf16 only):
+    every Linear's weight is ours rounded to bf16, exactly; the bf16 logits (W4A4: with the
+    inputs quantized as served) follow ours."""
+    from converter.tensors import round_to_bf16
+
+    model = load(outputs[kind], dtype=torch.bfloat16)
+    logits, reference = hf_logits(model, TOKENS).astype(np.float32), ours(outputs[kind])
+    assert np.abs(logits - reference).max() <= 0.05 * np.abs(reference).max()
+    reader = open_checkpoint(outputs[kind])  # the weights, decompressed by the first forward
+    modules = dict(model.named_modules())
+    checked = 0
+    for spec in reader.specs:
+        if not spec.param.linear:
+            continue
+        for expert in range(spec.shape[0]) if spec.param.expert else (None,):
+            name = reader.scheme.module(spec.role, layer=spec.layer, expert=expert)
+            value = (reader.read_expert(spec, expert) if expert is not None
+                     else reader.read(spec)).dequantize()
+            weight = modules[name].weight.detach().float().numpy()
+            assert np.array_equal(weight, round_to_bf16(np.ascontiguousarray(value.T))), name
+            checked += 1
+    assert checked == SERVE.layers * (4 + 3 * SERVE.experts)
 
 
 def test_asymmetric_packing_is_refused_by_transformers_as_the_serving_table_says(outputs):

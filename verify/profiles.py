@@ -38,12 +38,16 @@ PROFILES: dict[str, Thresholds] = {
     # FP8 e4m3 (3 mantissa bits, per-channel or 128x128 block scales): limits set from
     # measurement (BENCHMARKS.md), between int8's and int4's.
     "fp8": Thresholds(max_kl=0.01, min_top1=0.95, max_ppl_ratio=1.01, max_layer_error=0.1),
+    # FP4 e2m1 (NVFP4: e4m3 scales per 16 inputs; MXFP4: power-of-two scales per 32): limits
+    # set from measurement (BENCHMARKS.md).
+    "fp4": Thresholds(max_kl=0.03, min_top1=0.92, max_ppl_ratio=1.03, max_layer_error=0.25),
 }
 # The profile of what `convert --dtype D` writes, by D (f32, the release's int8 and GGUF q8_0
 # hold the release's values exactly), and of `quantize --scheme S` by the start of S.
 DTYPE_PROFILES = {"f32": "lossless", "int8": "lossless", "q8_0": "lossless", "bf16": "int8",
                   "f16": "int8", "q4_0": "int4", "mxfp4": "int4"}
-SCHEME_PROFILES = {"int8": "int8", "int4": "int4", "fp8": "fp8", "w8a8": "int8"}
+SCHEME_PROFILES = {"int8": "int8", "int4": "int4", "fp8": "fp8", "w8a8": "int8",
+                   "nvfp4": "fp4", "mxfp4": "fp4"}
 # Whatever the profile: these always fail.
 ALWAYS_FAIL_TOP1 = 0.80
 ALWAYS_FAIL_KL = 0.2

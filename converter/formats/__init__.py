@@ -30,6 +30,8 @@ from converter.formats.float_quantized import (
     e4m3_to_f32,
     expand_scale,
 )
+from converter.formats.mxfp4 import MXFP4Linear, MXFP4PackQuantized
+from converter.formats.nvfp4 import NVFP4Linear, NVFP4PackQuantized
 from converter.formats.pack_quantized import (
     PackedLinear,
     PackQuantized,
@@ -40,16 +42,19 @@ from converter.formats.pack_quantized import (
 from converter.model.names import NameScheme
 
 __all__ = ["E4M3_MAX", "FORMATS", "METHODS", "ChannelInt8", "ChannelInt8Linear", "Dense",
-           "FP8Linear", "FloatQuantized", "LinearFormat", "PackQuantized", "PackedLinear", "Part",
+           "FP8Linear", "FloatQuantized", "LinearFormat", "MXFP4Linear", "MXFP4PackQuantized",
+           "NVFP4Linear", "NVFP4PackQuantized", "PackQuantized", "PackedLinear", "Part",
            "StackedExperts", "StoredParts", "config_groups", "e4m3_to_f32", "expand_scale",
            "formats_from_quantization", "ignored_modules", "linear_shape", "lossless_group_size",
            "model_quantization", "pack_codes", "pack_zero_points", "quantization_config",
            "unpack_codes"]
 
 FORMATS: dict[str, type[LinearFormat]] = {
-    cls.name: cls for cls in (PackQuantized, FloatQuantized)
+    cls.name: cls for cls in (PackQuantized, NVFP4PackQuantized, MXFP4PackQuantized,
+                              FloatQuantized)
 }
-"""The compressed-tensors formats, by compressed-tensors format name."""
+"""The compressed-tensors formats, by compressed-tensors format name (an unnamed config group
+is the first that recognises it: the FP4 formats before float-quantized's any-float rule)."""
 
 METHODS: dict[str, type[ChannelInt8]] = {ChannelInt8.name: ChannelInt8}
 """The formats that are a quantization method of their own, by config.json `quant_method`."""
@@ -114,7 +119,7 @@ def _group_format(name: str, group: Any, source: str) -> tuple[list[str], Linear
                                  "`targets` (a list of names) and `weights`")
     for cls in FORMATS.values():
         if cls.recognises(group):
-            return targets, cls.from_group(name, weights, source)
+            return targets, cls.from_config_group(name, group, source)
     raise MalformedFileError(f"{source}: quantization config group {name!r} is in no supported "
                              f"format (format {group.get('format')!r}, weights type "
                              f"{weights.get('type')!r}; supported: {', '.join(FORMATS)})")

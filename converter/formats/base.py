@@ -49,6 +49,11 @@ class StoredParts(Protocol):
         """Refuse the checkpoint when the shape recorded in `part` is not `shape`."""
         ...
 
+    def fused_floats(self, part: str) -> dict[str, np.ndarray]:
+        """`part` (as float32) of every Linear engines fuse with this one, itself included
+        (same layer and expert), by tensor name."""
+        ...
+
 
 class LinearFormat:
     """How one Linear is stored. Subclasses are frozen dataclasses."""
@@ -113,6 +118,12 @@ class LinearFormat:
     def from_group(cls, name: str, weights: dict[str, Any], source: str) -> LinearFormat:
         """The format a recognised group's `weights` describe, checked."""
         raise NotImplementedError
+
+    @classmethod
+    def from_config_group(cls, name: str, group: dict[str, Any], source: str) -> LinearFormat:
+        """The format a recognised config group describes (by its `weights`, unless the
+        format also stores something of the activations)."""
+        return cls.from_group(name, group["weights"], source)
 
 
 def linear_shape(spec: TensorSpec) -> tuple[int, int]:

@@ -11,19 +11,20 @@ import torch
 
 from converter.engine.progress import step_bar
 from converter.forward import forward_class
-from converter.forward.base import HEAD_ENTRIES, NO_HOOKS, ForwardHooks, StreamedForward
+from converter.forward.base import DTYPES, HEAD_ENTRIES, NO_HOOKS, ForwardHooks, StreamedForward
 from converter.model.stream import CheckpointReader
 
 __all__ = ["observe", "stream_logits", "torch_logits"]
 
 
-def _run_layers(model: StreamedForward, tokens: np.ndarray, batch: int,
-                bar: Any) -> torch.Tensor:
-    """Every decoder layer over all of `tokens` [B, T], `batch` sequences at a time, one layer
-    in memory; the final hidden states [B, T, emb]."""
+def _run_layers(model: StreamedForward, tokens: np.ndarray, batch: int, bar: Any,
+                first: int = 0, hidden: torch.Tensor | None = None) -> torch.Tensor:
+    """Every decoder layer from `first` on over all of `tokens` [B, T], `batch` sequences at a
+    time, one layer in memory, starting from `hidden` (the hidden states before layer `first`;
+    None: the embeddings); the final hidden states [B, T, emb]."""
     valid = torch.from_numpy(tokens != model.config.pad_token).to(model.device)
-    hidden = model.embed(tokens)
-    for layer in range(model.config.layers):
+    hidden = model.embed(tokens) if hidden is None else hidden
+    for layer in range(first, model.config.layers):
         weights = model.load_layer(layer)
         for rows in range(0, len(tokens), batch):
             part = slice(rows, rows + batch)
@@ -56,12 +57,17 @@ def stream_logits(reader: CheckpointReader, tokens: np.ndarray, *, dtype: str = 
 @torch.inference_mode()
 def observe(reader: CheckpointReader, tokens: np.ndarray, hooks: ForwardHooks, *,
             dtype: str = "float32", device: str = "cpu", batch: int = 4,
-            quiet: bool = True) -> None:
+            quiet: bool = True, first: int = 0, hidden: np.ndarray | None = None) -> None:
     """Drive the decoder layers over `tokens` [B, T] for `hooks` alone (a calibration pass):
-    the same traversal as `stream_logits`, one layer in memory, without the head."""
+    the same traversal as `stream_logits`, one layer in memory, without the head. A pass cut
+    short resumes at layer `first` from `hidden`, the hidden states [B, T, emb] that
+    `hooks.layer_end` saw after the layer before it."""
     model = forward_class(reader)(reader, dtype=dtype, device=device, hooks=hooks)
+    start = None if hidden is None else torch.from_numpy(hidden).to(
+        device=model.device, dtype=DTYPES[dtype])
     with step_bar(model.config.layers, "calibrate", "layer", quiet=quiet) as bar:
-        _run_layers(model, np.asarray(tokens), batch, bar)
+        bar.update(first)
+        _run_layers(model, np.asarray(tokens), batch, bar, first, start)
 
 
 def torch_logits(reader: CheckpointReader, tokens: np.ndarray, *, dtype: str = "float32",

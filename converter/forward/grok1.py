@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from converter.errors import UsageError
-from converter.formats import PackedLinear
+from converter.formats import NVFP4Linear, PackedLinear
+from converter.forward.activations import nvfp4_activations
 from converter.forward.base import DTYPES, NO_HOOKS, ForwardHooks, LayerOutput
 from converter.forward.layer_weights import (
     dense,
@@ -89,9 +90,12 @@ class StreamedGrok1:
     def _linear(self, x: torch.Tensor, value: Any, role: str, layer: int, real: torch.Tensor,
                 expert: int | None = None) -> torch.Tensor:
         """One Linear of a layer: its input shown to the hook (with which rows are real
-        tokens, not padding), then x @ W."""
+        tokens, not padding), quantized as served where the checkpoint quantizes activations
+        (NVFP4 W4A4), then x @ W."""
         if self.hooks.linear_input is not None:
             self.hooks.linear_input(layer, role, expert, x.reshape(-1, x.shape[-1]), real)
+        if isinstance(value, NVFP4Linear) and value.input_global_scale is not None:
+            x = nvfp4_activations(x, float(value.input_global_scale))
         return self._matmul(x, value, role)
 
     def _matmul(self, x: torch.Tensor, value: Any, role: str) -> torch.Tensor:

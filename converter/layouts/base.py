@@ -3,7 +3,8 @@ the registry entry that ties them to a name, detection and `inspect`.
 
 Every reader is a `converter.model.stream.CheckpointReader`: its architecture, the config, the
 canonical parameter tree in file order, and `read(spec)`, which yields one `StreamValue`. Every
-target plans units (one output file each), writes one unit, names the files it writes after
+target plans units (one output file each), may compute what its units need once the output
+folder is ready (`prepare_run`: a calibration), writes one unit, names the files it writes after
 them, and writes those last.
 """
 
@@ -43,6 +44,8 @@ class Target(Protocol):
     def write(self, reader: CheckpointReader, unit: Unit, dst: Path) -> dict[str, Any]: ...
 
     def final_files(self, units: list[Unit]) -> list[str]: ...
+
+    def prepare_run(self, reader: CheckpointReader, dst: Path, quiet: bool) -> None: ...
 
     def finalize(self, reader: CheckpointReader, units: list[Unit], dst: Path,
                  records: dict[str, Any]) -> None: ...

@@ -226,6 +226,9 @@ class GgufTarget:
             name: {"type": t.kind, "made": made[name]} for t in unit.items
             for name in [t.info.name]}}
 
+    def prepare_run(self, reader: CheckpointReader, dst: Path, quiet: bool) -> None:
+        """Nothing to compute before the units."""
+
     def final_files(self, units: list[Unit]) -> list[str]:
         """The per-tensor report."""
         return [REPORT_NAME]

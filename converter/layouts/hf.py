@@ -420,6 +420,12 @@ class _StoredLinear:
         """Refuse a recorded shape other than `shape`."""
         self.checkpoint.check_recorded_shape(self._name(part), shape)
 
+    def fused_floats(self, part: str) -> dict[str, np.ndarray]:
+        """`part` of every Linear fused with this one (itself included), by tensor name."""
+        names = [self.checkpoint.by_origin[(role, self.spec.layer, self.expert, part)]
+                 for role in self.checkpoint.architecture.fused_with(self.spec.role)]
+        return {name: self.checkpoint.stored_floats(name) for name in names}
+
 
 @dataclasses.dataclass
 class ShardedTarget:
@@ -472,6 +478,11 @@ class ShardedTarget:
                 for out, (array, digest) in zip(outs, made, strict=True):
                     writer.write(out.origin.name, array, digest)
         return {"sha256": writer.file_sha256, "tensors": writer.digests, **produce.summary()}
+
+    def prepare_run(self, reader: CheckpointReader, dst: Path, quiet: bool) -> None:
+        """Whatever the Linears must know before the first is made (a calibration, resumed
+        from what a run cut short saved in `dst`)."""
+        self.linears = self.linears.prepare_run(reader, dst, quiet)
 
     def final_files(self, units: list[Unit]) -> list[str]:
         """The files `finalize` writes, known before any unit is."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -58,6 +59,8 @@ class Linears(Protocol):
     def report_files(self) -> list[str]: ...
 
     def reports(self, records: dict[str, Any]) -> dict[str, str | bytes]: ...
+
+    def prepare_run(self, reader: Any, folder: Path, quiet: bool = True) -> Linears: ...
 
 
 class CanonicalRows:
@@ -124,6 +127,10 @@ class _NoReports:
     def reports(self, records: dict[str, Any]) -> dict[str, str | bytes]:
         """None."""
         return {}
+
+    def prepare_run(self, reader: Any, folder: Path, quiet: bool = True) -> Any:
+        """Nothing to prepare: these Linears as they are."""
+        return self
 
 
 @dataclasses.dataclass(frozen=True)

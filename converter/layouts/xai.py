@@ -256,6 +256,9 @@ class XaiTarget:
         digest = write_leaf(path, spec, value_payloads(value))
         return {"sha256": digest, "tensors": {spec.name: digest}}
 
+    def prepare_run(self, reader: CheckpointReader, dst: Path, quiet: bool) -> None:
+        """Nothing to compute before the units."""
+
     def final_files(self, units: list[Unit]) -> list[str]:
         """The config sidecar."""
         return ["config.json"]

@@ -107,6 +107,9 @@ class Architecture:
     `linear_roles` lists the Linears in a readable order (attention, then experts), the order
     every report and table uses. `forward` names the registry entry of its streamed forward in
     `converter.forward` (the forward sits above the layouts' tier and is looked up there).
+    `fused_linears` are the sets of Linears that serving engines fuse into one matrix (q/k/v,
+    an expert's gate and up): formats with one scale per tensor (NVFP4's global scale) share
+    it across each set.
     """
 
     name: str
@@ -119,6 +122,7 @@ class Architecture:
     hf_config: ConfigTable  # config.json (transformers, SGLang, vLLM)
     gguf: GgufNames
     forward: str
+    fused_linears: tuple[tuple[str, ...], ...] = ()
 
     def __post_init__(self) -> None:
         if self.name in ARCHITECTURES:
@@ -131,6 +135,11 @@ class Architecture:
             if set(table) != known:
                 raise ValueError(f"{self.name}: a name table covers {sorted(table)}, "
                                  f"not the roles {sorted(known)}")
+        fused = [r for group in self.fused_linears for r in group]
+        if not set(fused) <= linear or len(fused) != len(set(fused)) or any(
+                len({self.role[r].expert for r in group}) > 1 for group in self.fused_linears):
+            raise ValueError(f"{self.name}: fused_linears {self.fused_linears} must be disjoint "
+                             "sets of Linear roles, each all experts or none")
         ARCHITECTURES[self.name] = self  # registered once it is known to be whole
 
     def __reduce__(self) -> tuple[Any, tuple[str]]:
@@ -146,6 +155,10 @@ class Architecture:
     def expert_roles(self) -> tuple[str, ...]:
         """The Linears stacked per expert, in `linear_roles` order."""
         return tuple(r for r in self.linear_roles if self.role[r].expert)
+
+    def fused_with(self, role: str) -> tuple[str, ...]:
+        """The Linear roles fused with `role` into one matrix by engines, itself included."""
+        return next((group for group in self.fused_linears if role in group), (role,))
 
     def build_spec(self, config: Any) -> list[TensorSpec]:
         """Every leaf of a model of this config, in the release's file order."""

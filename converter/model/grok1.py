@@ -157,4 +157,5 @@ HF_CONFIG = ConfigTable(keys=(
 
 GROK1 = Architecture(name="grok-1", title="Grok-1", config_type=Grok1Config, roles=ROLES,
                      linear_roles=LINEAR_ROLES, name_schemes=SCHEMES, default_scheme="hpcai",
-                     hf_config=HF_CONFIG, gguf=GGUF, forward="grok-1")
+                     hf_config=HF_CONFIG, gguf=GGUF, forward="grok-1",
+                     fused_linears=(("attn_q", "attn_k", "attn_v"), ("moe_gate", "moe_up")))

@@ -63,7 +63,8 @@ ENGINES = {
         "output and the original code's on the fixture"),
     "sglang": Engine(
         "SGLang", ">= 0.5.23 (read: 0.5.23)", True, "NVIDIA GPUs (FP8: Hopper or newer; "
-        "w8a8-int8: Turing or newer, and Xeon CPUs with AMX)",
+        "NVFP4 W4A4: Blackwell, B200/GB200 or newer; w8a8-int8: Turing or newer, and Xeon "
+        "CPUs with AMX)",
         "python -m sglang.launch_server --model-path {path} --tp 8 --trust-remote-code",
         "contract tested against SGLang 0.5.23's released source (config keys, tensor names, "
         "MoE kernels); not run here (needs CUDA GPUs)",
@@ -100,14 +101,16 @@ ENGINES = {
 }
 
 DENSE = ("f32", "bf16", "f16")
-COMPRESSED = ("int8", "int4", "int8-asym", "int4-asym", "fp8", "fp8-block")
+COMPRESSED = ("int8", "int4", "int8-asym", "int4-asym", "fp8", "fp8-block", "nvfp4",
+              "nvfp4-a16", "mxfp4")
 
 # (engine, layouts, names, weights): the output kinds each engine loads correctly
 SERVES: tuple[tuple[str, tuple[str, ...], tuple[str, ...], tuple[str, ...]], ...] = (
-    ("sglang", ("hf",), ("sglang",), (*DENSE, "fp8", "fp8-block", "w8a8-int8")),
+    ("sglang", ("hf",), ("sglang",), (*DENSE, "fp8", "fp8-block", "nvfp4", "w8a8-int8")),
     ("llama.cpp", ("gguf",), ANY, ANY),
     ("vllm", ("hf",), ANY, DENSE),
-    ("transformers", ("hf", "torch"), ANY, (*DENSE, "int8", "int4", "fp8", "fp8-block")),
+    ("transformers", ("hf", "torch"), ANY, (*DENSE, "int8", "int4", "fp8", "fp8-block",
+                                            "nvfp4", "nvfp4-a16", "mxfp4")),
     ("vllm-0.24", ("hf",), ("hpcai",), (*DENSE, "int8", "int4", "fp8", "fp8-block")),
     ("original", ("xai",), ANY, ANY),
 )
@@ -118,12 +121,18 @@ NOT_SERVED: dict[tuple[str, str, str], str] = {
        "SiLU, and Grok-1's experts are GELU" for w in ("int8", "int4", "int8-asym",
                                                          "int4-asym")},
     **{("sglang", "hpcai", w): "it reads its own names (write with --names sglang)"
-       for w in (*DENSE, "fp8", "fp8-block")},
+       for w in (*DENSE, "fp8", "fp8-block", "nvfp4")},
     **{("sglang", "hpcai", w): "its compressed-tensors MoE kernels for int weights assert "
        "SiLU, and Grok-1's experts are GELU, whatever the names" for w in (
            "int8", "int4", "int8-asym", "int4-asym")},
     **{("vllm-0.24", "sglang", w): "it skips these names and returns NaN logits (write with "
        "--names hpcai)" for w in (*DENSE, *COMPRESSED)},
+    **{("sglang", n, "nvfp4-a16"): "its weight-only NVFP4 MoE (Marlin; also what it falls back "
+       "to for W4A4 below Blackwell) raises for activations other than SiLU and ReLU^2 "
+       "(fused_marlin_moe.py), and Grok-1's experts are GELU" for n in GROK1.name_schemes},
+    **{("sglang", n, "mxfp4"): "it routes compressed-tensors MXFP4 MoE to its GPT-OSS method, "
+       "whose Marlin path raises for GELU (fused_marlin_moe.py) and whose FlashInfer paths "
+       "compute SwiGLU" for n in GROK1.name_schemes},
     ("transformers", "sglang", "w8a8-int8"): "it has no w8a8_int8 quantization method (an "
     "SGLang format)",
     ("vllm", "sglang", "w8a8-int8"): "it has no w8a8_int8 quantization method (an SGLang "

@@ -1,0 +1,48 @@
+"""FP4 (e2m1) values as compressed-tensors stores them: a 4-bit code per value (bit 3 the sign,
+bits 0-2 the index of |value| in {0, 0.5, 1, 1.5, 2, 3, 4, 6}), two codes per byte along the
+input dimension, the even column in the low nibble (`compressors/nvfp4/helpers.py` 0.20:
+`pack_fp4_to_uint8`, `unpack_fp4_from_uint8`). Shared by NVFP4 and MXFP4, which differ only in
+their scales; rounding to the grid is `e2m1_codes` (compressed-tensors' `cast_to_fp4`)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["ABOVE", "E2M1_MAX", "MAGNITUDES", "e2m1_codes", "e2m1_values", "unpack_nibbles"]
+
+E2M1_MAX = 6.0
+"""The largest e2m1 value."""
+
+MAGNITUDES = np.array([0, 0.5, 1, 1.5, 2, 3, 4, 6], np.float32)
+_VALUES = np.concatenate([MAGNITUDES, -MAGNITUDES]).astype(np.float32)
+
+# cast_to_fp4's buckets: |q| <= .25 -> 0, < .75 -> .5, <= 1.25 -> 1, < 1.75 -> 1.5,
+# <= 2.5 -> 2, < 3.5 -> 3, <= 5 -> 4, else 6 (round to nearest, ties to the even code). A
+# magnitude's index is how many of these it exceeds ("a >= t" as "a > the float below t").
+ABOVE = np.array([0.25, np.nextafter(np.float32(0.75), np.float32(0)), 1.25,
+                  np.nextafter(np.float32(1.75), np.float32(0)), 2.5,
+                  np.nextafter(np.float32(3.5), np.float32(0)), 5.0], np.float32)
+
+
+def e2m1_codes(quotient: np.ndarray) -> np.ndarray:
+    """4-bit codes (uint8) of float32 values already divided by their scale: the magnitude
+    rounded as compressed-tensors' `cast_to_fp4` rounds it (values beyond 6 clamp to 6), the
+    sign bit set for every value below zero, those rounded to zero included (-0.0 itself is
+    not below zero: code 0, as compressed-tensors' torch.sign makes it)."""
+    codes = np.searchsorted(ABOVE, np.abs(quotient), side="left").astype(np.uint8)
+    codes |= (quotient < 0).astype(np.uint8) << 3
+    return codes
+
+
+def e2m1_values(codes: np.ndarray) -> np.ndarray:
+    """float32 values of 4-bit codes."""
+    return _VALUES[codes]
+
+
+def unpack_nibbles(packed: np.ndarray) -> np.ndarray:
+    """[rows, cols / 2] bytes -> [rows, cols] 4-bit codes."""
+    packed = np.asarray(packed, np.uint8)
+    codes = np.empty((packed.shape[0], packed.shape[1] * 2), np.uint8)
+    codes[:, 0::2] = packed & 0x0F
+    codes[:, 1::2] = packed >> 4
+    return codes
