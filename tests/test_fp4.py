@@ -208,9 +208,10 @@ def fp4(fp4_ckpt, tmp_path_factory):
     for scheme in ("nvfp4-a16", "mxfp4", "nvfp4"):
         result = run("quantize", small_ckpt, root / scheme, "--scheme", scheme, "--quiet")
         assert result.exit_code == 0, result.output
-    result = run("quantize", small_ckpt, root / "nvfp4-sglang", "--scheme", "nvfp4-a16",
-                 "--names", "sglang", "--quiet")
-    assert result.exit_code == 0, result.output
+    for scheme in ("nvfp4-a16", "nvfp4"):
+        result = run("quantize", small_ckpt, root / f"{scheme}-sglang", "--scheme", scheme,
+                     "--names", "sglang", "--quiet")
+        assert result.exit_code == 0, result.output
     return root
 
 
@@ -257,7 +258,7 @@ def test_fused_linears_share_one_global_scale(fp4_ckpt, fp4):
 def test_sglang_names_are_what_llm_compressor_fuses(fp4):
     """llm-compressor's model_free_ptq fuses `self_attn.q/k/v_proj` and `w1`/`w3` (its
     DEFAULT_FUSED_MAPPINGS, 0.14): with --names sglang our global scales are shared as its."""
-    reader = SafetensorsReader(fp4 / "nvfp4-sglang" / "model.safetensors")
+    reader = SafetensorsReader(fp4 / "nvfp4-a16-sglang" / "model.safetensors")
     base = "model.layers.0.block_sparse_moe.experts.1"
     assert reader.get(f"{base}.w1.weight_global_scale") == reader.get(
         f"{base}.w3.weight_global_scale")
@@ -437,3 +438,77 @@ def test_calibration_text_is_for_w4a4_only(fp4_ckpt, tmp_path):
     line = bad_input("quantize", fp4_ckpt, tmp_path / "out", "--scheme", "mxfp4",
                      "--text-file", text)
     assert "--text-file calibrates activation scales" in line
+
+
+# What SGLang 0.5.23 creates for NVFP4 W4A4 (its released source, not run: it needs a Blackwell
+# GPU): compressed_tensors_w4a4_nvfp4.py for Linears (weight_packed uint8 [out, in/2],
+# weight_scale e4m3 [out, in/16], weight_global_scale and input_global_scale float32, one per
+# fused part; it keeps the max of each over q/k/v and does not rescale the block scales, so
+# they must be equal) and compressed_tensors_w4a4_nvfp4_moe.py for the experts (w13_* from
+# each expert's w1 and w3, w2_* from w2: the same per-expert parts; it scales w1 and w3 by w1's
+# weight_global_scale and, on its FlashInfer TRT-LLM path, quantizes every expert's inputs
+# with the smallest input_global_scale of the layer).
+SGLANG_NVFP4_PARTS = {"weight_packed": ("U8", lambda o, i: (o, i // 2)),
+                      "weight_scale": ("F8_E4M3", lambda o, i: (o, i // 16)),
+                      "weight_global_scale": ("F32", lambda o, i: (1,)),
+                      "input_global_scale": ("F32", lambda o, i: (1,))}
+
+
+def test_w4a4_with_sglang_names_is_what_sglang_creates(fp4_ckpt, fp4):
+    from converter.model import GROK1
+    from tests.test_serving import CONSUMER_NAMES
+
+    folder = fp4 / "nvfp4-sglang"
+    config = json.loads((folder / "config.json").read_text())
+    assert config["quantization_config"]["format"] == "nvfp4-pack-quantized"
+    assert "lm_head" in config["quantization_config"]["ignore"]
+    release = open_checkpoint(fp4_ckpt)
+    reader = SafetensorsReader(folder / "model.safetensors")
+    names = set(reader.entries)
+    for spec in (s for s in release.specs if s.layer == 1 and s.role in GROK1.linear_roles):
+        out, cols = spec.shape[-1], spec.shape[-2]
+        for e in range(spec.shape[0]) if spec.param.expert else [None]:
+            module = f"model.layers.1.{CONSUMER_NAMES['sglang'][spec.role].format(e=e)}"
+            for part, (dtype, shape) in SGLANG_NVFP4_PARTS.items():
+                entry = reader.entries[f"{module}.{part}"][0]
+                assert (entry.dtype, tuple(entry.shape)) == (dtype, shape(out, cols)), module
+                names.discard(f"{module}.{part}")
+            if e is not None:
+                gate, up = (reader.get(f"model.layers.1.block_sparse_moe.experts.{e}.{w}."
+                                       "weight_global_scale") for w in ("w1", "w3"))
+                assert gate == up
+    assert not [n for n in names if n.startswith("model.layers.1.") and "_proj." in n]
+
+
+@pytest.mark.parametrize("scheme,part,value,message", [
+    ("nvfp4-a16", "weight_global_scale", np.float32(0), "weight_global_scale must be one positive"),
+    ("nvfp4-a16", "weight_global_scale", np.float32(np.nan), "weight_global_scale must be one"),
+    ("nvfp4", "input_global_scale", np.float32(-1), "input_global_scale must be one positive"),
+    ("mxfp4", "weight_scale", np.uint8(255), "scale exponent of 255")], ids=str)
+def test_impossible_scales_are_refused(fp4, tmp_path, scheme, part, value, message):
+    """One Linear's scale made impossible (zero, NaN, negative, E8M0's NaN): a one-line error
+    naming the tensor, exit 2."""
+    target = f"model.layers.1.attn.o_proj.{part}"
+    mutate(fp4 / scheme, tmp_path / "bad",
+           lambda n, a: np.full_like(a, value) if n == target else a)
+    line = bad_input("convert", tmp_path / "bad", tmp_path / "out", "--to", "hf", "--dtype",
+                     "f32")
+    assert message in line
+    assert "o_proj" in line or "multi_head_attention/linear/" in line
+
+
+def test_the_code_table_is_the_rounding_rule():
+    """e2m1_codes looks codes up by a float's top 16 bits (a low bit set: bit 16 set); the
+    same codes as the thresholds themselves, at the ties, beside them and on random bits."""
+    from converter.formats.fp4 import _rounded
+
+    rng = np.random.default_rng(6)
+    grid = np.array([0, .25, .5, .75, 1, 1.25, 1.5, 1.75, 2, 2.5, 3, 3.5, 4, 5, 6, 7, 1e30],
+                    np.float32)
+    beside = np.concatenate([grid, np.nextafter(grid, 0), np.nextafter(grid, np.float32(99))])
+    bits = rng.integers(0, 2**32, 1 << 20, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    spread = (rng.standard_normal(1 << 20) * np.exp(rng.uniform(-20, 5, 1 << 20))).astype(
+        np.float32)
+    for values in (np.concatenate([beside, -beside, [-1e-45, 1e-45]]).astype(np.float32),
+                   bits[np.isfinite(bits)], spread):
+        assert np.array_equal(e2m1_codes(values), _rounded(values))

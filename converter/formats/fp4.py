@@ -6,6 +6,8 @@ their scales; rounding to the grid is `e2m1_codes` (compressed-tensors' `cast_to
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 __all__ = ["ABOVE", "E2M1_MAX", "MAGNITUDES", "e2m1_codes", "e2m1_values", "unpack_nibbles"]
@@ -24,19 +26,41 @@ ABOVE = np.array([0.25, np.nextafter(np.float32(0.75), np.float32(0)), 1.25,
                   np.nextafter(np.float32(3.5), np.float32(0)), 5.0], np.float32)
 
 
-def e2m1_codes(quotient: np.ndarray) -> np.ndarray:
-    """4-bit codes (uint8) of float32 values already divided by their scale: the magnitude
-    rounded as compressed-tensors' `cast_to_fp4` rounds it (values beyond 6 clamp to 6), the
-    sign bit set for every value below zero, those rounded to zero included (-0.0 itself is
-    not below zero: code 0, as compressed-tensors' torch.sign makes it)."""
+def _rounded(quotient: np.ndarray) -> np.ndarray:
+    """4-bit codes of float32 values by `ABOVE` and their sign (the definition)."""
     codes = np.searchsorted(ABOVE, np.abs(quotient), side="left").astype(np.uint8)
     codes |= (quotient < 0).astype(np.uint8) << 3
     return codes
 
 
+@functools.cache
+def _code_table() -> np.ndarray:
+    """The code of every float32 whose low 16 bits are zero, by its top 16 bits. Every
+    rounding threshold's low 17 bits are zero, so a float with any low bit set is looked up
+    with bit 16 set instead: no threshold lies between the two, the code is the same."""
+    values = (np.arange(1 << 16, dtype=np.uint32) << 16).view(np.float32)
+    with np.errstate(invalid="ignore"):
+        return _rounded(np.nan_to_num(values))
+
+
+def e2m1_codes(quotient: np.ndarray) -> np.ndarray:
+    """4-bit codes (uint8) of finite float32 values already divided by their scale: the
+    magnitude rounded as compressed-tensors' `cast_to_fp4` rounds it (values beyond 6 clamp to
+    6), the sign bit set for every value below zero, those rounded to zero included (-0.0
+    itself is not below zero: code 0, as compressed-tensors' torch.sign makes it). Through a
+    64K-entry table of `_rounded`'s results."""
+    u = np.ascontiguousarray(quotient, np.float32).view(np.uint32)
+    index = u & np.uint32(0xFFFF)
+    np.minimum(index, 1, out=index)
+    index <<= np.uint32(16)
+    index |= u
+    index >>= np.uint32(16)
+    return _code_table().take(index)
+
+
 def e2m1_values(codes: np.ndarray) -> np.ndarray:
     """float32 values of 4-bit codes."""
-    return _VALUES[codes]
+    return _VALUES.take(codes)
 
 
 def unpack_nibbles(packed: np.ndarray) -> np.ndarray:

@@ -49,8 +49,11 @@ class MXFP4PackQuantized(LinearFormat):
                                      f"multiple of {MX_GROUP}")
 
     def read(self, stored: StoredParts, spec: TensorSpec) -> Any:
-        """An `MXFP4Linear`."""
-        return MXFP4Linear(stored.tensor("weight_packed"), stored.tensor("weight_scale"))
+        """An `MXFP4Linear` (an exponent of 255, E8M0's NaN, is refused)."""
+        exponents = stored.tensor("weight_scale")
+        if exponents.size and exponents.max() == 255:
+            raise MalformedFileError(f"{spec.name}: an MXFP4 scale exponent of 255 (E8M0's NaN)")
+        return MXFP4Linear(stored.tensor("weight_packed"), exponents)
 
     def card(self) -> tuple[str, list[str]]:
         """MXFP4, weights only."""

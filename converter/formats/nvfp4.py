@@ -69,8 +69,12 @@ class NVFP4PackQuantized(LinearFormat):
         one of them (vLLM by the first, warning), which would compute the others wrong."""
         fused = stored.fused_floats("weight_global_scale")
         values = {name: value.reshape(-1) for name, value in fused.items()}
+        for name, value in values.items():
+            if value.shape != (1,) or not np.isfinite(value[0]) or value[0] <= 0:
+                raise MalformedFileError(f"{name}: a weight_global_scale must be one positive "
+                                         f"float, found {value[:4].tolist()}")
         first = next(iter(values.values()))
-        if any(v.shape != (1,) or v[0] != first[0] for v in values.values()):
+        if any(v[0] != first[0] for v in values.values()):
             raise MalformedFileError(f"{' and '.join(values)}: the weight_global_scale of fused "
                                      f"Linears differ ({', '.join(str(v) for v in values.values())}"
                                      "); engines fuse them and use one global scale")
@@ -90,7 +94,9 @@ class NVFP4PackQuantized(LinearFormat):
             return (f"compressed-tensors {self.name} W4A4: NVFP4 weights (e2m1, an e4m3 scale "
                     "per 16 inputs, a float32 global scale per Linear) and NVFP4 activations "
                     "with calibrated global scales: needs FP4 tensor cores (NVIDIA Blackwell, "
-                    "B200/GB200 or newer) to be served", ["compressed-tensors", "nvfp4"])
+                    "B200/GB200 or newer) to be served; below Blackwell SGLang falls back to "
+                    "its weight-only Marlin MoE, which refuses Grok-1's GELU experts",
+                    ["compressed-tensors", "nvfp4"])
         return (f"compressed-tensors {self.name} weights only (NVFP4A16): e2m1 values, an e4m3 "
                 "scale per 16 inputs, a float32 global scale per Linear (shared by q/k/v and by "
                 "each expert's gate and up); bf16 activations", ["compressed-tensors", "nvfp4"])
