@@ -61,6 +61,7 @@ __all__ = ["FP4Linears", "check_widths", "fused_amax", "linear_amax", "mx_expone
 FP4_RANGE = np.float32(E2M1_MAX * E4M3_MAX)  # 448 * 6
 TINY = np.finfo(np.float32).tiny
 E4M3_EPS_BITS = 0x20  # 0.125, what an e4m3 scale of exactly zero becomes
+_E2M1 = e2m1_values(np.arange(16, dtype=np.uint8))  # the value of each 4-bit code
 
 
 def _bf16(value: np.ndarray) -> np.ndarray:
@@ -134,27 +135,32 @@ def _group_amax(source: SourceRows) -> np.ndarray:
 
 def _encode(source: SourceRows, per: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
     """Codes of the canonical Linear with float32 scales `per` [groups, out], packed
-    [out, in / 2], and the error statistics."""
+    [out, in / 2], and the error statistics (squares summed per column in float32, then per
+    band in float64, as the other quantizers' reports)."""
     k, n, group = source.rows, source.cols, source.group
     packed = np.empty((k // 2, n), np.uint8)
     rows = np.empty((min(BAND, k), n), np.float32)
+    quotient, error = np.empty_like(rows), np.empty_like(rows)
     sq_error = norm_sq = max_error = 0.0
     clipped = 0
     for r0 in range(0, k, BAND):
         r1 = min(k, r0 + BAND)
         x = source.fill(r0, r1, 0, n, rows[:r1 - r0])
-        scale = np.repeat(per[r0 // group:r1 // group], group, axis=0)
-        quotient = x / scale
-        clipped += int(np.count_nonzero(np.abs(quotient) > E2M1_MAX))
-        codes = e2m1_codes(quotient)
+        blocks = (-1, group, n)  # each group's rows share one scale per column
+        scale = per[r0 // group:r1 // group, None, :]
+        q = np.divide(x.reshape(blocks), scale, out=quotient[:r1 - r0].reshape(blocks))
+        q = q.reshape(x.shape)
+        clipped += int(np.count_nonzero(q > E2M1_MAX)) + int(np.count_nonzero(q < -E2M1_MAX))
+        codes = e2m1_codes(q)
         packed[r0 // 2:r1 // 2] = codes[0::2] | (codes[1::2] << 4)
-        error = e2m1_values(codes)
-        error *= scale
-        error -= x
-        sq_error += float(np.einsum("ij,ij->", error, error, dtype=np.float64))
-        norm_sq += float(np.einsum("ij,ij->", x, x, dtype=np.float64))
-        if error.size:
-            max_error = max(max_error, float(np.abs(error).max()))
+        e = error[:r1 - r0]
+        _E2M1.take(codes, out=e)
+        np.multiply(e.reshape(blocks), scale, out=e.reshape(blocks))
+        e -= x
+        sq_error += float(np.einsum("ij,ij->j", e, e).sum(dtype=np.float64))
+        norm_sq += float(np.einsum("ij,ij->j", x, x).sum(dtype=np.float64))
+        if e.size:
+            max_error = max(max_error, float(e.max()), -float(e.min()))
     return transposed(packed), error_stats(sq_error, norm_sq, max_error, clipped, k * n)
 
 
