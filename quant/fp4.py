@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from converter.engine.progress import step_bar
 from converter.errors import UsageError
 from converter.formats import (
     E4M3_MAX,
@@ -220,9 +221,9 @@ def fused_amax(reader: Any, progress: Any = None) -> dict[tuple[str, int | None]
 class FP4Linears(ReportedLinears):
     """The Linear `roles` in NVFP4 or MXFP4, on the CPU. `kind`: "nvfp4-a16" (weights only),
     "nvfp4" (W4A4: also an `input_global_scale` per Linear, from calibrating on `calibration`
-    tokens at the start of the run) or "mxfp4". `fused`: the max |w| of Linears engines fuse,
-    by tensor name and expert (NVFP4's shared global scales); `inputs`: the calibrated max
-    |input|, likewise."""
+    tokens) or "mxfp4". `fused`: the max |w| of Linears engines fuse, by tensor name and
+    expert (NVFP4's shared global scales); `inputs`: the calibrated max |input|, likewise.
+    Both are found by `prepare_run`, at the start of the run."""
 
     roles: tuple[str, ...]
     kind: str
@@ -259,15 +260,21 @@ class FP4Linears(ReportedLinears):
         return super().report_files() + calibration
 
     def prepare_run(self, reader: Any, folder: Path, quiet: bool = True) -> FP4Linears:
-        """W4A4: these Linears with the calibrated inputs (resuming a calibration cut short in
-        `folder`); the others as they are."""
-        if self.kind != "nvfp4" or self.inputs is not None:
-            return self
-        if self.calibration is None:
-            raise UsageError("--scheme nvfp4 calibrates its activation scales on text: give "
-                             "calibration tokens")
-        inputs = calibrate_inputs(reader, self.calibration, folder, quiet=quiet)
-        return dataclasses.replace(self, inputs=inputs)
+        """Once the output folder is ready: NVFP4's fused max |w| (one read of the Linears
+        engines fuse) and W4A4's calibration (resuming one cut short in `folder`)."""
+        updates: dict[str, Any] = {}
+        if self.kind != "mxfp4" and self.fused is None:
+            architecture = reader.architecture
+            total = sum(s.shape[0] if s.param.expert else 1 for s in reader.specs
+                        if s.param.linear and len(architecture.fused_with(s.role)) > 1)
+            with step_bar(total, "global scales", "Linears", quiet=quiet) as bar:
+                updates["fused"] = fused_amax(reader, bar)
+        if self.kind == "nvfp4" and self.inputs is None:
+            if self.calibration is None:
+                raise UsageError("--scheme nvfp4 calibrates its activation scales on text: "
+                                 "give calibration tokens")
+            updates["inputs"] = calibrate_inputs(reader, self.calibration, folder, quiet=quiet)
+        return dataclasses.replace(self, **updates) if updates else self
 
     def make(self, spec: TensorSpec, expert: int | None, value: Any
              ) -> tuple[dict[str, np.ndarray], dict[str, Any] | None]:

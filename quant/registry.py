@@ -48,12 +48,10 @@ class SchemeEntry:
         return self.fp4 == "nvfp4"
 
     def linears(self, specs: list[Any], options: SchemeOptions | None = None,
-                device: str = "cpu", reader: Any = None, quiet: bool = True,
-                calibration: Any = None) -> Any:
-        """The Linears this scheme composes into the writer (None: the default options).
-        NVFP4 reads the Linears that engines fuse from `reader` first, for their shared global
-        scales (without a reader, only the Linears' formats are of use); W4A4 calibrates on
-        the token ids `calibration` once the output folder is ready."""
+                device: str = "cpu", calibration: Any = None) -> Any:
+        """The Linears this scheme composes into the writer (None: the default options); a
+        calibrating scheme (W4A4) calibrates on the token ids `calibration` once the output
+        folder is ready."""
         options = options or SchemeOptions()
         takes_arithmetic = self.fp4 in ("nvfp4-a16", "nvfp4")
         if not self.integer and dataclasses.replace(
@@ -64,14 +62,11 @@ class SchemeEntry:
         from converter.model.spec import linear_roles
 
         if self.fp4:
-            from quant.fp4 import FP4Linears, check_widths, fused_amax
+            from quant.fp4 import FP4Linears, check_widths
 
             check_widths(specs, self.fp4)
-            fused = None
-            if self.fp4 != "mxfp4" and reader is not None:
-                fused = _with_bar(reader, quiet, fused_amax)
-            return FP4Linears(linear_roles(specs), self.fp4, options.arithmetic, fused,
-                              calibration)
+            return FP4Linears(linear_roles(specs), self.fp4, options.arithmetic,
+                              calibration=calibration)
         if self.channel_int8:
             from quant.w8a8 import ChannelInt8Linears
 
@@ -108,17 +103,6 @@ SCHEMES: dict[str, SchemeEntry] = {entry.name: entry for entry in (
     SchemeEntry("mxfp4", "MXFP4 weights (e2m1, a power-of-two scale per 32 inputs), bf16 "
                 "activations (compressed-tensors MXFP4A16)", bits=4, fp4="mxfp4"),
 )}
-
-
-def _with_bar(reader: Any, quiet: bool, work: Any) -> Any:
-    """`work(reader, bar)` under a progress bar over the Linears engines fuse."""
-    from converter.engine.progress import step_bar
-
-    architecture = reader.architecture
-    total = sum(s.shape[0] if s.param.expert else 1 for s in reader.specs
-                if s.param.linear and len(architecture.fused_with(s.role)) > 1)
-    with step_bar(total, "global scales", "Linears", quiet=quiet) as bar:
-        return work(reader, bar)
 
 
 def scheme_for(name: str, options: SchemeOptions | None = None) -> QuantScheme:
@@ -161,8 +145,7 @@ def quantize_checkpoint(source: Path, dst: Path, scheme: str,
                          "to calibrate on")
     reader = open_checkpoint(source)
     linears = SCHEMES[scheme].linears(reader.specs, options, resolve_device(device),
-                                      None if run.get("dry_run") else reader,
-                                      run.get("quiet", False), calibration)
+                                      calibration)
     summary = convert(source, dst, to=to, reader=reader, options=TargetOptions(
         names=names, linears=linears, shard_size=shard_size, tokenizer=tokenizer),
         label="quantize", **run)

@@ -38,9 +38,10 @@ PROFILES: dict[str, Thresholds] = {
     # FP8 e4m3 (3 mantissa bits, per-channel or 128x128 block scales): limits set from
     # measurement (BENCHMARKS.md), between int8's and int4's.
     "fp8": Thresholds(max_kl=0.01, min_top1=0.95, max_ppl_ratio=1.01, max_layer_error=0.1),
-    # FP4 e2m1 (NVFP4: e4m3 scales per 16 inputs; MXFP4: power-of-two scales per 32): limits
-    # set from measurement (BENCHMARKS.md).
-    "fp4": Thresholds(max_kl=0.03, min_top1=0.92, max_ppl_ratio=1.03, max_layer_error=0.25),
+    # FP4 e2m1 (NVFP4: e4m3 scales per 16 inputs, W4A4 also its inputs; MXFP4: power-of-two
+    # scales per 32): int4's limits but for the per-layer error, set from measurement
+    # (BENCHMARKS.md: mean KL up to 0.011, worst layer 0.31 for W4A4, int4 0.27).
+    "fp4": Thresholds(max_kl=0.03, min_top1=0.92, max_ppl_ratio=1.03, max_layer_error=0.4),
 }
 # The profile of what `convert --dtype D` writes, by D (f32, the release's int8 and GGUF q8_0
 # hold the release's values exactly), and of `quantize --scheme S` by the start of S.
