@@ -117,6 +117,7 @@ def calibrate_inputs(reader: Any, tokens: np.ndarray, folder: Path, *, quiet: bo
     amax = _by_tensor(reader, observed.amax)
     report = {"tokens": digest, "sequences": int(np.shape(tokens)[0]),
               "positions": int(np.size(tokens)),
+              "real_tokens": int((np.asarray(tokens) != config.pad_token).sum()),
               "input_amax": {f"{name}" + ("" if expert is None else f"[{expert}]"): value
                              for (name, expert), value in amax.items()}}
     with atomic_open(folder / CALIBRATION_NAME) as f:

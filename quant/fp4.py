@@ -20,7 +20,8 @@ rounded as above. The dtype changes nothing here.
 
 Both work on the source's [in, out] orientation a band of rows at a time (`quant.cpu`'s
 layout): group extremes from the release's int8 codes where the source is the release, codes
-and error statistics band by band, only the 1-byte packed codes transposed.
+and error statistics band by band, only the 1-byte packed codes transposed. On a GPU the
+Triton kernel (`quant.kernels.fp4_triton`) gives the same bytes.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ from quant.primitives import error_stats
 from quant.requantize import ReportedLinears, not_finite_error
 
 __all__ = ["FP4Linears", "check_widths", "fused_amax", "linear_amax", "mx_exponents",
+           "mx_exponents_torch",
            "nvfp4_global_scale", "nvfp4_scale_bits", "quantize_mxfp4", "quantize_nvfp4"]
 
 FP4_RANGE = np.float32(E2M1_MAX * E4M3_MAX)  # 448 * 6
@@ -112,6 +114,16 @@ def check_widths(specs: list[TensorSpec], kind: str) -> None:
             raise UsageError(f"{spec.name}: input width {spec.shape[-2]} is not a multiple of "
                              f"{group}, which --scheme {kind} needs (one scale per {group} "
                              "inputs)")
+
+
+def mx_exponents_torch(amax: Any) -> Any:
+    """`mx_exponents` of a float32 torch tensor, on its device (the same integer operations)."""
+    import torch
+
+    u = amax.contiguous().view(torch.int32).to(torch.int64) & 0xFFFFFFFF
+    field = ((u + (1 << 21)) >> 23) & 0xFF
+    exponents = torch.where(field == 255, 255, field - 2)
+    return torch.where(field == 0, 0, exponents).clamp(0, 255).to(torch.uint8)
 
 
 def linear_amax(value: Any) -> float:
@@ -219,7 +231,7 @@ def fused_amax(reader: Any, progress: Any = None) -> dict[tuple[str, int | None]
 
 @dataclasses.dataclass(frozen=True)
 class FP4Linears(ReportedLinears):
-    """The Linear `roles` in NVFP4 or MXFP4, on the CPU. `kind`: "nvfp4-a16" (weights only),
+    """The Linear `roles` in NVFP4 or MXFP4 (on `device`: cpu, or cuda's Triton kernel). `kind`: "nvfp4-a16" (weights only),
     "nvfp4" (W4A4: also an `input_global_scale` per Linear, from calibrating on `calibration`
     tokens) or "mxfp4". `fused`: the max |w| of Linears engines fuse, by tensor name and
     expert (NVFP4's shared global scales); `inputs`: the calibrated max |input|, likewise.
@@ -278,24 +290,40 @@ class FP4Linears(ReportedLinears):
 
     def make(self, spec: TensorSpec, expert: int | None, value: Any
              ) -> tuple[dict[str, np.ndarray], dict[str, Any] | None]:
-        """The parts of one Linear, with its error statistics."""
+        """The parts of one Linear, with its error statistics (on the GPU: the Triton
+        kernel, the same bytes)."""
+        amax = None
+        if self.kind != "mxfp4":
+            if self.fused is None or (self.kind == "nvfp4" and self.inputs is None):
+                raise RuntimeError("NVFP4 Linears need the fused Linears' max |w| "
+                                   "(quant.fp4.fused_amax), and W4A4 its calibration, before "
+                                   "they are made")
+            amax = self.fused.get((spec.name, expert))  # absent: fused with no other
         try:
-            if self.kind == "mxfp4":
+            if self.device == "cuda":
+                parts, stats = _on_gpu(value, self.kind, amax, self.arithmetic)
+            elif self.kind == "mxfp4":
                 parts, stats = quantize_mxfp4(value)
-                group = MX_GROUP
             else:
-                if self.fused is None or (self.kind == "nvfp4" and self.inputs is None):
-                    raise RuntimeError("NVFP4 Linears need the fused Linears' max |w| "
-                                       "(quant.fp4.fused_amax), and W4A4 its calibration, "
-                                       "before they are made")
-                amax = self.fused.get((spec.name, expert))  # absent: fused with no other
                 parts, stats = quantize_nvfp4(
                     value, linear_amax(value) if amax is None else amax, self.arithmetic)
-                if self.inputs is not None:
-                    scale = nvfp4_global_scale(self.inputs[(spec.name, expert)])
-                    parts["input_global_scale"] = np.array([scale], np.float32)
-                group = NVFP4_GROUP
         except NotFinite:
             raise not_finite_error(spec, expert) from None
-        stats["group_size"] = group
+        if self.inputs is not None:
+            scale = nvfp4_global_scale(self.inputs[(spec.name, expert)])
+            parts["input_global_scale"] = np.array([scale], np.float32)
+        stats["group_size"] = MX_GROUP if self.kind == "mxfp4" else NVFP4_GROUP
         return parts, stats
+
+
+def _on_gpu(value: Any, kind: str, amax: float | None, arithmetic: str
+            ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """The Triton kernel on the device. Raises NotFinite."""
+    import torch
+
+    from quant.kernels import device_matrix, fp4_triton
+
+    matrix = device_matrix(value, "cuda")
+    if not bool(torch.isfinite(matrix).all()):
+        raise NotFinite
+    return fp4_triton(matrix, "mxfp4" if kind == "mxfp4" else "nvfp4", amax, arithmetic)

@@ -1,4 +1,5 @@
-"""Triton kernel: dequantize -> quantize -> pack in one pass over memory (RTN).
+"""Triton kernels: integer re-quantization (dequantize -> quantize -> pack in one pass over
+memory, RTN), FP8 and FP4 (NVFP4, MXFP4). The integer kernel:
 
 One program owns BLOCK_N output channels of one quantization group. Pass 1 reads the group's
 source weights (the release's int8 codes times their bf16 group scales, exact in float32, or
@@ -24,7 +25,7 @@ from converter.formats.pack_quantized import codes_per_word
 from quant.primitives import error_stats
 from quant.schemes import QuantScheme
 
-__all__ = ["device_matrix", "fp8_triton", "requantize_triton"]
+__all__ = ["device_matrix", "fp4_triton", "fp8_triton", "requantize_triton"]
 
 _MAGIC = 12582912.0  # 1.5 * 2^23: (v + M) - M rounds |v| < 2^22 to nearest even
 
@@ -254,3 +255,75 @@ def fp8_triton(matrix: np.ndarray | torch.Tensor, block: tuple[int, int] | None,
                         float(error.abs().max()) if error.numel() else 0.0, 0, rows * cols)
     out_scale = scale.cpu().numpy() if block is not None else scale.cpu().numpy().reshape(-1, 1)
     return FP8Linear(bits.cpu().numpy(), out_scale, block), stats
+
+
+@triton.jit
+def _e2m1_code(q):
+    """compressed-tensors' cast_to_fp4 buckets (ties to the even code), the sign bit for every
+    value below zero."""
+    a = tl.abs(q)
+    code = ((a > 0.25).to(tl.uint8) + (a >= 0.75).to(tl.uint8) + (a > 1.25).to(tl.uint8)
+            + (a >= 1.75).to(tl.uint8) + (a > 2.5).to(tl.uint8) + (a >= 3.5).to(tl.uint8)
+            + (a > 5.0).to(tl.uint8))
+    return code | ((q < 0.0).to(tl.uint8) << 3)
+
+
+@triton.jit
+def _fp4_kernel(x_ptr, per_ptr, out_ptr, PAIRS, COLS, GROUP, BLOCK: tl.constexpr):
+    pair = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = pair < PAIRS
+    first = pair * 2
+    row, col = first // COLS, first % COLS
+    per = tl.load(per_ptr + row * (COLS // GROUP) + col // GROUP, mask=mask, other=1.0)
+    low = tl.math.div_rn(tl.load(x_ptr + first, mask=mask, other=0.0), per)
+    high = tl.math.div_rn(tl.load(x_ptr + first + 1, mask=mask, other=0.0), per)
+    tl.store(out_ptr + pair, _e2m1_code(low) | (_e2m1_code(high) << 4), mask=mask)
+
+
+def fp4_triton(matrix: torch.Tensor, kind: str, fused_amax: float | None = None,
+               arithmetic: str = "f32", *, block_elems: int = 1024
+               ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """NVFP4 (`kind` "nvfp4", global scale from `fused_amax`) or MXFP4 ("mxfp4") of float32
+    [out, in] on its device: the parts and error statistics of `quant.fp4`'s CPU path, bit for
+    bit. Block scales are computed with torch on the device (e4m3 by torch's cast, which
+    rounds to nearest even as `quant.fp8.e4m3_bits` does); the kernel divides, rounds and packs
+    two codes per byte."""
+    from quant.fp4 import mx_exponents_torch, nvfp4_global_scale
+
+    x = matrix.to(torch.float32).contiguous()
+    rows, cols = x.shape
+    group = 16 if kind == "nvfp4" else 32
+    amax = x.abs().view(rows, cols // group, group).amax(dim=-1)
+    parts: dict[str, np.ndarray] = {}
+    if kind == "nvfp4":
+        g = nvfp4_global_scale(float(amax.max()) if fused_amax is None else fused_amax,
+                               arithmetic)
+        local = amax / 6.0
+        if arithmetic == "bf16":
+            local = local.to(torch.bfloat16).float()
+        bits = (local * float(g)).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
+        bits = bits.view(torch.uint8)
+        bits = torch.where(bits == 0, torch.full_like(bits, 0x20), bits)
+        per = bits.view(torch.float8_e4m3fn).float() / float(g)
+        parts["weight_scale"] = bits.cpu().numpy()
+        parts["weight_global_scale"] = np.array([g], np.float32)
+    else:
+        exponents = mx_exponents_torch(amax)
+        per = torch.ldexp(torch.ones_like(amax), exponents.to(torch.int32) - 127)
+        parts["weight_scale"] = exponents.cpu().numpy()
+    per = per.contiguous()
+    packed = torch.empty((rows, cols // 2), dtype=torch.uint8, device=x.device)
+    pairs = rows * cols // 2
+    _fp4_kernel[(triton.cdiv(pairs, block_elems),)](x, per, packed, pairs, cols, group,
+                                                     BLOCK=block_elems)
+    codes = torch.stack((packed & 0x0F, packed >> 4), dim=-1).view(rows, cols).long()
+    magnitudes = torch.tensor([0, 0.5, 1, 1.5, 2, 3, 4, 6], device=x.device)
+    values = magnitudes[codes & 7] * torch.where(codes >= 8, -1.0, 1.0)
+    scale = per.repeat_interleave(group, dim=1)
+    error = (values * scale - x).double()
+    quotient = x / scale
+    stats = error_stats(float(error.square().sum()), float(x.double().square().sum()),
+                        float(error.abs().max()) if error.numel() else 0.0,
+                        int((quotient.abs() > 6.0).sum()), rows * cols)
+    parts["weight_packed"] = packed.cpu().numpy()
+    return {"weight_packed": parts.pop("weight_packed"), **parts}, stats

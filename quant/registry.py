@@ -66,7 +66,7 @@ class SchemeEntry:
 
             check_widths(specs, self.fp4)
             return FP4Linears(linear_roles(specs), self.fp4, options.arithmetic,
-                              calibration=calibration)
+                              calibration=calibration, device=device)
         if self.channel_int8:
             from quant.w8a8 import ChannelInt8Linears
 

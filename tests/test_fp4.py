@@ -512,3 +512,56 @@ def test_the_code_table_is_the_rounding_rule():
     for values in (np.concatenate([beside, -beside, [-1e-45, 1e-45]]).astype(np.float32),
                    bits[np.isfinite(bits)], spread):
         assert np.array_equal(e2m1_codes(values), _rounded(values))
+
+
+def test_w4a4_calibrates_on_the_given_text(tmp_path):
+    """--text-file: the documents' real tokens are what calibration counts (a model with
+    Grok-1's vocabulary, so text is tokenized), and the library verb takes the same."""
+    import grok1
+    from converter.generate import generate_checkpoint
+    from converter.model.config import Grok1Config
+
+    source = tmp_path / "ckpt"
+    generate_checkpoint(source, Grok1Config.preset("text", ffn_size=256), seed=4, quiet=True)
+    text = tmp_path / "text.txt"
+    text.write_text("The quick brown fox jumps over the lazy dog.\n\nA second, longer document "
+                    "about nothing in particular, to be padded against the first.\n")
+    result = run("quantize", source, tmp_path / "cli", "--scheme", "nvfp4", "--text-file", text,
+                 "--quiet")
+    assert result.exit_code == 0, result.output
+    calibration = json.loads((tmp_path / "cli" / "calibration.json").read_text())
+    assert calibration["sequences"] == 2
+    assert 20 < calibration["real_tokens"] < calibration["positions"]  # the first is padded
+    grok1.quantize(source, tmp_path / "api", "nvfp4", text_files=[text], quiet=True)
+    for name in ("model.safetensors", "calibration.json"):
+        assert (tmp_path / "api" / name).read_bytes() == (tmp_path / "cli" / name).read_bytes()
+
+
+@pytest.mark.parametrize("kind,arithmetic", [("nvfp4", "f32"), ("nvfp4", "bf16"),
+                                             ("mxfp4", "f32")])
+def test_kernel_equals_the_cpu_path(kind, arithmetic):
+    """The Triton kernel (run here by TRITON_INTERPRET=1 on CPU tensors, the release's codes
+    copied as they are by device_matrix) gives the CPU path's bytes and statistics."""
+    from quant.kernels import device_matrix, fp4_triton
+
+    rng = np.random.default_rng(7)
+    codes = rng.integers(-127, 128, (256, 48)).astype(np.int8)
+    codes[:32, 5] = 0
+    sources = [release_matrix(rng, 256, 48, 8, codes=codes),
+               np.ascontiguousarray(weights(rng, (40, 256)).T)]
+    for value in sources:
+        own = linear_amax(value)
+        for amax in (own, own * 3):
+            if kind == "nvfp4":
+                expected, stats = quantize_nvfp4(value, amax, arithmetic)
+            else:
+                expected, stats = quantize_mxfp4(value)
+            got, got_stats = fp4_triton(device_matrix(value, "cpu"), kind, amax, arithmetic,
+                                        block_elems=256)
+            assert sorted(got) == sorted(expected)
+            for part in expected:
+                assert got[part].dtype == expected[part].dtype, part
+                np.testing.assert_array_equal(got[part], expected[part], err_msg=part)
+            assert got_stats["clipped_pct"] == stats["clipped_pct"]
+            assert got_stats["max_abs_err"] == pytest.approx(stats["max_abs_err"], rel=1e-6)
+            assert got_stats["rel_rms"] == pytest.approx(stats["rel_rms"], rel=1e-5)

@@ -161,9 +161,17 @@ def test_table_rows_follow_the_engines_contracts():
         assert "vLLM + the grok1 plugin" not in names_of(OutputKind("hf", names, "int4"))
     assert "SGLang" not in names_of(OutputKind("hf", "hpcai", "bf16"))
     assert names_of(OutputKind("gguf", None, "q8_0")) == {"llama.cpp"}
+    # FP4: SGLang serves NVFP4 W4A4 (Blackwell) under its names; its weight-only FP4 MoE paths
+    # refuse GELU, so NVFP4A16 and MXFP4 load in transformers only
+    assert names_of(OutputKind("hf", "sglang", "nvfp4")) == {"SGLang", "transformers"}
+    assert names_of(OutputKind("hf", "hpcai", "nvfp4")) == {"transformers"}
+    for weights in ("nvfp4-a16", "mxfp4"):
+        assert names_of(OutputKind("hf", "sglang", weights)) == {"transformers"}
+    assert "Blackwell" in ENGINES["sglang"].hardware
     assert not ENGINES["vllm-0.24"].serves  # removed after 0.24: not a maintained engine
     sizes = real_model_sizes()
     assert 600e9 < sizes["bf16"] < 650e9 and sizes["int4"] < sizes["int8"] < sizes["bf16"]
+    assert sizes["mxfp4"] < sizes["nvfp4-a16"] < sizes["nvfp4"] < sizes["int8"]
 
 
 @pytest.mark.parametrize(("names", "weights", "engine", "command"), [
