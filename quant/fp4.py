@@ -58,7 +58,6 @@ from quant.primitives import error_stats
 from quant.requantize import ReportedLinears, not_finite_error
 
 __all__ = ["FP4Linears", "check_widths", "fused_amax", "linear_amax", "mx_exponents",
-           "mx_exponents_torch",
            "nvfp4_global_scale", "nvfp4_scale_bits", "quantize_mxfp4", "quantize_nvfp4"]
 
 FP4_RANGE = np.float32(E2M1_MAX * E4M3_MAX)  # 448 * 6
@@ -114,16 +113,6 @@ def check_widths(specs: list[TensorSpec], kind: str) -> None:
             raise UsageError(f"{spec.name}: input width {spec.shape[-2]} is not a multiple of "
                              f"{group}, which --scheme {kind} needs (one scale per {group} "
                              "inputs)")
-
-
-def mx_exponents_torch(amax: Any) -> Any:
-    """`mx_exponents` of a float32 torch tensor, on its device (the same integer operations)."""
-    import torch
-
-    u = amax.contiguous().view(torch.int32).to(torch.int64) & 0xFFFFFFFF
-    field = ((u + (1 << 21)) >> 23) & 0xFF
-    exponents = torch.where(field == 255, 255, field - 2)
-    return torch.where(field == 0, 0, exponents).clamp(0, 255).to(torch.uint8)
 
 
 def linear_amax(value: Any) -> float:
@@ -231,11 +220,12 @@ def fused_amax(reader: Any, progress: Any = None) -> dict[tuple[str, int | None]
 
 @dataclasses.dataclass(frozen=True)
 class FP4Linears(ReportedLinears):
-    """The Linear `roles` in NVFP4 or MXFP4 (on `device`: cpu, or cuda's Triton kernel). `kind`: "nvfp4-a16" (weights only),
-    "nvfp4" (W4A4: also an `input_global_scale` per Linear, from calibrating on `calibration`
-    tokens) or "mxfp4". `fused`: the max |w| of Linears engines fuse, by tensor name and
-    expert (NVFP4's shared global scales); `inputs`: the calibrated max |input|, likewise.
-    Both are found by `prepare_run`, at the start of the run."""
+    """The Linear `roles` in NVFP4 or MXFP4 (on `device`: cpu, or cuda's Triton kernel).
+    `kind`: "nvfp4-a16" (weights only), "nvfp4" (W4A4: also an `input_global_scale` per
+    Linear, from calibrating on `calibration` tokens) or "mxfp4". `fused`: the max |w| of
+    Linears engines fuse, by tensor name and expert (NVFP4's shared global scales); `inputs`:
+    the calibrated max |input|, likewise. Both are found by `prepare_run`, at the start of the
+    run."""
 
     roles: tuple[str, ...]
     kind: str
@@ -318,7 +308,8 @@ class FP4Linears(ReportedLinears):
 
 def _on_gpu(value: Any, kind: str, amax: float | None, arithmetic: str
             ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-    """The Triton kernel on the device. Raises NotFinite."""
+    """The Triton kernel on the device (NVFP4's global scale from `amax`, else the Linear's
+    own max |w|). Raises NotFinite."""
     import torch
 
     from quant.kernels import device_matrix, fp4_triton
@@ -326,4 +317,8 @@ def _on_gpu(value: Any, kind: str, amax: float | None, arithmetic: str
     matrix = device_matrix(value, "cuda")
     if not bool(torch.isfinite(matrix).all()):
         raise NotFinite
-    return fp4_triton(matrix, "mxfp4" if kind == "mxfp4" else "nvfp4", amax, arithmetic)
+    if kind == "mxfp4":
+        return fp4_triton(matrix, "mxfp4")
+    own = float(matrix.abs().max()) if matrix.numel() else 0.0
+    scale = nvfp4_global_scale(own if amax is None else amax, arithmetic)
+    return fp4_triton(matrix, "nvfp4", scale, arithmetic)

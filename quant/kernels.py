@@ -25,7 +25,8 @@ from converter.formats.pack_quantized import codes_per_word
 from quant.primitives import error_stats
 from quant.schemes import QuantScheme
 
-__all__ = ["device_matrix", "fp4_triton", "fp8_triton", "requantize_triton"]
+__all__ = ["device_matrix", "fp4_triton", "fp8_triton", "mx_exponents_torch",
+           "requantize_triton"]
 
 _MAGIC = 12582912.0  # 1.5 * 2^23: (v + M) - M rounds |v| < 2^22 to nearest even
 
@@ -280,24 +281,32 @@ def _fp4_kernel(x_ptr, per_ptr, out_ptr, PAIRS, COLS, GROUP, BLOCK: tl.constexpr
     tl.store(out_ptr + pair, _e2m1_code(low) | (_e2m1_code(high) << 4), mask=mask)
 
 
-def fp4_triton(matrix: torch.Tensor, kind: str, fused_amax: float | None = None,
+def mx_exponents_torch(amax: torch.Tensor) -> torch.Tensor:
+    """`quant.fp4.mx_exponents` of a float32 tensor, on its device (the same integer
+    operations)."""
+    u = amax.contiguous().view(torch.int32).to(torch.int64) & 0xFFFFFFFF
+    field = ((u + (1 << 21)) >> 23) & 0xFF
+    exponents = torch.where(field == 255, 255, field - 2)
+    return torch.where(field == 0, 0, exponents).clamp(0, 255).to(torch.uint8)
+
+
+def fp4_triton(matrix: torch.Tensor, kind: str, global_scale: float | None = None,
                arithmetic: str = "f32", *, block_elems: int = 1024
                ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-    """NVFP4 (`kind` "nvfp4", global scale from `fused_amax`) or MXFP4 ("mxfp4") of float32
-    [out, in] on its device: the parts and error statistics of `quant.fp4`'s CPU path, bit for
-    bit. Block scales are computed with torch on the device (e4m3 by torch's cast, which
-    rounds to nearest even as `quant.fp8.e4m3_bits` does); the kernel divides, rounds and packs
-    two codes per byte."""
-    from quant.fp4 import mx_exponents_torch, nvfp4_global_scale
-
+    """NVFP4 (`kind` "nvfp4", with its `global_scale`) or MXFP4 ("mxfp4") of float32 [out, in]
+    on its device: the parts and error statistics of `quant.fp4`'s CPU path, bit for bit.
+    Block scales are computed with torch on the device (e4m3 by torch's cast, which rounds to
+    nearest even as `quant.fp8.e4m3_bits` does); the kernel divides, rounds and packs two
+    codes per byte."""
     x = matrix.to(torch.float32).contiguous()
     rows, cols = x.shape
     group = 16 if kind == "nvfp4" else 32
     amax = x.abs().view(rows, cols // group, group).amax(dim=-1)
     parts: dict[str, np.ndarray] = {}
     if kind == "nvfp4":
-        g = nvfp4_global_scale(float(amax.max()) if fused_amax is None else fused_amax,
-                               arithmetic)
+        if global_scale is None:
+            raise ValueError("NVFP4 needs its global scale")
+        g = np.float32(global_scale)
         local = amax / 6.0
         if arithmetic == "bf16":
             local = local.to(torch.bfloat16).float()

@@ -542,6 +542,7 @@ def test_w4a4_calibrates_on_the_given_text(tmp_path):
 def test_kernel_equals_the_cpu_path(kind, arithmetic):
     """The Triton kernel (run here by TRITON_INTERPRET=1 on CPU tensors, the release's codes
     copied as they are by device_matrix) gives the CPU path's bytes and statistics."""
+    from quant.fp4 import nvfp4_global_scale
     from quant.kernels import device_matrix, fp4_triton
 
     rng = np.random.default_rng(7)
@@ -556,7 +557,8 @@ def test_kernel_equals_the_cpu_path(kind, arithmetic):
                 expected, stats = quantize_nvfp4(value, amax, arithmetic)
             else:
                 expected, stats = quantize_mxfp4(value)
-            got, got_stats = fp4_triton(device_matrix(value, "cpu"), kind, amax, arithmetic,
+            got, got_stats = fp4_triton(device_matrix(value, "cpu"), kind,
+                                        nvfp4_global_scale(amax, arithmetic), arithmetic,
                                         block_elems=256)
             assert sorted(got) == sorted(expected)
             for part in expected:
