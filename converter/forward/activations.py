@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import torch
 
+from converter.formats.float_quantized import E4M3_MAX
 from converter.formats.fp4 import ABOVE, E2M1_MAX, MAGNITUDES
 from converter.formats.nvfp4 import NVFP4_GROUP
 
 __all__ = ["nvfp4_activations"]
 
-E4M3_MAX = 448.0
-E4M3_EPS = 0.125
+E4M3_EPS = 0.125  # what a block scale of exactly zero becomes
 
 
 def nvfp4_activations(x: torch.Tensor, global_scale: float) -> torch.Tensor:
