@@ -4,14 +4,13 @@ weights; its decompressors read our output back; the shared global scale of fuse
 verification passes the profiles and catches mutations."""
 
 import json
-import shutil
 
 import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
 
-from converter.files.shards import SafetensorsReader, SafetensorsWriter
+from converter.files.shards import SafetensorsReader
 from converter.formats import MXFP4Linear, NVFP4Linear
 from converter.formats.fp4 import e2m1_codes, e2m1_values, unpack_nibbles
 from converter.layouts import open_checkpoint
@@ -21,6 +20,7 @@ from grok1.cli import main
 from quant.cpu import NotFinite
 from quant.fp4 import linear_amax, mx_exponents, quantize_mxfp4, quantize_nvfp4
 from tests.conftest import bad_input
+from tests.test_fp8 import mutate
 from tests.test_quant import release_matrix
 
 PRESETS = {"nvfp4": "NVFP4A16", "mxfp4": "MXFP4A16"}
@@ -265,17 +265,6 @@ def test_sglang_names_are_what_llm_compressor_fuses(fp4):
     qkv = {reader.get(f"model.layers.0.self_attn.{p}_proj.weight_global_scale")[0]
            for p in "qkv"}
     assert len(qkv) == 1
-
-
-def mutate(src, dst, transform):
-    shutil.copytree(src, dst)
-    reader = SafetensorsReader(src / "model.safetensors")
-    entries = [e for e, _ in reader.entries.values()]
-    arrays = {e.name: transform(e.name, reader.get(e.name)) for e in entries}
-    entries = [type(e)(e.name, e.dtype, arrays[e.name].shape) for e in entries]
-    with SafetensorsWriter(dst / "model.safetensors", entries) as writer:
-        for entry in entries:
-            writer.write(entry.name, arrays[entry.name])
 
 
 def verify(fp4_ckpt, folder):

@@ -7,10 +7,14 @@ their scales; rounding to the grid is `e2m1_codes` (compressed-tensors' `cast_to
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import numpy as np
 
-__all__ = ["ABOVE", "E2M1_MAX", "MAGNITUDES", "e2m1_codes", "e2m1_values", "unpack_nibbles"]
+from converter.errors import MalformedFileError
+
+__all__ = ["ABOVE", "E2M1_MAX", "MAGNITUDES", "check_fp4_weights", "e2m1_codes", "e2m1_values",
+           "is_fp4_group", "unpack_nibbles"]
 
 E2M1_MAX = 6.0
 """The largest e2m1 value."""
@@ -70,3 +74,25 @@ def unpack_nibbles(packed: np.ndarray) -> np.ndarray:
     codes[:, 0::2] = packed & 0x0F
     codes[:, 1::2] = packed >> 4
     return codes
+
+
+def is_fp4_group(group: dict[str, Any], name: str, group_size: int) -> bool:
+    """Whether a config group is the FP4 format `name`: named so, or (unnamed) 4-bit float
+    weights in groups of `group_size`."""
+    if "format" in group:
+        return group["format"] == name
+    weights = group["weights"]
+    return (weights.get("type") == "float" and weights.get("num_bits") == 4
+            and weights.get("group_size") == group_size)
+
+
+def check_fp4_weights(weights: dict[str, Any], *, group_size: int, strategy: str, label: str,
+                      group: str, source: str) -> None:
+    """Refuse a config group's `weights` unless they are 4-bit symmetric floats with this
+    strategy and group size."""
+    if (weights.get("num_bits") != 4 or weights.get("type") != "float"
+            or weights.get("group_size") != group_size or weights.get("strategy") != strategy
+            or weights.get("symmetric") is False):
+        raise MalformedFileError(f"{source}: quantization config group {group!r}: {label} is "
+                                 f"4-bit symmetric float weights, strategy {strategy}, "
+                                 f"group_size {group_size}")

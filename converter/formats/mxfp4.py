@@ -16,7 +16,12 @@ import numpy as np
 
 from converter.errors import MalformedFileError
 from converter.formats.base import LinearFormat, Part, StoredParts, linear_shape
-from converter.formats.fp4 import e2m1_values, unpack_nibbles
+from converter.formats.fp4 import (
+    check_fp4_weights,
+    e2m1_values,
+    is_fp4_group,
+    unpack_nibbles,
+)
 from converter.model.spec import TensorSpec
 
 __all__ = ["MX_GROUP", "MXFP4Linear", "MXFP4PackQuantized", "e8m0_to_f32"]
@@ -75,21 +80,13 @@ class MXFP4PackQuantized(LinearFormat):
     @classmethod
     def recognises(cls, group: dict[str, Any]) -> bool:
         """Named mxfp4-pack-quantized, or (unnamed) 4-bit float weights in groups of 32."""
-        if "format" in group:
-            return group["format"] == cls.name
-        weights = group["weights"]
-        return (weights.get("type") == "float" and weights.get("num_bits") == 4
-                and weights.get("group_size") == MX_GROUP)
+        return is_fp4_group(group, cls.name, MX_GROUP)
 
     @classmethod
     def from_group(cls, name: str, weights: dict[str, Any], source: str) -> MXFP4PackQuantized:
         """4-bit symmetric float weights in groups of 32."""
-        if (weights.get("num_bits") != 4 or weights.get("type") != "float"
-                or weights.get("group_size") != MX_GROUP or weights.get("strategy") != "group"
-                or weights.get("symmetric") is False):
-            raise MalformedFileError(f"{source}: quantization config group {name!r}: MXFP4 is "
-                                     "4-bit symmetric float weights, strategy group, "
-                                     f"group_size {MX_GROUP}")
+        check_fp4_weights(weights, group_size=MX_GROUP, strategy="group", label="MXFP4",
+                          group=name, source=source)
         return cls()
 
 

@@ -19,7 +19,12 @@ from converter.dtypes import FLOATS
 from converter.errors import MalformedFileError
 from converter.formats.base import LinearFormat, Part, StoredParts, linear_shape
 from converter.formats.float_quantized import e4m3_to_f32
-from converter.formats.fp4 import e2m1_values, unpack_nibbles
+from converter.formats.fp4 import (
+    check_fp4_weights,
+    e2m1_values,
+    is_fp4_group,
+    unpack_nibbles,
+)
 from converter.model.spec import TensorSpec
 
 __all__ = ["NVFP4_GROUP", "NVFP4Linear", "NVFP4PackQuantized"]
@@ -114,22 +119,13 @@ class NVFP4PackQuantized(LinearFormat):
     @classmethod
     def recognises(cls, group: dict[str, Any]) -> bool:
         """Named nvfp4-pack-quantized, or (unnamed) 4-bit float weights in groups of 16."""
-        if "format" in group:
-            return group["format"] == cls.name
-        weights = group["weights"]
-        return (weights.get("type") == "float" and weights.get("num_bits") == 4
-                and weights.get("group_size") == NVFP4_GROUP)
+        return is_fp4_group(group, cls.name, NVFP4_GROUP)
 
     @classmethod
     def from_group(cls, name: str, weights: dict[str, Any], source: str) -> NVFP4PackQuantized:
         """4-bit symmetric float weights, one global scale, groups of 16."""
-        if (weights.get("num_bits") != 4 or weights.get("type") != "float"
-                or weights.get("group_size") != NVFP4_GROUP
-                or weights.get("strategy") != "tensor_group"
-                or weights.get("symmetric") is False):
-            raise MalformedFileError(f"{source}: quantization config group {name!r}: NVFP4 is "
-                                     "4-bit symmetric float weights, strategy tensor_group, "
-                                     f"group_size {NVFP4_GROUP}")
+        check_fp4_weights(weights, group_size=NVFP4_GROUP, strategy="tensor_group",
+                          label="NVFP4", group=name, source=source)
         return cls()
 
     @classmethod
