@@ -424,6 +424,9 @@ def test_calibration_resumes_after_an_interruption(fp4_ckpt, fp4, tmp_path, monk
 def test_calibration_text_is_for_w4a4_only(fp4_ckpt, tmp_path):
     text = tmp_path / "text.txt"
     text.write_text("some words\n")
+    line = bad_input("quantize", fp4_ckpt, tmp_path / "out", "--scheme", "nvfp4",
+                     "--text-file", tmp_path)
+    assert "a folder, not a text file" in line
     line = bad_input("quantize", fp4_ckpt, tmp_path / "out", "--scheme", "mxfp4",
                      "--text-file", text)
     assert "--text-file calibrates activation scales" in line

@@ -31,8 +31,11 @@ def open_regular(path: Path, what: str = "file") -> Iterator[BinaryIO]:
         raise CheckpointNotFoundError(f"{path}: no such {what}") from None
     except IsADirectoryError:
         raise MalformedFileError(f"{path}: a folder, not a {what}") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
         os.close(fd)
+        if stat.S_ISDIR(mode):  # Linux opens a folder read-only without complaint
+            raise MalformedFileError(f"{path}: a folder, not a {what}")
         raise MalformedFileError(f"{path}: not a regular file (a device, FIFO or socket); "
                                  f"expected a {what}")
     with os.fdopen(fd, "rb") as f:
