@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 
 __all__ = ["QuantizedWeight8bit", "bf16_bits_to_f32", "dense", "f32_to_bf16_bits",
-           "round_to_bf16", "round_to_bf16_inplace", "transposed", "transposed_bands"]
+           "round_to_bf16", "round_to_bf16_inplace", "rounding_table_index", "top16_floats",
+           "transposed", "transposed_bands"]
 
 
 def bf16_bits_to_f32(bits: np.ndarray) -> np.ndarray:
@@ -47,6 +48,29 @@ def f32_to_bf16_bits(values: np.ndarray) -> np.ndarray:
     if nan.any():
         bits[nan] = ((u[nan] >> 16) | np.uint32(0x0040)).astype(np.uint16)
     return bits
+
+
+def top16_floats() -> np.ndarray:
+    """Every float32 whose low 16 bits are zero, by its top 16 bits (NaN as 0, infinities as
+    the largest finite float): the keys of a rounding table that `rounding_table_index`
+    looks up."""
+    values = (np.arange(1 << 16, dtype=np.uint32) << 16).view(np.float32)
+    with np.errstate(invalid="ignore"):
+        return np.nan_to_num(values)
+
+
+def rounding_table_index(values: np.ndarray) -> np.ndarray:
+    """Where finite float32 `values` are looked up in a table over `top16_floats`, for a
+    rounding whose thresholds all have their low 17 bits zero (e4m3, e2m1): the top 16 bits,
+    with bit 16 set where any lower bit is. No threshold lies between a value and the float
+    it is looked up by, so the entry is the rounding of the value itself (ties included)."""
+    u = np.ascontiguousarray(values, np.float32).view(np.uint32)
+    index = u & np.uint32(0xFFFF)
+    np.minimum(index, 1, out=index)
+    index <<= np.uint32(16)
+    index |= u
+    index >>= np.uint32(16)
+    return index
 
 
 def round_to_bf16(values: np.ndarray) -> np.ndarray:

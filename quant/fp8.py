@@ -30,7 +30,7 @@ from converter.formats import (
     expand_scale,
 )
 from converter.model.spec import TensorSpec
-from converter.tensors import transposed
+from converter.tensors import rounding_table_index, top16_floats, transposed
 from quant.cpu import BAND, NotFinite, SourceRows
 from quant.primitives import error_stats
 from quant.requantize import ReportedLinears, not_finite_error
@@ -87,24 +87,14 @@ def quantize_fp8(x: np.ndarray, block: tuple[int, int] | None) -> tuple[FP8Linea
 
 @functools.cache
 def _rounding_table() -> np.ndarray:
-    """e4m3 bits (the reference's, clamped to +-448) of every float32 whose low 16 bits are
-    zero, by its top 16 bits. A float with any low bit set is looked up with bit 16 set
-    instead: that bit lies below every rounding position e4m3 has, so only its being set
-    matters (it breaks ties), and the entry is the rounding of the float itself."""
-    values = (np.arange(1 << 16, dtype=np.uint32) << 16).view(np.float32)
-    with np.errstate(invalid="ignore"):
-        return e4m3_bits(np.clip(np.nan_to_num(values), -E4M3_MAX, E4M3_MAX))
+    """e4m3 bits (the reference's, clamped to +-448) by `rounding_table_index`: every rounding
+    position e4m3 has lies above bit 16, so the lookup is the rounding of the float itself."""
+    return e4m3_bits(np.clip(top16_floats(), -E4M3_MAX, E4M3_MAX))
 
 
 def _round_to_e4m3(ratio: np.ndarray, table: np.ndarray) -> np.ndarray:
     """e4m3 bits of finite float32 values (clamped to +-448), through the rounding table."""
-    u = ratio.view(np.uint32)
-    index = u & np.uint32(0xFFFF)
-    np.minimum(index, 1, out=index)
-    index <<= np.uint32(16)
-    index |= u
-    index >>= np.uint32(16)
-    return table.take(index)
+    return table.take(rounding_table_index(ratio))
 
 
 def quantize_fp8_cpu(value: Any, block: tuple[int, int] | None) -> tuple[FP8Linear, dict]:

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from converter.errors import MalformedFileError
+from converter.tensors import rounding_table_index, top16_floats
 
 __all__ = ["ABOVE", "E2M1_MAX", "MAGNITUDES", "check_fp4_weights", "e2m1_codes", "e2m1_values",
            "is_fp4_group", "unpack_nibbles"]
@@ -39,12 +40,9 @@ def _rounded(quotient: np.ndarray) -> np.ndarray:
 
 @functools.cache
 def _code_table() -> np.ndarray:
-    """The code of every float32 whose low 16 bits are zero, by its top 16 bits. Every
-    rounding threshold's low 17 bits are zero, so a float with any low bit set is looked up
-    with bit 16 set instead: no threshold lies between the two, the code is the same."""
-    values = (np.arange(1 << 16, dtype=np.uint32) << 16).view(np.float32)
-    with np.errstate(invalid="ignore"):
-        return _rounded(np.nan_to_num(values))
+    """The code of every float32 by `rounding_table_index` (every threshold's low 17 bits are
+    zero)."""
+    return _rounded(top16_floats())
 
 
 def e2m1_codes(quotient: np.ndarray) -> np.ndarray:
@@ -53,13 +51,7 @@ def e2m1_codes(quotient: np.ndarray) -> np.ndarray:
     6), the sign bit set for every value below zero, those rounded to zero included (-0.0
     itself is not below zero: code 0, as compressed-tensors' torch.sign makes it). Through a
     64K-entry table of `_rounded`'s results."""
-    u = np.ascontiguousarray(quotient, np.float32).view(np.uint32)
-    index = u & np.uint32(0xFFFF)
-    np.minimum(index, 1, out=index)
-    index <<= np.uint32(16)
-    index |= u
-    index >>= np.uint32(16)
-    return _code_table().take(index)
+    return _code_table().take(rounding_table_index(quotient))
 
 
 def e2m1_values(codes: np.ndarray) -> np.ndarray:
