@@ -166,14 +166,17 @@ def _encode(source: SourceRows, per: np.ndarray) -> tuple[np.ndarray, dict[str, 
     return transposed(packed), error_stats(sq_error, norm_sq, max_error, clipped, k * n)
 
 
-def quantize_nvfp4(value: Any, fused_amax: float, arithmetic: str = "f32"
+def quantize_nvfp4(value: Any, fused_amax: float | None = None, arithmetic: str = "f32"
                    ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-    """One canonical [in, out] Linear in NVFP4 with the global scale of `fused_amax` (its own
-    max |w| and that of the Linears fused with it): its parts and error statistics. Raises
-    NotFinite."""
+    """One canonical [in, out] Linear in NVFP4 with the global scale of `fused_amax` (the max
+    |w| over it and the Linears fused with it; None: a Linear fused with none, its own): its
+    parts and error statistics. Raises NotFinite."""
     source = SourceRows(value, NVFP4_GROUP)
+    amax = _group_amax(source)
+    if fused_amax is None:
+        fused_amax = float(amax.max()) if amax.size else 0.0
     global_scale = nvfp4_global_scale(fused_amax, arithmetic)
-    bits = nvfp4_scale_bits(_group_amax(source), global_scale, arithmetic)
+    bits = nvfp4_scale_bits(amax, global_scale, arithmetic)
     per = e4m3_to_f32(bits) / global_scale
     packed, stats = _encode(source, per)
     return {"weight_packed": packed, "weight_scale": transposed(bits),
@@ -189,32 +192,35 @@ def quantize_mxfp4(value: Any) -> tuple[dict[str, np.ndarray], dict[str, float]]
     return {"weight_packed": packed, "weight_scale": transposed(exponents)}, stats
 
 
-def fused_amax(reader: Any, progress: Any = None) -> dict[tuple[str, int | None], float]:
+def fused_amax(reader: Any, quiet: bool = True) -> dict[tuple[str, int | None], float]:
     """For every Linear the architecture fuses with others (by name and expert), the max |w|
     over it and its partners: what NVFP4's shared global scale is computed from. One read of
-    those Linears, one (expert's) Linear in memory at a time."""
+    those Linears, one (expert's) Linear in memory at a time, under a progress bar."""
     architecture = reader.architecture
     by_role: dict[tuple[int, str], TensorSpec] = {(s.layer, s.role): s for s in reader.specs
                                                   if s.param.linear}
-    table: dict[tuple[str, int | None], float] = {}
-    for (layer, role), spec in by_role.items():
+    sets = []  # each fused set once, by its first role
+    for layer, role in by_role:
         group = architecture.fused_with(role)
-        if len(group) == 1 or role != group[0]:
-            continue
-        members = [by_role[(layer, r)] for r in group]
-        for expert in (range(spec.shape[0]) if spec.param.expert else (None,)):
-            amax = 0.0
-            for member in members:
-                value = (reader.read(member) if expert is None
-                         else reader.read_expert(member, expert))
-                try:
-                    amax = max(amax, linear_amax(value))
-                except NotFinite:
-                    raise not_finite_error(member, expert) from None
-            for member in members:
-                table[(member.name, expert)] = amax
-            if progress is not None:
-                progress.update(len(members))
+        if len(group) > 1 and group[0] == role:
+            sets.append([by_role[(layer, r)] for r in group])
+    total = sum(len(members) * (members[0].shape[0] if members[0].param.expert else 1)
+                for members in sets)
+    table: dict[tuple[str, int | None], float] = {}
+    with step_bar(total, "global scales", "Linears", quiet=quiet) as bar:
+        for members in sets:
+            lead = members[0]
+            for expert in (range(lead.shape[0]) if lead.param.expert else (None,)):
+                amax = 0.0
+                for member in members:
+                    value = (reader.read(member) if expert is None
+                             else reader.read_expert(member, expert))
+                    try:
+                        amax = max(amax, linear_amax(value))
+                    except NotFinite:
+                        raise not_finite_error(member, expert) from None
+                table.update(((member.name, expert), amax) for member in members)
+                bar.update(len(members))
     return table
 
 
@@ -266,11 +272,7 @@ class FP4Linears(ReportedLinears):
         engines fuse) and W4A4's calibration (resuming one cut short in `folder`)."""
         updates: dict[str, Any] = {}
         if self.kind != "mxfp4" and self.fused is None:
-            architecture = reader.architecture
-            total = sum(s.shape[0] if s.param.expert else 1 for s in reader.specs
-                        if s.param.linear and len(architecture.fused_with(s.role)) > 1)
-            with step_bar(total, "global scales", "Linears", quiet=quiet) as bar:
-                updates["fused"] = fused_amax(reader, bar)
+            updates["fused"] = fused_amax(reader, quiet)
         if self.kind == "nvfp4" and self.inputs is None:
             if self.calibration is None:
                 raise UsageError("--scheme nvfp4 calibrates its activation scales on text: "
@@ -295,8 +297,7 @@ class FP4Linears(ReportedLinears):
             elif self.kind == "mxfp4":
                 parts, stats = quantize_mxfp4(value)
             else:
-                parts, stats = quantize_nvfp4(
-                    value, linear_amax(value) if amax is None else amax, self.arithmetic)
+                parts, stats = quantize_nvfp4(value, amax, self.arithmetic)
         except NotFinite:
             raise not_finite_error(spec, expert) from None
         if self.inputs is not None:
