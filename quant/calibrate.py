@@ -38,7 +38,7 @@ __all__ = ["CALIBRATION_NAME", "STATE_NAME", "calibrate_inputs", "tokens_digest"
 
 CALIBRATION_NAME = "calibration.json"
 STATE_NAME = "calibration_state.npz"
-Key = tuple[str, "int | None"]
+Key = tuple[str, int | None]
 
 
 def tokens_digest(tokens: np.ndarray) -> str:

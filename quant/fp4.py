@@ -43,7 +43,7 @@ from converter.formats import (
 )
 from converter.formats.fp4 import E2M1_MAX, e2m1_codes, e2m1_values
 from converter.formats.mxfp4 import MX_GROUP, e8m0_to_f32
-from converter.formats.nvfp4 import NVFP4_GROUP
+from converter.formats.nvfp4 import E4M3_EPS_BITS, NVFP4_GROUP
 from converter.model.spec import TensorSpec
 from converter.tensors import round_to_bf16, transposed
 from quant.calibrate import (
@@ -62,7 +62,6 @@ __all__ = ["FP4Linears", "check_widths", "fused_amax", "linear_amax", "mx_expone
 
 FP4_RANGE = np.float32(E2M1_MAX * E4M3_MAX)  # 448 * 6
 TINY = np.finfo(np.float32).tiny
-E4M3_EPS_BITS = 0x20  # 0.125, what an e4m3 scale of exactly zero becomes
 _E2M1 = e2m1_values(np.arange(16, dtype=np.uint8))  # the value of each 4-bit code
 
 

@@ -22,6 +22,7 @@ import triton.language as tl
 
 from converter.formats import E4M3_MAX, FP8Linear, PackedLinear, e4m3_to_f32, pack_zero_points
 from converter.formats.pack_quantized import codes_per_word
+from converter.forward.activations import nvfp4_block_scales
 from quant.primitives import error_stats
 from quant.schemes import QuantScheme
 
@@ -295,31 +296,24 @@ def fp4_triton(matrix: torch.Tensor, kind: str, global_scale: float | None = Non
                ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """NVFP4 (`kind` "nvfp4", with its `global_scale`) or MXFP4 ("mxfp4") of float32 [out, in]
     on its device: the parts and error statistics of `quant.fp4`'s CPU path, bit for bit.
-    Block scales are computed with torch on the device (e4m3 by torch's cast, which rounds to
-    nearest even as `quant.fp8.e4m3_bits` does); the kernel divides, rounds and packs two
-    codes per byte."""
+    Block scales are computed with torch on the device (`nvfp4_block_scales`: e4m3 by
+    torch's cast, which rounds to nearest even as `quant.fp8.e4m3_bits` does); the kernel
+    divides, rounds and packs two codes per byte."""
     x = matrix.to(torch.float32).contiguous()
     rows, cols = x.shape
     group = 16 if kind == "nvfp4" else 32
     amax = x.abs().view(rows, cols // group, group).amax(dim=-1)
-    parts: dict[str, np.ndarray] = {}
     if kind == "nvfp4":
         if global_scale is None:
             raise ValueError("NVFP4 needs its global scale")
-        g = np.float32(global_scale)
-        local = amax / 6.0
-        if arithmetic == "bf16":
-            local = local.to(torch.bfloat16).float()
-        bits = (local * float(g)).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
-        bits = bits.view(torch.uint8)
-        bits = torch.where(bits == 0, torch.full_like(bits, 0x20), bits)
-        per = bits.view(torch.float8_e4m3fn).float() / float(g)
-        parts["weight_scale"] = bits.cpu().numpy()
-        parts["weight_global_scale"] = np.array([g], np.float32)
+        scales = nvfp4_block_scales(amax, global_scale, arithmetic)
+        per = scales.float() / torch.tensor(global_scale, dtype=torch.float32, device=x.device)
+        parts = {"weight_scale": scales.view(torch.uint8).cpu().numpy(),
+                 "weight_global_scale": np.array([global_scale], np.float32)}
     else:
         exponents = mx_exponents_torch(amax)
         per = torch.ldexp(torch.ones_like(amax), exponents.to(torch.int32) - 127)
-        parts["weight_scale"] = exponents.cpu().numpy()
+        parts = {"weight_scale": exponents.cpu().numpy()}
     per = per.contiguous()
     packed = torch.empty((rows, cols // 2), dtype=torch.uint8, device=x.device)
     pairs = rows * cols // 2
@@ -334,5 +328,4 @@ def fp4_triton(matrix: torch.Tensor, kind: str, global_scale: float | None = Non
     stats = error_stats(float(error.square().sum()), float(x.double().square().sum()),
                         float(error.abs().max()) if error.numel() else 0.0,
                         int((quotient.abs() > 6.0).sum()), rows * cols)
-    parts["weight_packed"] = packed.cpu().numpy()
-    return {"weight_packed": parts.pop("weight_packed"), **parts}, stats
+    return {"weight_packed": packed.cpu().numpy(), **parts}, stats

@@ -27,10 +27,13 @@ from converter.formats.fp4 import (
 )
 from converter.model.spec import TensorSpec
 
-__all__ = ["NVFP4_GROUP", "NVFP4Linear", "NVFP4PackQuantized"]
+__all__ = ["E4M3_EPS_BITS", "NVFP4_GROUP", "NVFP4Linear", "NVFP4PackQuantized"]
 
 NVFP4_GROUP = 16
 """Inputs per e4m3 scale."""
+
+E4M3_EPS_BITS = 0x20
+"""0.125 in e4m3 (its eps): what a block scale of exactly zero becomes."""
 
 
 def _args(dynamic: bool | str) -> dict[str, Any]:
