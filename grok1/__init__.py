@@ -68,14 +68,14 @@ def quantize(source: Any, dst: Any, scheme: str, **options: Any) -> dict[str, An
     run's summary."""
     from pathlib import Path
 
-    from grok1.calibration import calibration_tokens
-    from quant.registry import SCHEMES, quantize_checkpoint
+    from grok1.calibration import calibration_for
+    from quant.registry import quantize_checkpoint
     from quant.schemes import SchemeOptions
 
     chosen, rest = split_fields(SchemeOptions, options)
     text_files = tuple(rest.pop("text_files", ()))
-    if scheme in SCHEMES and SCHEMES[scheme].calibrated and "calibration" not in rest:
-        rest["calibration"] = calibration_tokens(Path(source), text_files)[0]
+    if "calibration" not in rest:
+        rest["calibration"] = calibration_for(scheme, Path(source), text_files)
     return quantize_checkpoint(Path(source), Path(dst), scheme, chosen, **rest)
 
 

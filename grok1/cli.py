@@ -526,17 +526,11 @@ def quantize(src: Path, dst: Path, scheme_name: str, options: SchemeOptions, dev
       grok1 quantize ./grok-1 ./grok-1-nvfp4 --scheme nvfp4 --names sglang  # Blackwell
     """
     from converter.sizes import parse_size
+    from grok1.calibration import calibration_for
     from quant.registry import quantize_checkpoint, scheme_names
 
     names = scheme_names(scheme_name, names)
-    calibration = None
-    if QUANT_SCHEMES[scheme_name].calibrated:
-        from grok1.calibration import calibration_tokens
-
-        calibration = calibration_tokens(src, text_files)[0]
-    elif text_files:
-        raise UsageError(f"--text-file calibrates activation scales; --scheme {scheme_name} "
-                         "has none (--scheme nvfp4 does)")
+    calibration = calibration_for(scheme_name, src, text_files)
     asymmetric = not options.symmetric and QUANT_SCHEMES[scheme_name].integer
     warning = unserved_warning(OutputKind("hf", names, scheme_name + (
         "-asym" if asymmetric else "")))

@@ -303,13 +303,11 @@ def _convert(target: Target, names: str | None, source: Path, output: Path,
     if target.layout == "gguf":
         return convert(source, output, to="gguf", options=TargetOptions(
             dtype=target.weights, tokenizer=tokenizer, shard_size=45 * 10**9), **run)
-    calibration = None
-    if QUANT_SCHEMES[target.weights].calibrated:
-        from grok1.calibration import calibration_tokens
+    from grok1.calibration import calibration_for
 
-        calibration = calibration_tokens(source)[0]
     return quantize_checkpoint(source, output, target.weights, names=names,
-                               tokenizer=tokenizer, calibration=calibration, **run)
+                               tokenizer=tokenizer,
+                               calibration=calibration_for(target.weights, source), **run)
 
 
 def _verify(source: Path, output: Path, options: PipelineOptions,

@@ -4,6 +4,7 @@ weights; its decompressors read our output back; the shared global scale of fuse
 verification passes the profiles and catches mutations."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -559,3 +560,23 @@ def test_kernel_equals_the_cpu_path(kind, arithmetic):
             assert got_stats["clipped_pct"] == stats["clipped_pct"]
             assert got_stats["max_abs_err"] == pytest.approx(stats["max_abs_err"], rel=1e-6)
             assert got_stats["rel_rms"] == pytest.approx(stats["rel_rms"], rel=1e-5)
+
+
+def test_pipeline_to_w4a4_calibrates_verifies_and_publishes(fp4_ckpt, tmp_path):
+    """`grok1 pipeline --to nvfp4` downloads from the local Hub, calibrates (default tokens),
+    verifies against the fp4 profile and publishes the calibration beside the weights."""
+    from tests.test_hub import Server, grok1
+
+    root = tmp_path / "hub"
+    shutil.copytree(fp4_ckpt, root / "xai-org" / "grok-1")
+    server = Server(root, tmp_path)
+    try:
+        done = grok1(server, tmp_path, "pipeline", "--to", "nvfp4", "--work-dir",
+                     tmp_path / "work", "--upload", "me/grok-1-nvfp4", "--batch", "2",
+                     "--seq-len", "16", check=0)
+    finally:
+        server.stop()
+    assert "profile: fp4" in done.stdout and "PASS" in done.stdout
+    published = root / "me" / "grok-1-nvfp4"
+    assert (published / "calibration.json").is_file()
+    assert "Blackwell" in (published / "README.md").read_text()
